@@ -1,0 +1,57 @@
+/*
+ * datachan: one data connection pair (client side, backend side). Each side
+ * is established by accepting on a listener (only from an allowed peer IP)
+ * or by connecting out. Once both sides are up and the owner has started
+ * the transfer, bytes are moved with splice(2) through a pipe per direction.
+ * The pair is finished when both directions have seen EOF and delivered
+ * every byte; then both sockets are closed and the owner is told.
+ */
+#ifndef FTPGATE_DATACHAN_H
+#define FTPGATE_DATACHAN_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+enum dc_side { DC_CLIENT = 0, DC_BACKEND = 1 };
+
+struct datachan;
+
+struct datachan_cbs {
+	/* A side is connected (ok = 1) or failed to connect/accept (ok = 0). */
+	void (*side_ready)(struct datachan *dc, enum dc_side side, int ok, void *arg);
+	/* The pair is finished: ok = 1 all bytes delivered, else why in reason. */
+	void (*done)(struct datachan *dc, int ok, const char *reason, void *arg);
+};
+
+/*
+ * timeout_s bounds the wait for each side to connect and the longest the pair
+ * may stall without moving a byte. tag prefixes log lines.
+ */
+struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
+			      const struct datachan_cbs *cbs, void *arg, const char *tag);
+
+/*
+ * Listen on addr with a port from [lo, hi]; accept one connection whose
+ * source IP equals allowed's IP (others are closed and logged). Returns 0
+ * and the bound port, or -1.
+ */
+int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
+		    uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
+
+/* Connect out to addr (non-blocking). Returns 0 or -1 (immediate failure). */
+int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockaddr *addr);
+
+int datachan_side_connected(const struct datachan *dc, enum dc_side side);
+
+/* Allow the pump to run once both sides are connected. */
+void datachan_start(struct datachan *dc);
+
+/* Bytes moved so far: [0] client->backend, [1] backend->client. */
+uint64_t datachan_bytes(const struct datachan *dc, int dir);
+
+/* Close everything now, no callback. Safe from inside a callback. */
+void datachan_free(struct datachan *dc);
+
+#endif

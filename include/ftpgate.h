@@ -1,0 +1,34 @@
+/* ftpgate: the runtime objects shared by the modules (one event loop). */
+#ifndef FTPGATE_FTPGATE_H
+#define FTPGATE_FTPGATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "conf.h"
+
+struct ftpgate;
+
+/* One [site:NAME] at run time. */
+struct site {
+	const struct site_conf *conf;
+	struct ftpgate *gw;
+	unsigned n_sessions;
+	struct evconnlistener *listeners[CONF_MAX_LISTEN];
+	size_t n_listeners;
+	struct event *resume_accept; /* re-enables accepting after EMFILE */
+};
+
+struct ftpgate {
+	struct event_base *base;
+	const struct conf *conf;
+	struct site *sites;
+	size_t n_sites;
+	unsigned n_sessions;
+	uint64_t next_session_id;
+};
+
+#endif

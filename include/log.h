@@ -1,0 +1,31 @@
+/* log: leveled diagnostics to stderr (foreground) or syslog (daemon). */
+#ifndef FTPGATE_LOG_H
+#define FTPGATE_LOG_H
+
+#include <stddef.h>
+
+enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+void log_init(enum log_level level, int use_syslog);
+void log_set_level(enum log_level level);
+int log_enabled(enum log_level level);
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...)                                                                             \
+	do {                                                                                       \
+		if (log_enabled(LOG_LVL_DEBUG))                                                    \
+			log_msg(LOG_LVL_DEBUG, __VA_ARGS__);                                       \
+	} while (0)
+
+/*
+ * Copy untrusted bytes into dst as printable ASCII: control bytes, backslash
+ * and bytes >= 0x7f become \xNN escapes, so that network input can never
+ * forge or split a log line. Always NUL-terminates; truncates with "...".
+ * Returns dst.
+ */
+char *log_escape(char *dst, size_t size, const char *src, size_t len);
+
+#endif

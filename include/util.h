@@ -1,0 +1,33 @@
+/* util: small socket-address and system helpers shared by the modules. */
+#ifndef FTPGATE_UTIL_H
+#define FTPGATE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Longest "[addr]:port" text, with NUL. */
+#define ADDR_STR_MAX 64
+
+/* "192.0.2.1:21" or "[2001:db8::1]:21"; port omitted if with_port is 0. */
+const char *addr_str(const struct sockaddr *sa, char *buf, size_t size, int with_port);
+socklen_t addr_len(const struct sockaddr *sa);
+uint16_t addr_port(const struct sockaddr *sa);
+void addr_set_port(struct sockaddr *sa, uint16_t port);
+
+/*
+ * Parse "ADDR:PORT", "[V6ADDR]:PORT", or with default_port >= 0 also a bare
+ * "ADDR"/"[V6ADDR]"/"HOST". Numeric addresses only unless resolve is 1, in
+ * which case a host name is resolved (blocking; start-up only). Returns 0 or
+ * -1 with a message in err.
+ */
+int addr_parse(const char *text, int default_port, int resolve, struct sockaddr_storage *ss,
+	       char *err, size_t errsize);
+
+/* Uniform random integer in [0, n) from getrandom(2). */
+uint32_t rand_uniform(uint32_t n);
+
+/* Monotonic clock in milliseconds. */
+uint64_t now_ms(void);
+
+#endif

@@ -1,0 +1,317 @@
+/* config: inih handler -> one immutable struct conf; every error names file, line and key. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <ini.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conf.h"
+#include "util.h"
+
+struct parse_ctx {
+	struct conf *conf;
+	FILE *fp;
+	int line;       /* line being parsed (counted by our reader) */
+	int long_line;  /* line of the first over-long line, if any */
+	char err[512];  /* first error, "line: key: msg" without the file */
+	int err_line;
+	struct site_conf *cur; /* current [site:NAME], or NULL in [global] */
+	char section[CONF_NAME_MAX + 8];
+};
+
+static void site_defaults(struct site_conf *s)
+{
+	memset(s, 0, sizeof(*s));
+	struct sockaddr_in *sin = (struct sockaddr_in *)&s->listen[0];
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons(21);
+	s->n_listen = 1;
+	s->pasv_lo = 50000;
+	s->pasv_hi = 50999;
+	s->connect_timeout = 10;
+	s->idle_timeout = 900;
+	s->data_timeout = 60;
+	s->max_sessions = 0;
+}
+
+static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
+{
+	if (p->err[0] == '\0') {
+		char msg[384];
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(msg, sizeof(msg), fmt, ap);
+		va_end(ap);
+		p->err_line = p->line;
+		snprintf(p->err, sizeof(p->err), "%s: %s", key, msg);
+	}
+	return 0; /* inih: error */
+}
+
+/* Unsigned integer in [lo, hi], digits only. */
+static int parse_uint(const char *v, unsigned long lo, unsigned long hi, unsigned long *out)
+{
+	char *end;
+	if (*v < '0' || *v > '9')
+		return -1;
+	errno = 0;
+	unsigned long x = strtoul(v, &end, 10);
+	if (errno || *end != '\0' || x < lo || x > hi)
+		return -1;
+	*out = x;
+	return 0;
+}
+
+static int set_seconds(struct parse_ctx *p, const char *key, const char *v, unsigned *dst)
+{
+	unsigned long x;
+	if (parse_uint(v, 1, 86400 * 7, &x) < 0)
+		return fail(p, key, "\"%s\" is not a number of seconds (1-604800)", v);
+	*dst = (unsigned)x;
+	return 1;
+}
+
+static int set_listen(struct parse_ctx *p, const char *key, const char *v, struct site_conf *s)
+{
+	char buf[1024], err[256];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	s->n_listen = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *end = tok + strlen(tok);
+		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+			*--end = '\0';
+		if (s->n_listen == CONF_MAX_LISTEN)
+			return fail(p, key, "more than %d addresses", CONF_MAX_LISTEN);
+		if (addr_parse(tok, -1, 0, &s->listen[s->n_listen], err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		s->n_listen++;
+	}
+	if (s->n_listen == 0)
+		return fail(p, key, "empty list (want ADDRESS:PORT[, ...])");
+	return 1;
+}
+
+static int set_ports(struct parse_ctx *p, const char *key, const char *v, struct site_conf *s)
+{
+	unsigned long lo, hi;
+	char buf[64];
+	const char *dash = strchr(v, '-');
+	if (!dash || (size_t)(dash - v) >= sizeof(buf))
+		return fail(p, key, "\"%s\" is not a range LOW-HIGH", v);
+	memcpy(buf, v, (size_t)(dash - v));
+	buf[dash - v] = '\0';
+	char *e = buf + strlen(buf);
+	while (e > buf && e[-1] == ' ')
+		*--e = '\0';
+	const char *hs = dash + 1;
+	while (*hs == ' ')
+		hs++;
+	if (parse_uint(buf, 1024, 65535, &lo) < 0 || parse_uint(hs, 1024, 65535, &hi) < 0)
+		return fail(p, key, "\"%s\": ports must be numbers in 1024-65535", v);
+	if (lo > hi)
+		return fail(p, key, "\"%s\": LOW is greater than HIGH", v);
+	s->pasv_lo = (uint16_t)lo;
+	s->pasv_hi = (uint16_t)hi;
+	return 1;
+}
+
+static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	char err[256];
+	unsigned long x;
+
+	if (strcmp(key, "listen") == 0)
+		return set_listen(p, key, v, s);
+	if (strcmp(key, "backend") == 0) {
+		if (addr_parse(v, 21, 1, &s->backend, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		s->has_backend = 1;
+		return 1;
+	}
+	if (strcmp(key, "public_address") == 0) {
+		if (addr_parse(v, 0, 0, &s->public_address, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		if (addr_port((struct sockaddr *)&s->public_address) != 0)
+			return fail(p, key, "an address only, without a port");
+		s->has_public_address = 1;
+		return 1;
+	}
+	if (strcmp(key, "passive_ports") == 0)
+		return set_ports(p, key, v, s);
+	if (strcmp(key, "connect_timeout") == 0)
+		return set_seconds(p, key, v, &s->connect_timeout);
+	if (strcmp(key, "idle_timeout") == 0)
+		return set_seconds(p, key, v, &s->idle_timeout);
+	if (strcmp(key, "data_timeout") == 0)
+		return set_seconds(p, key, v, &s->data_timeout);
+	if (strcmp(key, "max_sessions") == 0) {
+		if (parse_uint(v, 0, 1000000, &x) < 0)
+			return fail(p, key, "\"%s\" is not a number in 0-1000000", v);
+		s->max_sessions = (unsigned)x;
+		return 1;
+	}
+	return fail(p, key, "unknown key in [%s]", p->section);
+}
+
+static int global_key(struct parse_ctx *p, const char *key, const char *v)
+{
+	unsigned long x;
+	if (strcmp(key, "log_level") == 0) {
+		static const char *const names[] = {"error", "warn", "info", "debug"};
+		for (int i = 0; i < 4; i++) {
+			if (strcmp(v, names[i]) == 0) {
+				p->conf->log_level = (enum log_level)i;
+				return 1;
+			}
+		}
+		return fail(p, key, "\"%s\" is not one of error, warn, info, debug", v);
+	}
+	if (strcmp(key, "max_sessions") == 0) {
+		if (parse_uint(v, 1, 1000000, &x) < 0)
+			return fail(p, key, "\"%s\" is not a number in 1-1000000", v);
+		p->conf->max_sessions = (unsigned)x;
+		return 1;
+	}
+	return fail(p, key, "unknown key in [global]");
+}
+
+static int handler(void *user, const char *section, const char *key, const char *value)
+{
+	struct parse_ctx *p = user;
+	struct conf *c = p->conf;
+
+	if (strcmp(section, p->section) != 0) {
+		/* First key of a new section. */
+		snprintf(p->section, sizeof(p->section), "%s", section);
+		p->cur = NULL;
+		if (strcmp(section, "global") == 0) {
+			/* ok */
+		} else if (strncmp(section, "site:", 5) == 0) {
+			const char *name = section + 5;
+			if (name[0] == '\0' || strlen(name) >= CONF_NAME_MAX)
+				return fail(p, section, "site name must be 1-%d characters",
+					    CONF_NAME_MAX - 1);
+			for (size_t i = 0; i < c->n_sites; i++)
+				if (strcmp(c->sites[i].name, name) == 0)
+					return fail(p, section, "duplicate section");
+			struct site_conf *ns = realloc(c->sites, (c->n_sites + 1) * sizeof(*ns));
+			if (!ns)
+				return fail(p, section, "out of memory");
+			c->sites = ns;
+			p->cur = &c->sites[c->n_sites++];
+			site_defaults(p->cur);
+			snprintf(p->cur->name, sizeof(p->cur->name), "%s", name);
+			p->cur->line = p->line;
+		} else {
+			return fail(p, section[0] ? section : "(no section)",
+				    "unknown section (want [global] or [site:NAME])");
+		}
+	}
+	if (value[0] == '\0')
+		return fail(p, key, "empty value");
+	if (strcmp(section, "global") == 0)
+		return global_key(p, key, value);
+	if (!p->cur)
+		return 0; /* section already reported as bad */
+	return site_key(p, p->cur, key, value);
+}
+
+/* inih reader: fgets that counts lines and flags over-long ones. */
+static char *reader(char *str, int num, void *stream)
+{
+	struct parse_ctx *p = stream;
+	if (!fgets(str, num, p->fp))
+		return NULL;
+	size_t n = strlen(str);
+	if (n > 0 && str[n - 1] == '\n') {
+		p->line++;
+	} else if (!feof(p->fp)) {
+		/* Over-long line: report it and skip its remainder. */
+		p->line++;
+		if (!p->long_line)
+			p->long_line = p->line;
+		int ch;
+		while ((ch = fgetc(p->fp)) != EOF && ch != '\n')
+			;
+		str[0] = '\0';
+	} else {
+		p->line++;
+	}
+	return str;
+}
+
+struct conf *conf_load(const char *path, char *err, size_t errsize)
+{
+	struct parse_ctx p;
+	memset(&p, 0, sizeof(p));
+
+	p.fp = fopen(path, "r");
+	if (!p.fp) {
+		snprintf(err, errsize, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	struct conf *c = calloc(1, sizeof(*c));
+	if (!c) {
+		fclose(p.fp);
+		snprintf(err, errsize, "%s: out of memory", path);
+		return NULL;
+	}
+	snprintf(c->path, sizeof(c->path), "%s", path);
+	c->log_level = LOG_LVL_INFO;
+	c->max_sessions = 10000;
+	p.conf = c;
+	strcpy(p.section, "");
+
+	int rc = ini_parse_stream(reader, &p, handler, &p);
+	fclose(p.fp);
+
+	if (p.long_line && (!p.err[0] || p.long_line < p.err_line)) {
+		snprintf(err, errsize, "%s:%d: line too long (at most %d characters)", path,
+			 p.long_line, INI_MAX_LINE - 2);
+		goto bad;
+	}
+	if (p.err[0]) {
+		snprintf(err, errsize, "%s:%d: %s", path, p.err_line, p.err);
+		goto bad;
+	}
+	if (rc != 0) {
+		snprintf(err, errsize, "%s:%d: syntax error (want KEY = VALUE or [SECTION])", path,
+			 rc);
+		goto bad;
+	}
+	if (c->n_sites == 0) {
+		snprintf(err, errsize, "%s: no [site:NAME] section: nothing to proxy", path);
+		goto bad;
+	}
+	for (size_t i = 0; i < c->n_sites; i++) {
+		struct site_conf *s = &c->sites[i];
+		if (!s->has_backend) {
+			snprintf(err, errsize, "%s:%d: backend: missing in [site:%s] (want HOST:PORT)",
+				 path, s->line, s->name);
+			goto bad;
+		}
+	}
+	return c;
+bad:
+	conf_free(c);
+	return NULL;
+}
+
+void conf_free(struct conf *c)
+{
+	if (!c)
+		return;
+	free(c->sites);
+	free(c);
+}

@@ -1,0 +1,126 @@
+/* listener: control listeners, accept, global and per-site session limits. */
+#include "config.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "listener.h"
+#include "log.h"
+#include "session.h"
+#include "util.h"
+
+static void refuse(evutil_socket_t fd, const char *why)
+{
+	static const char msg[] = "421 Too many connections, try again later.\r\n";
+	/* Best effort: a fresh socket has room for one line. */
+	ssize_t r = send(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)r;
+	(void)why;
+	close(fd);
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *peer,
+		      int peerlen, void *arg)
+{
+	struct site *site = arg;
+	struct ftpgate *gw = site->gw;
+	char a[ADDR_STR_MAX];
+	(void)lev;
+
+	if (gw->n_sessions >= gw->conf->max_sessions) {
+		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
+			 site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
+		refuse(fd, "global");
+		return;
+	}
+	if (site->conf->max_sessions && site->n_sessions >= site->conf->max_sessions) {
+		log_warn("site %s: refused %s: %u sessions open (site max_sessions)",
+			 site->conf->name, addr_str(peer, a, sizeof(a), 1), site->n_sessions);
+		refuse(fd, "site");
+		return;
+	}
+	session_new(site, fd, peer, peerlen);
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct site *site = arg;
+	(void)fd;
+	(void)what;
+	for (size_t i = 0; i < site->n_listeners; i++)
+		evconnlistener_enable(site->listeners[i]);
+}
+
+/* accept() failed: out of descriptors slows accepting down instead of spinning. */
+static void error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct site *site = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	(void)lev;
+
+	log_warn("site %s: accept: %s; pausing new connections for 1 s", site->conf->name,
+		 evutil_socket_error_to_string(err));
+	for (size_t i = 0; i < site->n_listeners; i++)
+		evconnlistener_disable(site->listeners[i]);
+	struct timeval tv = {1, 0};
+	event_add(site->resume_accept, &tv);
+}
+
+static int open_one(struct site *site, const struct sockaddr *addr)
+{
+	char a[ADDR_STR_MAX];
+	int one = 1;
+
+	int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (addr->sa_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, addr, addr_len(addr)) < 0 || listen(fd, 511) < 0)
+		goto fail;
+	struct evconnlistener *lev =
+	    evconnlistener_new(site->gw->base, accept_cb, site, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+	if (!lev)
+		goto fail;
+	evconnlistener_set_error_cb(lev, error_cb);
+	site->listeners[site->n_listeners++] = lev;
+	log_info("site %s: listening on %s", site->conf->name, addr_str(addr, a, sizeof(a), 1));
+	return 0;
+fail:
+	log_error("site %s: cannot listen on %s: %s", site->conf->name,
+		  addr_str(addr, a, sizeof(a), 1), strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+int listeners_open(struct ftpgate *gw)
+{
+	for (size_t i = 0; i < gw->n_sites; i++) {
+		struct site *site = &gw->sites[i];
+		site->resume_accept = evtimer_new(gw->base, resume_cb, site);
+		if (!site->resume_accept)
+			return -1;
+		for (size_t j = 0; j < site->conf->n_listen; j++)
+			if (open_one(site, (const struct sockaddr *)&site->conf->listen[j]) < 0)
+				return -1;
+	}
+	return 0;
+}
+
+void listeners_close(struct ftpgate *gw)
+{
+	for (size_t i = 0; i < gw->n_sites; i++) {
+		struct site *site = &gw->sites[i];
+		for (size_t j = 0; j < site->n_listeners; j++)
+			evconnlistener_free(site->listeners[j]);
+		site->n_listeners = 0;
+		if (site->resume_accept)
+			event_free(site->resume_accept);
+		site->resume_accept = NULL;
+	}
+}

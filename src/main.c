@@ -1,0 +1,137 @@
+/* main: command line, config load, signals, the event loop. */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "conf.h"
+#include "ftpgate.h"
+#include "listener.h"
+#include "log.h"
+
+#define DEFAULT_CONF SYSCONFDIR "/ftpgate.ini"
+
+static void usage(FILE *to)
+{
+	fprintf(to,
+		"usage: ftpgate [-f] [-t] [-c FILE]\n"
+		"       ftpgate -V | -h\n"
+		"\n"
+		"FTP proxy for servers and clients behind NAT.\n"
+		"\n"
+		"  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
+		"  -f       stay in the foreground and log to stderr\n"
+		"  -t       check the configuration and exit\n"
+		"  -V       print the version and exit\n"
+		"  -h       print this help and exit\n");
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct ftpgate *gw = arg;
+	(void)what;
+	log_info("signal %d: shutting down (%u sessions open)", (int)sig, gw->n_sessions);
+	event_base_loopbreak(gw->base);
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = DEFAULT_CONF;
+	int foreground = 0, check = 0, opt;
+	char err[1024];
+
+	while ((opt = getopt(argc, argv, "c:ftVh")) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'f':
+			foreground = 1;
+			break;
+		case 't':
+			check = 1;
+			break;
+		case 'V':
+			printf("ftpgate %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "ftpgate: unexpected argument \"%s\"\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+
+	struct conf *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (check) {
+		printf("%s: configuration ok (%zu site%s)\n", path, conf->n_sites,
+		       conf->n_sites == 1 ? "" : "s");
+		conf_free(conf);
+		return 0;
+	}
+
+	log_init(conf->log_level, 0);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct ftpgate gw;
+	memset(&gw, 0, sizeof(gw));
+	gw.conf = conf;
+	gw.base = event_base_new();
+	gw.sites = calloc(conf->n_sites, sizeof(*gw.sites));
+	if (!gw.base || !gw.sites) {
+		log_error("out of memory");
+		return 1;
+	}
+	gw.n_sites = conf->n_sites;
+	for (size_t i = 0; i < conf->n_sites; i++) {
+		gw.sites[i].conf = &conf->sites[i];
+		gw.sites[i].gw = &gw;
+	}
+	int rc = 1;
+	if (listeners_open(&gw) < 0)
+		goto out;
+
+	if (!foreground) {
+		if (daemon(0, 0) < 0) {
+			log_error("daemon: %s", strerror(errno));
+			goto out;
+		}
+		log_init(conf->log_level, 1);
+		event_reinit(gw.base);
+	}
+
+	struct event *sigterm = evsignal_new(gw.base, SIGTERM, on_signal, &gw);
+	struct event *sigint = evsignal_new(gw.base, SIGINT, on_signal, &gw);
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+	log_info("ftpgate %s started (%zu site%s)", PACKAGE_VERSION, conf->n_sites,
+		 conf->n_sites == 1 ? "" : "s");
+	event_base_dispatch(gw.base);
+	event_free(sigterm);
+	event_free(sigint);
+	rc = 0;
+out:
+	listeners_close(&gw);
+	/* Open sessions die with the process; graceful drain is not built yet. */
+	free(gw.sites);
+	event_base_free(gw.base);
+	conf_free(conf);
+	return rc;
+}

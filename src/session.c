@@ -1,0 +1,1024 @@
+/* session: one client session: both control connections, its state, one teardown path. */
+#include "config.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "datachan.h"
+#include "ftp_addr.h"
+#include "ftp_cmd.h"
+#include "ftp_reply.h"
+#include "log.h"
+#include "session.h"
+#include "util.h"
+
+#define CMD_LINE_MAX 4096    /* longest client command line, CRLF included */
+#define REPLY_LINE_MAX 8192  /* longest backend reply line */
+#define CLIENT_IN_HIGH 65536 /* stop reading a client that pipelines this much */
+#define OUT_HIGH 262144      /* stop reading the other side while output is this large */
+#define FLUSH_TIMEOUT 10     /* seconds to deliver a last reply before closing */
+#define FIFO_SIZE 4
+
+/* What the proxy expects the next backend reply to answer. */
+enum exp_kind {
+	EXP_GREETING,   /* 220 (maybe after 120) */
+	EXP_RELAY,      /* pass the reply through */
+	EXP_PASV_SETUP, /* the proxy's own EPSV/PASV for the client's PASV/EPSV */
+	EXP_TRANSFER,   /* RETR/STOR/...: 1xx relayed, final reply held until data is done */
+	EXP_FEAT,       /* rewritten to what the proxy provides */
+	EXP_QUIT,       /* relay, then close */
+};
+
+struct expect {
+	enum exp_kind kind;
+	int sent_epsv;     /* EXP_PASV_SETUP: 1 if the proxy asked EPSV, 0 if PASV */
+	int client_epsv;   /* EXP_PASV_SETUP: reply to the client in 229 form */
+	uint64_t start_ms; /* EXP_TRANSFER: for the transfer log line */
+};
+
+struct session {
+	struct site *site;
+	const struct site_conf *conf;
+	uint64_t id;
+	char tag[96];
+	int dead;
+	struct event *reaper; /* frees the session from the loop, after callbacks unwind */
+
+	struct bufferevent *cbev; /* client control */
+	struct bufferevent *bbev; /* backend control */
+	struct sockaddr_storage client_addr;
+	struct sockaddr_storage local_addr; /* where the client connected to */
+	struct event *timer;                /* connect / idle / flush timeout */
+	int backend_up;
+	int closing; /* delivering a last reply, then close */
+
+	struct expect fifo[FIFO_SIZE];
+	unsigned fifo_head, fifo_len;
+
+	struct ftp_reply_asm rasm;
+	struct evbuffer *reply; /* the reply being assembled */
+	int discarding;         /* client line too long: skip to the next LF */
+
+	/* Data connection state. */
+	struct datachan *dc;
+	int dc_done;         /* the pair finished (dc freed) */
+	int dc_ok;           /* ... and delivered every byte */
+	char dc_reason[160]; /* ... or why not */
+	char *pending_cmd;   /* transfer command waiting for the backend data connect */
+	int transfer;        /* a transfer command was sent and its final reply is due */
+	struct evbuffer *held; /* final transfer reply held until the data is done */
+	char xfer_cmd[96];     /* for the transfer log line (escaped) */
+	int epsv_all;
+	int backend_no_epsv;
+
+	/* For the session log line. */
+	char user[64];
+	uint64_t start_ms;
+	uint64_t bytes_up, bytes_down; /* data bytes client->backend, backend->client */
+	char end_reason[160];
+};
+
+static void session_end(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void process_client(struct session *s);
+static void process_backend(struct session *s);
+static void arm_idle(struct session *s);
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static void reply_client(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void reply_client(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+	struct evbuffer *out = bufferevent_get_output(s->cbev);
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void send_backend(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void send_backend(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+	struct evbuffer *out = bufferevent_get_output(s->bbev);
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static struct expect *fifo_push(struct session *s, enum exp_kind kind)
+{
+	if (s->fifo_len == FIFO_SIZE)
+		return NULL;
+	struct expect *e = &s->fifo[(s->fifo_head + s->fifo_len++) % FIFO_SIZE];
+	memset(e, 0, sizeof(*e));
+	e->kind = kind;
+	return e;
+}
+
+static struct expect *fifo_peek(struct session *s)
+{
+	return s->fifo_len ? &s->fifo[s->fifo_head] : NULL;
+}
+
+static void fifo_pop(struct session *s)
+{
+	s->fifo_head = (s->fifo_head + 1) % FIFO_SIZE;
+	s->fifo_len--;
+}
+
+static void set_timer(struct session *s, unsigned seconds)
+{
+	struct timeval tv = {(time_t)seconds, 0};
+	event_add(s->timer, &tv);
+}
+
+/* Announce address for the client: public_address or where it connected to. */
+static const struct sockaddr *announce_addr(struct session *s)
+{
+	if (s->conf->has_public_address)
+		return (const struct sockaddr *)&s->conf->public_address;
+	return (const struct sockaddr *)&s->local_addr;
+}
+
+static void dc_drop(struct session *s)
+{
+	if (s->dc) {
+		datachan_free(s->dc);
+		s->dc = NULL;
+	}
+	s->dc_done = 0;
+	s->dc_ok = 0;
+	free(s->pending_cmd);
+	s->pending_cmd = NULL;
+}
+
+/* ---- teardown ------------------------------------------------------------------------------- */
+
+static void session_free(struct session *s)
+{
+	dc_drop(s);
+	if (s->cbev)
+		bufferevent_free(s->cbev);
+	if (s->bbev)
+		bufferevent_free(s->bbev);
+	if (s->timer)
+		event_free(s->timer);
+	if (s->reaper)
+		event_free(s->reaper);
+	if (s->reply)
+		evbuffer_free(s->reply);
+	if (s->held)
+		evbuffer_free(s->held);
+	s->site->n_sessions--;
+	s->site->gw->n_sessions--;
+	free(s);
+}
+
+static void reaper_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_free(arg);
+}
+
+/* The one way a session ends: log, close both sides now, free from the loop. */
+static void session_end(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+	char client[ADDR_STR_MAX], backend[ADDR_STR_MAX], reason[200];
+
+	if (s->dead)
+		return;
+	s->dead = 1;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	if (s->end_reason[0])
+		snprintf(reason, sizeof(reason), "%s", s->end_reason);
+	log_info("%s: end: client %s backend %s user \"%s\" data up %llu down %llu bytes, "
+		 "%.3f s: %s",
+		 s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
+		 addr_str((struct sockaddr *)&s->conf->backend, backend, sizeof(backend), 1),
+		 s->user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
+		 (double)(now_ms() - s->start_ms) / 1000.0, reason);
+	dc_drop(s);
+	if (s->cbev)
+		bufferevent_disable(s->cbev, EV_READ | EV_WRITE);
+	if (s->bbev)
+		bufferevent_disable(s->bbev, EV_READ | EV_WRITE);
+	event_del(s->timer);
+	event_active(s->reaper, 0, 0);
+}
+
+/* Deliver what is queued for the client, then end. */
+static void session_close_after_flush(struct session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void session_close_after_flush(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+	if (s->dead || s->closing)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(s->end_reason, sizeof(s->end_reason), fmt, ap);
+	va_end(ap);
+	s->closing = 1;
+	dc_drop(s);
+	bufferevent_disable(s->cbev, EV_READ);
+	if (s->bbev) {
+		bufferevent_free(s->bbev);
+		s->bbev = NULL;
+	}
+	if (evbuffer_get_length(bufferevent_get_output(s->cbev)) == 0) {
+		session_end(s, "%s", s->end_reason);
+		return;
+	}
+	bufferevent_enable(s->cbev, EV_WRITE);
+	set_timer(s, FLUSH_TIMEOUT);
+}
+
+/* Fatal for the session: tell the client 421 and close. */
+static void session_abort(struct session *s, const char *why)
+{
+	if (s->dead || s->closing)
+		return;
+	log_warn("%s: %s", s->tag, why);
+	reply_client(s, "421 Service not available, closing control connection.");
+	session_close_after_flush(s, "%s", why);
+}
+
+/* ---- data connection ------------------------------------------------------------------------ */
+
+static void finish_transfer_reply(struct session *s);
+
+static void dc_side_ready(struct datachan *dc, enum dc_side side, int ok, void *arg)
+{
+	struct session *s = arg;
+	(void)dc;
+
+	if (s->dead || side != DC_BACKEND)
+		return;
+	if (!ok) {
+		log_warn("%s: backend data connection failed", s->tag);
+		if (s->pending_cmd) {
+			/* The command never reached the backend: answer it here. */
+			dc_drop(s);
+			reply_client(s, "425 Can't open data connection to the server.");
+			process_client(s);
+		}
+		return;
+	}
+	if (s->pending_cmd) {
+		char *cmd = s->pending_cmd;
+		s->pending_cmd = NULL;
+		send_backend(s, "%s", cmd);
+		free(cmd);
+		struct expect *e = fifo_push(s, EXP_TRANSFER);
+		e->start_ms = now_ms();
+		s->transfer = 1;
+		datachan_start(s->dc);
+	}
+}
+
+static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
+{
+	struct session *s = arg;
+
+	s->bytes_up += datachan_bytes(dc, 0);
+	s->bytes_down += datachan_bytes(dc, 1);
+	s->dc_done = 1;
+	s->dc_ok = ok;
+	snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", ok ? "" : reason);
+	uint64_t up = datachan_bytes(dc, 0), down = datachan_bytes(dc, 1);
+	datachan_free(dc);
+	s->dc = NULL;
+	if (!ok)
+		log_info("%s: data connection closed: %s", s->tag, reason);
+	if (s->transfer) {
+		log_debug("%s: data pair done, %llu up, %llu down", s->tag, (unsigned long long)up,
+			  (unsigned long long)down);
+		if (s->held)
+			finish_transfer_reply(s);
+		return;
+	}
+	/* Not transferring (client never sent the command in time, or the
+	 * pair broke before use): forget it, the next command gets 425. */
+	if (s->pending_cmd) {
+		free(s->pending_cmd);
+		s->pending_cmd = NULL;
+		reply_client(s, "425 Can't open data connection: %s.", reason);
+		s->dc_done = 0;
+		process_client(s);
+	}
+}
+
+/* The held final reply of a transfer may go to the client now. */
+static void finish_transfer_reply(struct session *s)
+{
+	struct expect *e = fifo_peek(s);
+	char res[8] = "";
+
+	if (!s->held)
+		return;
+	evbuffer_copyout(s->held, res, 3);
+	if (s->dc_ok || res[0] != '2') {
+		evbuffer_add_buffer(bufferevent_get_output(s->cbev), s->held);
+	} else {
+		/* The backend says done but the client did not get every byte. */
+		reply_client(s, "426 Connection closed; transfer aborted (%s).", s->dc_reason);
+		snprintf(res, sizeof(res), "426");
+	}
+	evbuffer_free(s->held);
+	s->held = NULL;
+	log_info("%s: transfer %s: %s, %.3f s, data up %llu down %llu", s->tag, s->xfer_cmd, res,
+		 e ? (double)(now_ms() - e->start_ms) / 1000.0 : 0.0,
+		 (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down);
+	s->transfer = 0;
+	s->dc_done = 0;
+	if (e)
+		fifo_pop(s);
+	arm_idle(s);
+	process_backend(s);
+	process_client(s);
+}
+
+/* ---- replies from the backend --------------------------------------------------------------- */
+
+/*
+ * Answer FEAT with what the proxy provides: the backend's features that pass
+ * through a proxy unchanged, plus EPSV, which the proxy always handles
+ * itself. TLS (AUTH/PBSZ/PROT/CCC) and active mode (EPRT/LPRT) are not
+ * offered by this version, and LPSV never is.
+ */
+static void rewrite_feat(struct session *s, int code, struct evbuffer *rep)
+{
+	static const char *const drop[] = {"AUTH", "PBSZ", "PROT", "CCC",
+					   "EPSV", "EPRT", "LPSV", "LPRT"};
+	struct evbuffer *out = bufferevent_get_output(s->cbev);
+	size_t len;
+	char *line;
+
+	evbuffer_add_printf(out, "211-Features:\r\n EPSV\r\n");
+	while ((line = evbuffer_readln(rep, &len, EVBUFFER_EOL_CRLF)) != NULL) {
+		/* RFC 2389: feature lines start with a space. */
+		if (code == 211 && len > 1 && line[0] == ' ') {
+			char feat[16];
+			size_t i = 0;
+			while (i < sizeof(feat) - 1 && i + 1 < len && line[i + 1] != ' ') {
+				feat[i] = line[i + 1];
+				i++;
+			}
+			feat[i] = '\0';
+			int keep = 1;
+			for (size_t k = 0; k < sizeof(drop) / sizeof(drop[0]); k++)
+				if (strcasecmp(feat, drop[k]) == 0)
+					keep = 0;
+			if (keep) {
+				evbuffer_add(out, line, len);
+				evbuffer_add(out, "\r\n", 2);
+			}
+		}
+		free(line);
+	}
+	evbuffer_add_printf(out, "211 End\r\n");
+}
+
+/* The backend answered the proxy's EPSV/PASV: set up both data sides and answer the client. */
+static void handle_pasv_reply(struct session *s, const struct expect *e, int code,
+			      struct evbuffer *rep)
+{
+	char text[512], esc[256], buf[128];
+	struct sockaddr_storage baddr, bind_addr;
+	uint16_t bport = 0, cport = 0;
+	int client_epsv = e->client_epsv;
+
+	if (e->sent_epsv && (code == 500 || code == 501 || code == 502 || code == 504)) {
+		/* No EPSV on this backend: fall back to PASV for the rest of the session. */
+		s->backend_no_epsv = 1;
+		send_backend(s, "PASV");
+		struct expect *n = fifo_push(s, EXP_PASV_SETUP);
+		n->client_epsv = client_epsv;
+		return;
+	}
+	if (code >= 400) {
+		/* The backend refuses (not logged in, ...): that answers the client too. */
+		evbuffer_add_buffer(bufferevent_get_output(s->cbev), rep);
+		return;
+	}
+	size_t n = evbuffer_copyout(rep, text, sizeof(text) - 1);
+	text[n] = '\0';
+	char *eol = strpbrk(text, "\r\n");
+	size_t tlen = eol ? (size_t)(eol - text) : n;
+	int rc = -1;
+	if (code == 229) {
+		rc = ftp_parse_229(text, tlen, &bport);
+	} else if (code == 227) {
+		struct sockaddr_in sin;
+		rc = ftp_parse_227(text, tlen, &sin);
+		if (rc == 0) {
+			/* Only the port is used: the backend cannot steer the proxy
+			 * to another host (and behind NAT the address is wrong anyway). */
+			bport = ntohs(sin.sin_port);
+			if (s->conf->backend.ss_family != AF_INET ||
+			    sin.sin_addr.s_addr !=
+				((const struct sockaddr_in *)&s->conf->backend)->sin_addr.s_addr)
+				log_debug("%s: backend announced %s in 227; using its control "
+					  "address",
+					  s->tag,
+					  addr_str((struct sockaddr *)&sin, buf, sizeof(buf), 1));
+		}
+	}
+	if (rc < 0 || bport == 0) {
+		log_warn("%s: unusable passive reply from backend: \"%s\"", s->tag,
+			 log_escape(esc, sizeof(esc), text, tlen));
+		reply_client(s, "425 Can't open data connection: bad reply from the server.");
+		return;
+	}
+
+	memcpy(&baddr, &s->conf->backend, sizeof(baddr));
+	addr_set_port((struct sockaddr *)&baddr, bport);
+
+	/* Listen where the client connected to, or on the wildcard of the
+	 * announced family when that differs (PASV with an IPv4 public_address
+	 * on an IPv6 control connection). */
+	const struct sockaddr *ann = announce_addr(s);
+	memset(&bind_addr, 0, sizeof(bind_addr));
+	if (client_epsv || ann->sa_family == s->local_addr.ss_family)
+		memcpy(&bind_addr, &s->local_addr, sizeof(bind_addr));
+	else
+		bind_addr.ss_family = ann->sa_family;
+
+	static const struct datachan_cbs cbs = {dc_side_ready, dc_done};
+	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
+	if (!s->dc) {
+		reply_client(s, "425 Can't open data connection: out of memory.");
+		return;
+	}
+	if (datachan_connect(s->dc, DC_BACKEND, (struct sockaddr *)&baddr) < 0) {
+		log_warn("%s: connect to backend data port %s: %s", s->tag,
+			 addr_str((struct sockaddr *)&baddr, buf, sizeof(buf), 1), strerror(errno));
+		dc_drop(s);
+		reply_client(s, "425 Can't open data connection to the server.");
+		return;
+	}
+	if (datachan_listen(s->dc, DC_CLIENT, (struct sockaddr *)&bind_addr, s->conf->pasv_lo,
+			    s->conf->pasv_hi, (struct sockaddr *)&s->client_addr, &cport) < 0) {
+		log_warn("%s: no passive port free in %u-%u on %s: %s", s->tag, s->conf->pasv_lo,
+			 s->conf->pasv_hi,
+			 addr_str((struct sockaddr *)&bind_addr, buf, sizeof(buf), 0),
+			 strerror(errno));
+		dc_drop(s);
+		reply_client(s, "425 Can't open passive connection: no free port.");
+		return;
+	}
+	if (client_epsv) {
+		ftp_format_229(buf, sizeof(buf), cport);
+	} else {
+		struct sockaddr_in sin;
+		memcpy(&sin, ann, sizeof(sin));
+		sin.sin_port = htons(cport);
+		ftp_format_227(buf, sizeof(buf), &sin);
+	}
+	evbuffer_add(bufferevent_get_output(s->cbev), buf, strlen(buf));
+	log_debug("%s: passive: client port %u <-> backend port %u", s->tag, cport, bport);
+}
+
+static void relay(struct session *s, struct evbuffer *rep)
+{
+	evbuffer_add_buffer(bufferevent_get_output(s->cbev), rep);
+}
+
+/* A complete reply from the backend, in s->reply. */
+static void handle_reply(struct session *s, int code, struct evbuffer *rep)
+{
+	struct expect *e = fifo_peek(s);
+	char text[128], esc[160];
+
+	if (!e) {
+		size_t n = evbuffer_copyout(rep, text, sizeof(text));
+		if (code == 421) {
+			relay(s, rep);
+			session_close_after_flush(s, "backend closed the session (421)");
+			return;
+		}
+		log_warn("%s: dropped a reply that answers nothing: \"%s\"", s->tag,
+			 log_escape(esc, sizeof(esc), text, n));
+		return;
+	}
+	if (ftp_reply_is_prelim(code)) {
+		if (e->kind == EXP_PASV_SETUP || e->kind == EXP_FEAT) {
+			log_warn("%s: dropped an unexpected %d reply", s->tag, code);
+			return;
+		}
+		relay(s, rep);
+		return;
+	}
+	struct expect cur = *e;
+	switch (cur.kind) {
+	case EXP_GREETING:
+		fifo_pop(s);
+		relay(s, rep);
+		if (code != 220) {
+			session_close_after_flush(s, "backend refused the session (%d)", code);
+			return;
+		}
+		s->backend_up = 2; /* greeted */
+		arm_idle(s);
+		break;
+	case EXP_RELAY:
+		fifo_pop(s);
+		relay(s, rep);
+		break;
+	case EXP_QUIT:
+		fifo_pop(s);
+		relay(s, rep);
+		session_close_after_flush(s, "client quit");
+		return;
+	case EXP_FEAT:
+		fifo_pop(s);
+		rewrite_feat(s, code, rep);
+		break;
+	case EXP_PASV_SETUP:
+		fifo_pop(s);
+		handle_pasv_reply(s, &cur, code, rep);
+		break;
+	case EXP_TRANSFER:
+		if (code >= 400 || (!s->dc && !s->dc_done)) {
+			/* Failed, or the data pair is already gone (ABOR): relay as is. */
+			dc_drop(s);
+			fifo_pop(s);
+			relay(s, rep);
+			log_info("%s: transfer %s: %d, data up %llu down %llu", s->tag, s->xfer_cmd,
+				 code, (unsigned long long)s->bytes_up,
+				 (unsigned long long)s->bytes_down);
+			s->transfer = 0;
+			arm_idle(s);
+			break;
+		}
+		/* Success: hold it until the data pair has delivered every byte. */
+		s->held = evbuffer_new();
+		if (!s->held) {
+			session_abort(s, "out of memory");
+			return;
+		}
+		evbuffer_add_buffer(s->held, rep);
+		if (s->dc_done)
+			finish_transfer_reply(s);
+		return;
+	}
+	if (evbuffer_get_length(bufferevent_get_output(s->cbev)) > OUT_HIGH)
+		bufferevent_disable(s->bbev, EV_READ);
+}
+
+static void process_backend(struct session *s)
+{
+	char line[REPLY_LINE_MAX];
+	char esc[160];
+
+	if (s->dead || s->closing || !s->bbev)
+		return;
+	struct evbuffer *in = bufferevent_get_input(s->bbev);
+	while (!s->dead && !s->closing && !s->held) {
+		size_t eol_len = 0;
+		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (p.pos < 0) {
+			if (evbuffer_get_length(in) >= sizeof(line))
+				session_abort(s, "backend sent a reply line longer than 8192 bytes");
+			return;
+		}
+		size_t n = (size_t)p.pos + eol_len;
+		if (n > sizeof(line)) {
+			session_abort(s, "backend sent a reply line longer than 8192 bytes");
+			return;
+		}
+		evbuffer_remove(in, line, n);
+		enum ftp_reply_status st = ftp_reply_feed(&s->rasm, line, n);
+		if (st == FTP_REPLY_BAD) {
+			char why[256];
+			snprintf(why, sizeof(why), "malformed or oversized reply from backend: \"%s\"",
+				 log_escape(esc, sizeof(esc), line, n));
+			session_abort(s, why);
+			return;
+		}
+		evbuffer_add(s->reply, line, n);
+		if (st == FTP_REPLY_DONE) {
+			int code = s->rasm.code;
+			ftp_reply_reset(&s->rasm);
+			handle_reply(s, code, s->reply);
+			if (s->reply)
+				evbuffer_drain(s->reply, evbuffer_get_length(s->reply));
+		}
+	}
+}
+
+/* ---- commands from the client --------------------------------------------------------------- */
+
+static void forward(struct session *s, const struct ftp_cmd *c, enum exp_kind kind)
+{
+	if (c->arg_len)
+		send_backend(s, "%s %.*s", c->name, (int)c->arg_len, c->arg);
+	else
+		send_backend(s, "%s", c->name);
+	fifo_push(s, kind);
+}
+
+static void cmd_pasv(struct session *s, const struct ftp_cmd *c)
+{
+	int epsv = c->verb == FTP_V_EPSV;
+	int fam = s->local_addr.ss_family == AF_INET6 ? 2 : 1;
+
+	if (epsv && c->arg_len) {
+		if (c->arg_len == 3 && strncasecmp(c->arg, "ALL", 3) == 0) {
+			s->epsv_all = 1;
+			reply_client(s, "200 EPSV ALL accepted.");
+			return;
+		}
+		if (c->arg_len != 1 || (c->arg[0] != '1' && c->arg[0] != '2')) {
+			reply_client(s, "501 Syntax error in EPSV argument.");
+			return;
+		}
+		if (c->arg[0] - '0' != fam) {
+			reply_client(s, "522 Network protocol not supported, use (%d)", fam);
+			return;
+		}
+	}
+	if (!epsv) {
+		if (s->epsv_all) {
+			reply_client(s, "503 PASV not allowed after EPSV ALL.");
+			return;
+		}
+		if (announce_addr(s)->sa_family != AF_INET) {
+			reply_client(s, "425 PASV needs an IPv4 address; use EPSV.");
+			return;
+		}
+	}
+	dc_drop(s);
+	send_backend(s, "%s", s->backend_no_epsv ? "PASV" : "EPSV");
+	struct expect *e = fifo_push(s, EXP_PASV_SETUP);
+	e->sent_epsv = !s->backend_no_epsv;
+	e->client_epsv = epsv;
+}
+
+static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
+{
+	char raw[CMD_LINE_MAX];
+
+	if (!s->dc) {
+		reply_client(s, "425 Use PASV or EPSV first.");
+		return;
+	}
+	int n = snprintf(raw, sizeof(raw), "%s%s%.*s", c->name, c->arg_len ? " " : "",
+			 (int)c->arg_len, c->arg);
+	log_escape(s->xfer_cmd, sizeof(s->xfer_cmd), raw, (size_t)n);
+	if (datachan_side_connected(s->dc, DC_BACKEND)) {
+		send_backend(s, "%s", raw);
+		struct expect *e = fifo_push(s, EXP_TRANSFER);
+		e->start_ms = now_ms();
+		s->transfer = 1;
+		datachan_start(s->dc);
+		return;
+	}
+	/* Open the backend data connection before sending the command, or the
+	 * backend may answer 425 before the proxy got there. */
+	s->pending_cmd = strdup(raw);
+	if (!s->pending_cmd) {
+		dc_drop(s);
+		reply_client(s, "425 Can't open data connection: out of memory.");
+	}
+}
+
+static void cmd_abor(struct session *s, const struct ftp_cmd *c)
+{
+	if (s->pending_cmd) {
+		/* The transfer command never reached the backend: answer it here. */
+		dc_drop(s);
+		reply_client(s, "426 Connection closed; transfer aborted.");
+	} else if (s->dc) {
+		dc_drop(s);
+	}
+	if (s->held) {
+		/* The backend had already finished: its reply goes out first. */
+		relay(s, s->held);
+		evbuffer_free(s->held);
+		s->held = NULL;
+		s->transfer = 0;
+		fifo_pop(s);
+	}
+	forward(s, c, EXP_RELAY);
+}
+
+static void handle_command(struct session *s, char *line, size_t n)
+{
+	struct ftp_cmd c;
+	char esc[128];
+
+	n = ftp_telnet_strip(line, n);
+	if (ftp_cmd_parse(line, n, &c) < 0) {
+		log_debug("%s: bad command \"%s\"", s->tag, log_escape(esc, sizeof(esc), line, n));
+		reply_client(s, "500 Syntax error, command unrecognized.");
+		return;
+	}
+	if (c.verb == FTP_V_PASS)
+		log_debug("%s: command PASS ****", s->tag);
+	else
+		log_debug("%s: command %s", s->tag, log_escape(esc, sizeof(esc), line, n));
+
+	switch (c.verb) {
+	case FTP_V_USER:
+		log_escape(s->user, sizeof(s->user), c.arg, c.arg_len);
+		forward(s, &c, EXP_RELAY);
+		break;
+	case FTP_V_PASV:
+	case FTP_V_EPSV:
+		cmd_pasv(s, &c);
+		break;
+	case FTP_V_PORT:
+	case FTP_V_EPRT:
+	case FTP_V_LPRT:
+		reply_client(s, "502 Active mode is not supported by this proxy; use PASV or EPSV.");
+		break;
+	case FTP_V_LPSV:
+		reply_client(s, "502 LPSV is not supported; use EPSV or PASV.");
+		break;
+	case FTP_V_AUTH:
+	case FTP_V_PBSZ:
+	case FTP_V_PROT:
+	case FTP_V_CCC:
+		reply_client(s, "502 TLS is not enabled on this proxy.");
+		break;
+	case FTP_V_RETR:
+	case FTP_V_STOR:
+	case FTP_V_APPE:
+	case FTP_V_STOU:
+	case FTP_V_LIST:
+	case FTP_V_NLST:
+	case FTP_V_MLSD:
+		cmd_transfer(s, &c);
+		break;
+	case FTP_V_ABOR:
+		cmd_abor(s, &c);
+		break;
+	case FTP_V_QUIT:
+		forward(s, &c, EXP_QUIT);
+		break;
+	case FTP_V_FEAT:
+		forward(s, &c, EXP_FEAT);
+		break;
+	case FTP_V_REIN:
+		dc_drop(s);
+		s->epsv_all = 0;
+		s->user[0] = '\0';
+		forward(s, &c, EXP_RELAY);
+		break;
+	default:
+		forward(s, &c, EXP_RELAY);
+		break;
+	}
+}
+
+/* Is the head line of the client's input an ABOR that may overtake a running transfer? */
+static int head_is_abor(struct session *s, struct evbuffer *in)
+{
+	char buf[32];
+	struct ftp_cmd c;
+
+	if (!s->transfer && !s->pending_cmd)
+		return 0;
+	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
+	if (p.pos < 0 || (size_t)p.pos >= sizeof(buf))
+		return 0;
+	size_t n = (size_t)evbuffer_copyout(in, buf, (size_t)p.pos + 1);
+	n = ftp_telnet_strip(buf, n);
+	return ftp_cmd_parse(buf, n, &c) == 0 && c.verb == FTP_V_ABOR;
+}
+
+static void process_client(struct session *s)
+{
+	char line[CMD_LINE_MAX + 1];
+
+	if (s->dead || s->closing)
+		return;
+	struct evbuffer *in = bufferevent_get_input(s->cbev);
+	while (!s->dead && !s->closing && evbuffer_get_length(in) > 0) {
+		/* One command at a time: the next is taken once the previous one
+		 * is answered (ABOR may overtake a transfer). */
+		if ((s->fifo_len > 0 || s->pending_cmd || s->held || s->backend_up < 2) &&
+		    !head_is_abor(s, in))
+			break;
+		size_t eol_len = 0;
+		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (p.pos < 0) {
+			if (evbuffer_get_length(in) > CMD_LINE_MAX) {
+				s->discarding = 1;
+				evbuffer_drain(in, evbuffer_get_length(in));
+			}
+			break;
+		}
+		size_t n = (size_t)p.pos + eol_len;
+		if (s->discarding || n > CMD_LINE_MAX) {
+			evbuffer_drain(in, n);
+			s->discarding = 0;
+			log_info("%s: command line too long, refused", s->tag);
+			reply_client(s, "500 Command line too long.");
+			continue;
+		}
+		evbuffer_remove(in, line, n);
+		arm_idle(s);
+		handle_command(s, line, n);
+	}
+}
+
+/* ---- events --------------------------------------------------------------------------------- */
+
+static void arm_idle(struct session *s)
+{
+	if (!s->dead && !s->closing && s->backend_up == 2)
+		set_timer(s, s->conf->idle_timeout);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	char b[ADDR_STR_MAX], why[160];
+	(void)fd;
+	(void)what;
+
+	if (s->dead)
+		return;
+	if (s->closing) {
+		session_end(s, "%s (client did not read the last reply)", s->end_reason);
+		return;
+	}
+	if (s->backend_up < 2) {
+		snprintf(why, sizeof(why), "backend %s: %s within %u s",
+			 addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1),
+			 s->backend_up ? "no greeting" : "no connection", s->conf->connect_timeout);
+		session_abort(s, why);
+		return;
+	}
+	if (s->transfer) {
+		/* A long transfer is not idleness: the data pair has its own timeout. */
+		arm_idle(s);
+		return;
+	}
+	if (s->fifo_len > 0) {
+		snprintf(why, sizeof(why), "backend did not reply within %u s",
+			 s->conf->idle_timeout);
+		session_abort(s, why);
+		return;
+	}
+	log_info("%s: idle for %u s", s->tag, s->conf->idle_timeout);
+	reply_client(s, "421 Timeout (%u seconds): closing control connection.",
+		     s->conf->idle_timeout);
+	session_close_after_flush(s, "idle timeout");
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	process_client(arg);
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	(void)bev;
+	if (s->dead)
+		return;
+	if (s->closing) {
+		session_end(s, "%s", s->end_reason);
+		return;
+	}
+	if (s->bbev)
+		bufferevent_enable(s->bbev, EV_READ);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	(void)bev;
+	if (s->dead)
+		return;
+	if (what & BEV_EVENT_EOF)
+		session_end(s, "client closed the connection");
+	else
+		session_end(s, "client connection error: %s",
+			    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void backend_read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	process_backend(arg);
+}
+
+static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+	char b[ADDR_STR_MAX], why[200];
+
+	if (s->dead)
+		return;
+	addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1);
+	if (what & BEV_EVENT_CONNECTED) {
+		int one = 1;
+		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		s->backend_up = 1;
+		bufferevent_enable(bev, EV_READ);
+		return;
+	}
+	if (!s->backend_up) {
+		snprintf(why, sizeof(why), "cannot connect to backend %s: %s", b,
+			 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		session_abort(s, why);
+		return;
+	}
+	/* Whatever arrived before the close is still answered. */
+	process_backend(s);
+	if (s->dead || s->closing)
+		return;
+	if (what & BEV_EVENT_EOF)
+		snprintf(why, sizeof(why), "backend %s closed the control connection", b);
+	else
+		snprintf(why, sizeof(why), "backend %s control connection error: %s", b,
+			 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	session_abort(s, why);
+}
+
+void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen)
+{
+	struct ftpgate *gw = site->gw;
+	char c[ADDR_STR_MAX], l[ADDR_STR_MAX];
+	socklen_t len;
+	int one = 1;
+
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s) {
+		close(fd);
+		return;
+	}
+	s->site = site;
+	s->conf = site->conf;
+	s->id = ++gw->next_session_id;
+	snprintf(s->tag, sizeof(s->tag), "%s/%llu", site->conf->name, (unsigned long long)s->id);
+	s->start_ms = now_ms();
+	site->n_sessions++;
+	gw->n_sessions++;
+	memcpy(&s->client_addr, peer, (size_t)peerlen);
+	ftp_addr_unmap(&s->client_addr);
+	len = sizeof(s->local_addr);
+	getsockname(fd, (struct sockaddr *)&s->local_addr, &len);
+	ftp_addr_unmap(&s->local_addr);
+	addr_set_port((struct sockaddr *)&s->local_addr, 0);
+	/* Telnet "urgent" bytes (IP/DM before ABOR) stay in the stream. */
+	setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	s->cbev = bufferevent_socket_new(gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	s->bbev = bufferevent_socket_new(gw->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	s->timer = event_new(gw->base, -1, 0, timer_cb, s);
+	s->reaper = event_new(gw->base, -1, 0, reaper_cb, s);
+	s->reply = evbuffer_new();
+	if (!s->cbev || !s->bbev || !s->timer || !s->reaper || !s->reply) {
+		log_error("out of memory for a new session");
+		if (!s->cbev)
+			close(fd);
+		s->dead = 1;
+		session_free(s);
+		return;
+	}
+	bufferevent_setcb(s->cbev, client_read_cb, client_write_cb, client_event_cb, s);
+	bufferevent_setwatermark(s->cbev, EV_READ, 0, CLIENT_IN_HIGH);
+	bufferevent_enable(s->cbev, EV_READ | EV_WRITE);
+	bufferevent_setcb(s->bbev, backend_read_cb, NULL, backend_event_cb, s);
+	bufferevent_setwatermark(s->bbev, EV_READ, 0, CLIENT_IN_HIGH);
+	fifo_push(s, EXP_GREETING);
+
+	log_info("%s: start: client %s to %s", s->tag,
+		 addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),
+		 addr_str((struct sockaddr *)&s->local_addr, l, sizeof(l), 0));
+	set_timer(s, s->conf->connect_timeout);
+	if (bufferevent_socket_connect(s->bbev, (struct sockaddr *)&s->conf->backend,
+				       (int)addr_len((struct sockaddr *)&s->conf->backend)) < 0) {
+		char why[160];
+		snprintf(why, sizeof(why), "cannot connect to backend %s: %s",
+			 addr_str((struct sockaddr *)&s->conf->backend, c, sizeof(c), 1),
+			 strerror(errno));
+		session_abort(s, why);
+	}
+}
