@@ -11,6 +11,7 @@
 #include "conf.h"
 
 struct ftpgate;
+struct session;
 
 /* One [site:NAME] at run time. */
 struct site {
@@ -29,6 +30,7 @@ struct ftpgate {
 	size_t n_sites;
 	unsigned n_sessions;
 	uint64_t next_session_id;
+	struct session *sessions; /* every open session, for shutdown */
 };
 
 #endif

@@ -10,4 +10,7 @@
 /* Take ownership of an accepted client control socket. */
 void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen);
 
+/* Close every session of gw now (shutdown). */
+void sessions_close_all(struct ftpgate *gw);
+
 #endif

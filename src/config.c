@@ -144,6 +144,8 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 			return fail(p, key, "%s", err);
 		if (addr_port((struct sockaddr *)&s->public_address) != 0)
 			return fail(p, key, "an address only, without a port");
+		if (s->public_address.ss_family != AF_INET)
+			return fail(p, key, "must be an IPv4 address (227 replies carry IPv4 only)");
 		s->has_public_address = 1;
 		return 1;
 	}

@@ -15,6 +15,7 @@
 #include "ftpgate.h"
 #include "listener.h"
 #include "log.h"
+#include "session.h"
 
 #define DEFAULT_CONF SYSCONFDIR "/ftpgate.ini"
 
@@ -129,7 +130,8 @@ int main(int argc, char **argv)
 	rc = 0;
 out:
 	listeners_close(&gw);
-	/* Open sessions die with the process; graceful drain is not built yet. */
+	/* Open sessions are closed at once; a graceful drain is not built yet. */
+	sessions_close_all(&gw);
 	free(gw.sites);
 	event_base_free(gw.base);
 	conf_free(conf);

@@ -48,6 +48,7 @@ struct expect {
 };
 
 struct session {
+	struct session *next, *prev; /* in gw->sessions */
 	struct site *site;
 	const struct site_conf *conf;
 	uint64_t id;
@@ -186,6 +187,12 @@ static void session_free(struct session *s)
 		evbuffer_free(s->held);
 	s->site->n_sessions--;
 	s->site->gw->n_sessions--;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		s->site->gw->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
 	free(s);
 }
 
@@ -453,15 +460,10 @@ static void handle_pasv_reply(struct session *s, const struct expect *e, int cod
 	memcpy(&baddr, &s->conf->backend, sizeof(baddr));
 	addr_set_port((struct sockaddr *)&baddr, bport);
 
-	/* Listen where the client connected to, or on the wildcard of the
-	 * announced family when that differs (PASV with an IPv4 public_address
-	 * on an IPv6 control connection). */
+	/* Listen where the client connected to: behind a 1:1 NAT that is the
+	 * address public_address is translated to. */
+	memcpy(&bind_addr, &s->local_addr, sizeof(bind_addr));
 	const struct sockaddr *ann = announce_addr(s);
-	memset(&bind_addr, 0, sizeof(bind_addr));
-	if (client_epsv || ann->sa_family == s->local_addr.ss_family)
-		memcpy(&bind_addr, &s->local_addr, sizeof(bind_addr));
-	else
-		bind_addr.ss_family = ann->sa_family;
 
 	static const struct datachan_cbs cbs = {dc_side_ready, dc_done};
 	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
@@ -662,8 +664,9 @@ static void cmd_pasv(struct session *s, const struct ftp_cmd *c)
 			reply_client(s, "503 PASV not allowed after EPSV ALL.");
 			return;
 		}
-		if (announce_addr(s)->sa_family != AF_INET) {
-			reply_client(s, "425 PASV needs an IPv4 address; use EPSV.");
+		if (s->local_addr.ss_family != AF_INET) {
+			/* A 227 carries IPv4 only (RFC 2428). */
+			reply_client(s, "425 PASV is IPv4 only on this connection; use EPSV.");
 			return;
 		}
 	}
@@ -736,7 +739,8 @@ static void handle_command(struct session *s, char *line, size_t n)
 	if (c.verb == FTP_V_PASS)
 		log_debug("%s: command PASS ****", s->tag);
 	else
-		log_debug("%s: command %s", s->tag, log_escape(esc, sizeof(esc), line, n));
+		log_debug("%s: command %s%s%s", s->tag, c.name, c.arg_len ? " " : "",
+			  log_escape(esc, sizeof(esc), c.arg, c.arg_len));
 
 	switch (c.verb) {
 	case FTP_V_USER:
@@ -979,6 +983,10 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	s->start_ms = now_ms();
 	site->n_sessions++;
 	gw->n_sessions++;
+	s->next = gw->sessions;
+	if (s->next)
+		s->next->prev = s;
+	gw->sessions = s;
 	memcpy(&s->client_addr, peer, (size_t)peerlen);
 	ftp_addr_unmap(&s->client_addr);
 	len = sizeof(s->local_addr);
@@ -1020,5 +1028,14 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 			 addr_str((struct sockaddr *)&s->conf->backend, c, sizeof(c), 1),
 			 strerror(errno));
 		session_abort(s, why);
+	}
+}
+
+void sessions_close_all(struct ftpgate *gw)
+{
+	while (gw->sessions) {
+		struct session *s = gw->sessions;
+		session_end(s, "proxy shutting down");
+		session_free(s);
 	}
 }

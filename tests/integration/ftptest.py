@@ -273,6 +273,7 @@ class Handler(FTPHandler):
 Handler.authorizer = auth
 Handler.banner = cfg['banner']
 Handler.timeout = cfg['timeout']
+Handler.auth_failed_timeout = 0.1
 Handler.permit_foreign_addresses = False
 Handler.passive_ports = range(cfg['pasv'][0], cfg['pasv'][1] + 1)
 if cfg.get('masquerade'):

@@ -1,1 +1,484 @@
-print("1..0 # SKIP not written")
+#!/usr/bin/python3
+"""ftpgate between two networks that cannot reach each other, in network
+namespaces.  TAP output; see ftptest.py for the environment variables.
+
+Topology (documentation address ranges only, created by this test, deleted
+at exit):
+
+  client ns fgc-PID          gateway ns fgg-PID               server ns fgs-PID
+  203.0.113.2/24  --veth--  203.0.113.1/24 | 198.51.100.1/24  --veth--  198.51.100.2/24
+  curl, ftplib              ftpgate, ip_forward = 0                     pyftpdlib :2121
+
+No namespace has a default route, and the gateway does not forward, so the
+client can only reach the backend through ftpgate, and only if ftpgate
+announces its own client-side address (203.0.113.1) in PASV/EPSV replies
+while the backend announces its private 198.51.100.2.
+
+Needs root (ip netns, veth).  Without it: "1..0 # SKIP reason"."""
+
+import atexit
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ftptest as T  # noqa: E402
+
+PID = os.getpid()
+NS_C = 'fgc-%d' % PID
+NS_G = 'fgg-%d' % PID
+NS_S = 'fgs-%d' % PID
+ALL_NS = (NS_C, NS_G, NS_S)
+
+CLIENT_IP = '203.0.113.2'
+GATE_IP = '203.0.113.1'
+GATE_BACK_IP = '198.51.100.1'
+SERVER_IP = '198.51.100.2'
+FTP_PORT = 2121
+GATE_PASV = (40000, 40100)
+SERVER_PASV = (50000, 50100)
+FILE_MIB = 8
+CMD_TIMEOUT = 20          # bound on every command we run
+
+IP = shutil.which('ip') or '/usr/sbin/ip'
+
+# --------------------------------------------------------------------------
+# process / namespace bookkeeping (cleanup runs before ftptest's own atexit
+# handler, since atexit is LIFO and ftptest registered first)
+
+_my_procs = []
+_created_ns = []
+
+
+def _cleanup():
+    for p in list(_my_procs):
+        try:
+            T._stop_proc(p, 2.0)
+        except Exception:
+            pass
+        if p in _my_procs:
+            _my_procs.remove(p)
+    for ns in list(_created_ns):
+        try:
+            subprocess.run([IP, 'netns', 'del', ns], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=10)
+        except Exception:
+            pass
+        _created_ns.remove(ns)
+
+
+atexit.register(_cleanup)
+
+
+def skip_all(reason):
+    sys.stdout.write('1..0 # SKIP %s\n' % reason)
+    sys.stdout.flush()
+    sys.exit(0)
+
+
+def run(cmd, timeout=CMD_TIMEOUT, check=True):
+    """Run cmd (list); return CompletedProcess (bytes)."""
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError('command failed (exit %d): %s\n%s'
+                             % (r.returncode, ' '.join(cmd),
+                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
+    return r
+
+
+def nsexec(ns, cmd):
+    """ip netns exec execs the command: the PID stays the command's."""
+    return [IP, 'netns', 'exec', ns] + list(cmd)
+
+
+def ns_listening_ports(pid):
+    """Ports in LISTEN state owned by pid, read from /proc/PID/net/tcp*
+    (which shows pid's own network namespace, unlike /proc/net)."""
+    inodes = set()
+    fddir = '/proc/%d/fd' % pid
+    for fd in os.listdir(fddir):
+        try:
+            m = re.match(r'socket:\[(\d+)\]', os.readlink(os.path.join(fddir, fd)))
+        except OSError:
+            continue
+        if m:
+            inodes.add(m.group(1))
+    ports = set()
+    for tab in ('tcp', 'tcp6'):
+        try:
+            with open('/proc/%d/net/%s' % (pid, tab)) as f:
+                next(f)
+                for line in f:
+                    fl = line.split()
+                    if fl[3] == '0A' and fl[9] in inodes:
+                        ports.add(int(fl[1].rsplit(':', 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def wait_ns_listening(proc, port, what, logfn, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError('%s exited with status %s before listening\n%s'
+                                 % (what, proc.returncode, logfn()))
+        try:
+            if port in ns_listening_ports(proc.pid):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError('%s not listening on %d after %.0f s\n%s'
+                                 % (what, port, timeout, logfn()))
+        time.sleep(0.05)
+
+
+def read_text(path):
+    try:
+        with open(path, 'rb') as f:
+            return f.read().decode('utf-8', 'replace')
+    except OSError:
+        return ''
+
+
+# --------------------------------------------------------------------------
+# topology
+
+def make_topology():
+    """Returns None, or a reason to skip."""
+    if os.geteuid() != 0:
+        return 'needs root to create network namespaces (euid %d)' % os.geteuid()
+    if not os.access(IP, os.X_OK):
+        return 'iproute2 "ip" command not found'
+    for ns in ALL_NS:
+        # a leftover of an earlier run with the same PID cannot be in use
+        if os.path.exists('/run/netns/' + ns):
+            run([IP, 'netns', 'del', ns], check=False)
+        r = run([IP, 'netns', 'add', ns], check=False)
+        if r.returncode != 0:
+            return 'ip netns add %s failed: %s' % (
+                ns, r.stderr.decode('utf-8', 'replace').strip())
+        _created_ns.append(ns)
+    # veth pairs are created inside the gateway namespace and one end moved:
+    # nothing ever appears in the namespace the test runs in.
+    r = run([IP, '-n', NS_G, 'link', 'add', 'toclient', 'type', 'veth',
+             'peer', 'name', 'eth0', 'netns', NS_C], check=False)
+    if r.returncode != 0:
+        return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
+    run([IP, '-n', NS_G, 'link', 'add', 'toserver', 'type', 'veth',
+         'peer', 'name', 'eth0', 'netns', NS_S])
+    for ns, dev, addr in ((NS_C, 'eth0', CLIENT_IP),
+                          (NS_G, 'toclient', GATE_IP),
+                          (NS_G, 'toserver', GATE_BACK_IP),
+                          (NS_S, 'eth0', SERVER_IP)):
+        run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
+        run([IP, '-n', ns, 'link', 'set', dev, 'up'])
+    for ns in ALL_NS:
+        run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
+    # the gateway must not route between its two networks
+    run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
+    return None
+
+
+def ns_addr_ready(ns, addr, timeout=5.0):
+    """Wait until addr is usable in ns (not tentative)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = run([IP, '-n', ns, '-o', 'addr', 'show'], check=False).stdout.decode()
+        for line in out.splitlines():
+            if (' %s/' % addr) in line and 'tentative' not in line:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------
+# processes in namespaces
+
+class NsBackend:
+    """pyftpdlib (ftptest's server script) inside the server namespace."""
+
+    def __init__(self, root):
+        self.dir = T.tmpdir('netns-pyftpd-')
+        self.root = root
+        script = os.path.join(self.dir, 'server.py')
+        with open(script, 'w') as f:
+            f.write(T._SERVER_SCRIPT)
+        cfg = dict(root=root, host=SERVER_IP, port=FTP_PORT,
+                   banner='ftptest-netns-backend ready', timeout=30,
+                   pasv=list(SERVER_PASV), masquerade=None, no_epsv=False)
+        self.log_path = os.path.join(self.dir, 'server.log')
+        self._logf = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen(
+            nsexec(NS_S, [T.SERVER_PYTHON, script, json.dumps(cfg)]),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._logf)
+        _my_procs.append(self.proc)
+        wait_ns_listening(self.proc, FTP_PORT, 'pyftpdlib', self.log, 15)
+
+    def log(self):
+        return read_text(self.log_path)
+
+
+class NsGate:
+    """ftpgate -f -c FILE inside the gateway namespace.  Has .log() and
+    .conf so that ftptest's Tap dumps its log when a case fails."""
+
+    def __init__(self, text):
+        self.dir = T.tmpdir('netns-ftpgate-')
+        self.conf = os.path.join(self.dir, 'ftpgate.ini')
+        with open(self.conf, 'w') as f:
+            f.write(text)
+        self.log_path = os.path.join(self.dir, 'ftpgate.log')
+        self._logf = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen(nsexec(NS_G, [T.FTPGATE, '-f', '-c', self.conf]),
+                                     stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stderr=self._logf)
+        _my_procs.append(self.proc)
+        T.started_gates.append(self)
+        wait_ns_listening(self.proc, FTP_PORT, 'ftpgate', self.log, 10)
+
+    def log(self):
+        return read_text(self.log_path)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+
+# --------------------------------------------------------------------------
+# set-up
+
+if not os.access(T.FTPGATE, os.X_OK):
+    # checked before the topology so a missing build is not reported as a skip
+    sys.stdout.write('Bail out! ftpgate binary not found: %s\n' % T.FTPGATE)
+    sys.exit(1)
+if not os.access(T.CURL, os.X_OK):
+    skip_all('curl not found')
+if subprocess.run([T.SERVER_PYTHON, '-c', 'import pyftpdlib'], capture_output=True,
+                  stdin=subprocess.DEVNULL, timeout=CMD_TIMEOUT).returncode != 0:
+    skip_all('pyftpdlib not importable by %s' % T.SERVER_PYTHON)
+
+try:
+    _reason = make_topology()
+except Exception as e:   # noqa
+    _reason = 'namespace set-up failed: %s' % str(e).replace('\n', ' | ')[:500]
+if _reason:
+    _cleanup()
+    skip_all(_reason)
+
+t = T.Tap()
+ROOT = T.tmpdir('netns-root-')
+LOCAL = T.tmpdir('netns-local-')
+FILE = os.path.join(ROOT, 'file')
+FILE_SHA = T.make_random_file(FILE, FILE_MIB)
+UPSRC = os.path.join(LOCAL, 'upload.src')
+UP_SHA = T.make_random_file(UPSRC, 3, nbytes=3 * T.MiB + 12345)
+os.chmod(ROOT, 0o777)
+
+GATE_CONF = '''; written by test_netns.py
+[global]
+log_level = debug
+
+[site:nat]
+listen = %s:%d
+backend = %s:%d
+passive_ports = %d-%d
+data_timeout = 10
+connect_timeout = 5
+''' % (GATE_IP, FTP_PORT, SERVER_IP, FTP_PORT, GATE_PASV[0], GATE_PASV[1])
+
+try:
+    for ns, a in ((NS_C, CLIENT_IP), (NS_G, GATE_IP), (NS_G, GATE_BACK_IP), (NS_S, SERVER_IP)):
+        if not ns_addr_ready(ns, a):
+            raise AssertionError('address %s in %s still tentative' % (a, ns))
+    SRV = NsBackend(ROOT)
+    G = NsGate(GATE_CONF)
+except Exception as e:  # noqa
+    t.bail('setup failed: %s' % str(e).replace('\n', ' | ')[:3000])
+
+GATE_URL = 'ftp://u:p@%s:%d/' % (GATE_IP, FTP_PORT)
+
+
+def in_client(cmd, timeout=CMD_TIMEOUT, check=True):
+    return run(nsexec(NS_C, cmd), timeout=timeout, check=check)
+
+
+def curl_client(args, timeout=CMD_TIMEOUT, check=True):
+    return in_client([T.CURL, '-sS', '-v', '--max-time', str(timeout - 5)] + list(args),
+                     timeout=timeout, check=check)
+
+
+def with_server_log(fn):
+    """Add the tail of the backend's log to a failure."""
+    def wrapped():
+        try:
+            fn()
+        except AssertionError as e:
+            tail = '\n'.join(SRV.log().splitlines()[-25:])
+            raise AssertionError('%s\n--- pyftpdlib log, last lines:\n%s' % (e, tail))
+    return wrapped
+
+
+# Python ftplib client, run inside the client namespace
+FTPLIB_SCRIPT = r'''
+import ftplib, hashlib, json, sys
+cfg = json.loads(sys.argv[1])
+out = {}
+f = ftplib.FTP()
+f.trust_server_pasv_ipv4_address = True    # use the address in the 227
+f.connect(cfg['host'], cfg['port'], timeout=10)
+f.login('u', 'p')
+if cfg['mode'] == 'pasv':
+    out['pasv'] = f.sendcmd('PASV')
+else:
+    f.set_pasv(True)
+    h = hashlib.sha256()
+    n = [0]
+    def cb(b):
+        h.update(b)
+        n[0] += len(b)
+    f.retrbinary('RETR file', cb)
+    out['sha'] = h.hexdigest()
+    out['size'] = n[0]
+    out['nlst'] = sorted(f.nlst())
+    lines = []
+    f.retrlines('LIST', lines.append)
+    out['list'] = lines
+try:
+    f.quit()
+except Exception:
+    f.close()
+print(json.dumps(out))
+'''
+
+
+def ftplib_client(mode):
+    r = in_client(['/usr/bin/python3', '-c', FTPLIB_SCRIPT,
+                   json.dumps(dict(host=GATE_IP, port=FTP_PORT, mode=mode))])
+    return json.loads(r.stdout.decode().strip().splitlines()[-1])
+
+
+PASV_CURL_LOG = {}
+
+# --------------------------------------------------------------------------
+# cases
+
+
+def case_topology():
+    # no default route anywhere, only the connected /24s
+    for ns, nets in ((NS_C, {'203.0.113.0/24'}),
+                     (NS_S, {'198.51.100.0/24'}),
+                     (NS_G, {'203.0.113.0/24', '198.51.100.0/24'})):
+        out = run([IP, '-n', ns, '-4', 'route', 'show']).stdout.decode()
+        got = {line.split()[0] for line in out.splitlines() if line.strip()}
+        assert got == nets, '%s routes: %r' % (ns, out)
+    fwd = run(nsexec(NS_G, ['/bin/cat', '/proc/sys/net/ipv4/ip_forward'])).stdout.strip()
+    assert fwd == b'0', 'ip_forward in gateway ns is %r' % fwd
+    # the backend has no route back to the client network
+    r = run([IP, '-n', NS_S, 'route', 'get', CLIENT_IP], check=False)
+    assert r.returncode != 0, 'server ns has a route to the client: %r' % r.stdout
+
+
+def case_direct_fails():
+    # control: the backend works from the gateway namespace
+    r = run(nsexec(NS_G, [T.CURL, '-sS', '--max-time', '10',
+                          'ftp://u:p@%s:%d/' % (SERVER_IP, FTP_PORT), '--list-only']),
+            timeout=15)
+    assert b'file' in r.stdout.split(), 'backend listing from gateway: %r' % r.stdout
+    r = in_client([T.CURL, '-sS', '--max-time', '5',
+                   'ftp://u:p@%s:%d/file' % (SERVER_IP, FTP_PORT),
+                   '-o', os.path.join(LOCAL, 'direct.out')], timeout=15, check=False)
+    assert r.returncode != 0, 'curl reached the backend directly from the client ns'
+    T.diag('direct curl: exit %d: %s' % (r.returncode, r.stderr.decode().strip()))
+
+
+def case_curl_pasv():
+    out = os.path.join(LOCAL, 'pasv.out')
+    r = curl_client(['--no-ftp-skip-pasv-ip', '--disable-epsv',
+                     GATE_URL + 'file', '-o', out])
+    err = r.stderr.decode('utf-8', 'replace')
+    PASV_CURL_LOG['stderr'] = err
+    assert '> PASV' in err, 'curl did not send PASV:\n%s' % err[-3000:]
+    assert 'EPSV' not in err, 'curl sent EPSV despite --disable-epsv'
+    got = T.sha256_file(out)
+    assert got == FILE_SHA, 'sha256 mismatch: %s != %s (size %d)' % (
+        got, FILE_SHA, os.path.getsize(out))
+
+
+def case_curl_epsv():
+    out = os.path.join(LOCAL, 'epsv.out')
+    r = curl_client([GATE_URL + 'file', '-o', out])
+    err = r.stderr.decode('utf-8', 'replace')
+    assert '> EPSV' in err, 'curl did not send EPSV:\n%s' % err[-3000:]
+    assert re.search(r'< 229 ', err), 'no 229 reply to EPSV:\n%s' % err[-3000:]
+    assert '> PASV' not in err, 'curl fell back to PASV:\n%s' % err[-3000:]
+    got = T.sha256_file(out)
+    assert got == FILE_SHA, 'sha256 mismatch: %s != %s' % (got, FILE_SHA)
+
+
+def case_curl_upload():
+    dest = os.path.join(ROOT, 'uploaded.bin')
+    curl_client(['-T', UPSRC, GATE_URL + 'uploaded.bin'])
+    assert os.path.exists(dest), 'no uploaded file on the server'
+    got = T.sha256_file(dest)
+    assert got == UP_SHA, 'uploaded sha256 mismatch: %s != %s (size %d, want %d)' % (
+        got, UP_SHA, os.path.getsize(dest), os.path.getsize(UPSRC))
+
+
+def case_ftplib():
+    res = ftplib_client('retr')
+    assert res['sha'] == FILE_SHA and res['size'] == FILE_MIB * T.MiB, \
+        'ftplib RETR: size %d sha %s' % (res['size'], res['sha'])
+    assert 'file' in [os.path.basename(n) for n in res['nlst']], 'NLST: %r' % res['nlst']
+    assert any(line.split()[-1:] == ['file'] and str(FILE_MIB * T.MiB) in line.split()
+               for line in res['list']), 'LIST: %r' % res['list']
+
+
+def case_227_address():
+    res = ftplib_client('pasv')
+    m = re.match(r'227 .*\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)', res['pasv'])
+    assert m, 'bad 227: %r' % res['pasv']
+    ip = '.'.join(m.group(i) for i in range(1, 5))
+    port = int(m.group(5)) * 256 + int(m.group(6))
+    assert ip == GATE_IP, '227 announces %s, not %s: %r' % (ip, GATE_IP, res['pasv'])
+    assert GATE_PASV[0] <= port <= GATE_PASV[1], '227 port %d outside %d-%d' % (
+        port, GATE_PASV[0], GATE_PASV[1])
+    # and what curl saw in the PASV download
+    err = PASV_CURL_LOG.get('stderr', '')
+    m = re.search(r'< 227 .*\((\d+,\d+,\d+,\d+),\d+,\d+\)', err)
+    assert m, 'no 227 in curl -v output of the PASV download'
+    assert m.group(1) == '203,0,113,1', 'curl got 227 with %s' % m.group(1)
+    assert 'Connecting to %s' % GATE_IP in err or 'Trying %s' % GATE_IP in err, \
+        'curl did not connect the data channel to %s' % GATE_IP
+    assert SERVER_IP not in err and '198,51,100' not in err, \
+        'backend address leaked to the client:\n%s' % err[-3000:]
+
+
+def case_gate_alive():
+    assert G.alive(), 'ftpgate exited with status %s' % G.proc.returncode
+
+
+CASES = [
+    ('topology: no routes between client and server, ip_forward=0', case_topology),
+    ('direct: client cannot reach the backend (curl fails)', case_direct_fails),
+    ('curl PASV download (--disable-epsv) through ftpgate, sha256', case_curl_pasv),
+    ('curl EPSV download through ftpgate, sha256', case_curl_epsv),
+    ('curl upload (-T) through ftpgate, sha256 on server', case_curl_upload),
+    ('ftplib (trust_server_pasv_ipv4_address) RETR + NLST + LIST', case_ftplib),
+    ('227 announces 203.0.113.1 and a port from passive_ports', case_227_address),
+    ('ftpgate still running', case_gate_alive),
+]
+
+try:
+    for name, fn in CASES:
+        t.case(name, with_server_log(fn), timeout=30)
+finally:
+    _cleanup()
+t.done()

@@ -255,6 +255,7 @@ def c08_rest():
     n = 10 * MiB + 12345
     # part 1: read the first n bytes through the proxy, then drop the session
     a = login()
+    assert a.sendcmd('TYPE I').startswith('200')
     conn = a.transfercmd('RETR big.bin')
     part1 = bytearray()
     while len(part1) < n:
@@ -294,6 +295,7 @@ def abort_case(urgent):
     def fn():
         size = BIG_MIB * MiB
         f = login()
+        assert f.sendcmd('TYPE I').startswith('200')
         conn = f.transfercmd('RETR big.bin')
         got = 0
         while got < MiB:
@@ -420,6 +422,7 @@ def c13_backend_down():
 
 def c14_stranger():
     f = login()
+    assert f.sendcmd('TYPE I').startswith('200')
     mark = G.log_mark()
     host, port = parse_227(f.sendcmd('PASV'))
     assert host == '127.0.0.1', host
@@ -495,6 +498,7 @@ def c17_misc():
     # STOU
     data = os.urandom(12345)
     f.cwd('up')
+    assert f.sendcmd('TYPE I').startswith('200')
     conn = f.transfercmd('STOU')
     r150 = f.replies[-1]
     m = re.search(r'FILE: (\S+)', r150)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite (README Quick start; CI runs it through .ci/run):
+# install what the build and tests need, build with -Werror,
+# run the whole test suite (plain build, then ASan/UBSan build), distcheck,
+# and end with "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+top=$PWD
+
+export DEBIAN_FRONTEND=noninteractive
+tools/install-deps.sh || { echo "installing dependencies failed"; echo "0 passed, 1 failed"; exit 1; }
+pass=0
+fail=0
+count() { # count PASS/FAIL lines of one test-suite run from its logs
+	local dir=$1 p f
+	p=$(grep -h '^# PASS:' "$dir/test-suite.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+	f=$(grep -h -E '^# (FAIL|ERROR|XPASS):' "$dir/test-suite.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+	pass=$((pass + p))
+	fail=$((fail + f))
+}
+
+status=0
+./autogen.sh >/dev/null 2>&1 || { echo "autogen.sh failed"; ./autogen.sh; echo "0 passed, 1 failed"; exit 1; }
+
+run_build() { # name, configure flags...
+	local name=$1; shift
+	rm -rf "build-$name"; mkdir "build-$name"
+	( cd "build-$name" && ../configure --enable-werror "$@" >configure.out 2>&1 ) || {
+		cat "build-$name/configure.out"; echo "configure ($name) failed"; fail=$((fail + 1)); status=1; return; }
+	make -C "build-$name" -j"$(nproc)" >"build-$name/make.out" 2>&1 || {
+		cat "build-$name/make.out"; echo "build ($name) failed"; fail=$((fail + 1)); status=1; return; }
+	echo "=== make check ($name)"
+	make -C "build-$name" check >"build-$name/check.out" 2>&1
+	local rc=$?
+	grep -E '^(PASS|FAIL|XFAIL|XPASS|ERROR|SKIP):' "build-$name/check.out" | grep -v '^PASS' || true
+	sed -n '/^====/,/^====/p; /^# /p' "build-$name/check.out" | grep '^# ' | tail -8
+	if [ $rc -ne 0 ]; then
+		status=1
+		cat "build-$name/test-suite.log" 2>/dev/null | tail -200
+	fi
+	count "build-$name"
+}
+
+run_build plain
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	run_build sanitize --enable-sanitizers
+
+echo "=== make distcheck"
+if make -C build-plain distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >build-plain/distcheck.out 2>&1; then
+	echo "distcheck: ok"; pass=$((pass + 1))
+else
+	tail -60 build-plain/distcheck.out; echo "distcheck: FAILED"; fail=$((fail + 1)); status=1
+fi
+
+echo "${pass} passed, ${fail} failed"
+exit $status
