@@ -11,6 +11,12 @@
 #define CONF_MAX_LISTEN 16
 #define CONF_NAME_MAX 64
 
+enum backend_data_mode {
+	BDM_PASSIVE = 0, /* the proxy connects to the backend's passive port */
+	BDM_ACTIVE,      /* the backend connects to the proxy (PORT/EPRT) */
+	BDM_CLIENT,      /* whatever the client asked */
+};
+
 struct site_conf {
 	char name[CONF_NAME_MAX];
 	int line; /* line of the section's first key, for later errors */
@@ -24,7 +30,11 @@ struct site_conf {
 	unsigned connect_timeout; /* seconds */
 	unsigned idle_timeout;
 	unsigned data_timeout;
-	unsigned max_sessions; /* 0 = only the global limit */
+	unsigned login_timeout;
+	unsigned max_sessions;        /* 0 = only the global limit */
+	unsigned max_sessions_per_ip; /* 0 = no limit */
+	enum backend_data_mode backend_data_mode;
+	int allow_foreign_address; /* PORT/EPRT to an address other than the client's */
 };
 
 struct conf {

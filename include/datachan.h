@@ -19,8 +19,9 @@ enum dc_side { DC_CLIENT = 0, DC_BACKEND = 1 };
 struct datachan;
 
 struct datachan_cbs {
-	/* A side is connected (ok = 1) or failed to connect/accept (ok = 0). */
-	void (*side_ready)(struct datachan *dc, enum dc_side side, int ok, void *arg);
+	/* A side is connected (ok = 1) or failed to connect (ok = 0, why in reason). */
+	void (*side_ready)(struct datachan *dc, enum dc_side side, int ok, const char *reason,
+	                   void *arg);
 	/* The pair is finished: ok = 1 all bytes delivered, else why in reason. */
 	void (*done)(struct datachan *dc, int ok, const char *reason, void *arg);
 };
@@ -30,7 +31,7 @@ struct datachan_cbs {
  * may stall without moving a byte. tag prefixes log lines.
  */
 struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
-			      const struct datachan_cbs *cbs, void *arg, const char *tag);
+                              const struct datachan_cbs *cbs, void *arg, const char *tag);
 
 /*
  * Listen on addr with a port from [lo, hi]; accept one connection whose
@@ -38,10 +39,14 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
  * and the bound port, or -1.
  */
 int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
-		    uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
+                    uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
 
-/* Connect out to addr (non-blocking). Returns 0 or -1 (immediate failure). */
-int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockaddr *addr);
+/*
+ * Connect out to addr (non-blocking), from src (its port ignored) if not
+ * NULL. Returns 0 or -1 (immediate failure, errno set).
+ */
+int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
+                     const struct sockaddr *src);
 
 int datachan_side_connected(const struct datachan *dc, enum dc_side side);
 

@@ -15,10 +15,10 @@ enum ftp_reply_status {
 };
 
 struct ftp_reply_asm {
-	int code;       /* 100..599 once the first line is seen, else 0 */
-	int multiline;  /* first line was "ddd-" */
-	size_t lines;   /* lines seen in this reply */
-	size_t bytes;   /* bytes seen in this reply */
+	int code;      /* 100..599 once the first line is seen, else 0 */
+	int multiline; /* first line was "ddd-" */
+	size_t lines;  /* lines seen in this reply */
+	size_t bytes;  /* bytes seen in this reply */
 };
 
 /* Reset for the next reply. */
@@ -35,7 +35,13 @@ void ftp_reply_reset(struct ftp_reply_asm *a);
 enum ftp_reply_status ftp_reply_feed(struct ftp_reply_asm *a, const char *line, size_t len);
 
 /* Reply class helpers. */
-static inline int ftp_reply_is_prelim(int code) { return code >= 100 && code < 200; }
-static inline int ftp_reply_is_ok(int code) { return code >= 200 && code < 400; }
+static inline int ftp_reply_is_prelim(int code)
+{
+	return code >= 100 && code < 200;
+}
+static inline int ftp_reply_is_ok(int code)
+{
+	return code >= 200 && code < 400;
+}
 
 #endif

@@ -10,6 +10,9 @@
 /* Take ownership of an accepted client control socket. */
 void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen);
 
+/* Sessions of site whose client has the IP of ip. */
+unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
+
 /* Close every session of gw now (shutdown). */
 void sessions_close_all(struct ftpgate *gw);
 

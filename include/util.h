@@ -22,7 +22,7 @@ void addr_set_port(struct sockaddr *sa, uint16_t port);
  * -1 with a message in err.
  */
 int addr_parse(const char *text, int default_port, int resolve, struct sockaddr_storage *ss,
-	       char *err, size_t errsize);
+               char *err, size_t errsize);
 
 /* Uniform random integer in [0, n) from getrandom(2). */
 uint32_t rand_uniform(uint32_t n);

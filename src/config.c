@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "conf.h"
 #include "util.h"
@@ -16,11 +17,12 @@
 struct parse_ctx {
 	struct conf *conf;
 	FILE *fp;
-	int line;       /* line being parsed (counted by our reader) */
-	int long_line;  /* line of the first over-long line, if any */
-	char err[512];  /* first error, "line: key: msg" without the file */
+	int line;      /* line being parsed (counted by our reader) */
+	int long_line; /* line of the first over-long line, if any */
+	char err[512]; /* first error, "line: key: msg" without the file */
 	int err_line;
 	struct site_conf *cur; /* current [site:NAME], or NULL in [global] */
+	int have_section;
 	char section[CONF_NAME_MAX + 8];
 };
 
@@ -36,7 +38,11 @@ static void site_defaults(struct site_conf *s)
 	s->connect_timeout = 10;
 	s->idle_timeout = 900;
 	s->data_timeout = 60;
+	s->login_timeout = 60;
 	s->max_sessions = 0;
+	s->max_sessions_per_ip = 0;
+	s->backend_data_mode = BDM_PASSIVE;
+	s->allow_foreign_address = 0;
 }
 
 static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
@@ -68,6 +74,20 @@ static int parse_uint(const char *v, unsigned long lo, unsigned long hi, unsigne
 		return -1;
 	*out = x;
 	return 0;
+}
+
+/* yes/no, true/false, on/off, 1/0. */
+static int parse_bool(const char *v)
+{
+	static const char *const t[] = {"yes", "true", "on", "1"};
+	static const char *const f[] = {"no", "false", "off", "0"};
+	for (int i = 0; i < 4; i++) {
+		if (strcasecmp(v, t[i]) == 0)
+			return 1;
+		if (strcasecmp(v, f[i]) == 0)
+			return 0;
+	}
+	return -1;
 }
 
 static int set_seconds(struct parse_ctx *p, const char *key, const char *v, unsigned *dst)
@@ -145,7 +165,8 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		if (addr_port((struct sockaddr *)&s->public_address) != 0)
 			return fail(p, key, "an address only, without a port");
 		if (s->public_address.ss_family != AF_INET)
-			return fail(p, key, "must be an IPv4 address (227 replies carry IPv4 only)");
+			return fail(p, key,
+			            "must be an IPv4 address (227 replies carry IPv4 only)");
 		s->has_public_address = 1;
 		return 1;
 	}
@@ -157,6 +178,30 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return set_seconds(p, key, v, &s->idle_timeout);
 	if (strcmp(key, "data_timeout") == 0)
 		return set_seconds(p, key, v, &s->data_timeout);
+	if (strcmp(key, "login_timeout") == 0)
+		return set_seconds(p, key, v, &s->login_timeout);
+	if (strcmp(key, "max_sessions_per_ip") == 0) {
+		if (parse_uint(v, 0, 1000000, &x) < 0)
+			return fail(p, key, "\"%s\" is not a number in 0-1000000", v);
+		s->max_sessions_per_ip = (unsigned)x;
+		return 1;
+	}
+	if (strcmp(key, "backend_data_mode") == 0) {
+		static const char *const names[] = {"passive", "active", "client"};
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->backend_data_mode = (enum backend_data_mode)i;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of passive, active, client", v);
+	}
+	if (strcmp(key, "allow_foreign_address") == 0) {
+		int b = parse_bool(v);
+		if (b < 0)
+			return fail(p, key, "\"%s\" is not yes or no", v);
+		s->allow_foreign_address = b;
+		return 1;
+	}
 	if (strcmp(key, "max_sessions") == 0) {
 		if (parse_uint(v, 0, 1000000, &x) < 0)
 			return fail(p, key, "\"%s\" is not a number in 0-1000000", v);
@@ -188,45 +233,81 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 	return fail(p, key, "unknown key in [global]");
 }
 
+/* A "[name]" line (seen by our reader, so that empty sections count too). */
+static void begin_section(struct parse_ctx *p, const char *name)
+{
+	struct conf *c = p->conf;
+
+	snprintf(p->section, sizeof(p->section), "%s", name);
+	p->have_section = 1;
+	p->cur = NULL;
+	if (strcmp(name, "global") == 0)
+		return;
+	if (strncmp(name, "site:", 5) != 0) {
+		fail(p, name, "unknown section (want [global] or [site:NAME])");
+		return;
+	}
+	const char *site = name + 5;
+	if (site[0] == '\0' || strlen(site) >= CONF_NAME_MAX) {
+		fail(p, name, "site name must be 1-%d characters", CONF_NAME_MAX - 1);
+		return;
+	}
+	for (size_t i = 0; i < c->n_sites; i++) {
+		if (strcmp(c->sites[i].name, site) == 0) {
+			fail(p, name, "duplicate section (first at line %d)", c->sites[i].line);
+			return;
+		}
+	}
+	struct site_conf *ns = realloc(c->sites, (c->n_sites + 1) * sizeof(*ns));
+	if (!ns) {
+		fail(p, name, "out of memory");
+		return;
+	}
+	c->sites = ns;
+	p->cur = &c->sites[c->n_sites++];
+	site_defaults(p->cur);
+	snprintf(p->cur->name, sizeof(p->cur->name), "%s", site);
+	p->cur->line = p->line;
+}
+
 static int handler(void *user, const char *section, const char *key, const char *value)
 {
 	struct parse_ctx *p = user;
-	struct conf *c = p->conf;
+	(void)section; /* tracked by begin_section() from the reader */
 
-	if (strcmp(section, p->section) != 0) {
-		/* First key of a new section. */
-		snprintf(p->section, sizeof(p->section), "%s", section);
-		p->cur = NULL;
-		if (strcmp(section, "global") == 0) {
-			/* ok */
-		} else if (strncmp(section, "site:", 5) == 0) {
-			const char *name = section + 5;
-			if (name[0] == '\0' || strlen(name) >= CONF_NAME_MAX)
-				return fail(p, section, "site name must be 1-%d characters",
-					    CONF_NAME_MAX - 1);
-			for (size_t i = 0; i < c->n_sites; i++)
-				if (strcmp(c->sites[i].name, name) == 0)
-					return fail(p, section, "duplicate section");
-			struct site_conf *ns = realloc(c->sites, (c->n_sites + 1) * sizeof(*ns));
-			if (!ns)
-				return fail(p, section, "out of memory");
-			c->sites = ns;
-			p->cur = &c->sites[c->n_sites++];
-			site_defaults(p->cur);
-			snprintf(p->cur->name, sizeof(p->cur->name), "%s", name);
-			p->cur->line = p->line;
-		} else {
-			return fail(p, section[0] ? section : "(no section)",
-				    "unknown section (want [global] or [site:NAME])");
-		}
-	}
+	if (!p->have_section)
+		return fail(p, key, "key outside any section (want [global] or [site:NAME] first)");
 	if (value[0] == '\0')
 		return fail(p, key, "empty value");
-	if (strcmp(section, "global") == 0)
+	if (strcmp(p->section, "global") == 0)
 		return global_key(p, key, value);
 	if (!p->cur)
-		return 0; /* section already reported as bad */
+		return 0; /* the section is bad and already reported */
 	return site_key(p, p->cur, key, value);
+}
+
+/* Section headers are tracked here, as inih parses them, so that empty and
+ * unknown sections are reported with their own line. */
+static void track_header(struct parse_ctx *p, const char *str)
+{
+	const char *h = str;
+	while (*h == ' ' || *h == '\t')
+		h++;
+	if (h == str && (unsigned char)h[0] == 0xEF && (unsigned char)h[1] == 0xBB &&
+	    (unsigned char)h[2] == 0xBF && p->line == 1)
+		h += 3; /* UTF-8 BOM */
+	if (*h == '[') {
+		const char *end = strchr(h + 1, ']');
+		if (end) {
+			char name[CONF_NAME_MAX + 8];
+			size_t len = (size_t)(end - h - 1);
+			if (len >= sizeof(name))
+				len = sizeof(name) - 1;
+			memcpy(name, h + 1, len);
+			name[len] = '\0';
+			begin_section(p, name);
+		}
+	}
 }
 
 /* inih reader: fgets that counts lines and flags over-long ones. */
@@ -238,6 +319,7 @@ static char *reader(char *str, int num, void *stream)
 	size_t n = strlen(str);
 	if (n > 0 && str[n - 1] == '\n') {
 		p->line++;
+		track_header(p, str);
 	} else if (!feof(p->fp)) {
 		/* Over-long line: report it and skip its remainder. */
 		p->line++;
@@ -249,6 +331,7 @@ static char *reader(char *str, int num, void *stream)
 		str[0] = '\0';
 	} else {
 		p->line++;
+		track_header(p, str);
 	}
 	return str;
 }
@@ -280,7 +363,7 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 
 	if (p.long_line && (!p.err[0] || p.long_line < p.err_line)) {
 		snprintf(err, errsize, "%s:%d: line too long (at most %d characters)", path,
-			 p.long_line, INI_MAX_LINE - 2);
+		         p.long_line, INI_MAX_LINE - 2);
 		goto bad;
 	}
 	if (p.err[0]) {
@@ -289,7 +372,7 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	}
 	if (rc != 0) {
 		snprintf(err, errsize, "%s:%d: syntax error (want KEY = VALUE or [SECTION])", path,
-			 rc);
+		         rc);
 		goto bad;
 	}
 	if (c->n_sites == 0) {
@@ -299,8 +382,9 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	for (size_t i = 0; i < c->n_sites; i++) {
 		struct site_conf *s = &c->sites[i];
 		if (!s->has_backend) {
-			snprintf(err, errsize, "%s:%d: backend: missing in [site:%s] (want HOST:PORT)",
-				 path, s->line, s->name);
+			snprintf(err, errsize,
+			         "%s:%d: backend: missing in [site:%s] (want HOST:PORT)", path,
+			         s->line, s->name);
 			goto bad;
 		}
 	}

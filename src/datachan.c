@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +16,10 @@
 #include "log.h"
 #include "portpool.h"
 #include "util.h"
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
 
 #define DC_PIPE_SIZE (256 * 1024)
 #define DC_ROUNDS 8 /* pipe loads per callback, so one transfer cannot starve the loop */
@@ -109,7 +114,8 @@ static void dc_finish(struct datachan *dc, int ok)
 	dc->cbs.done(dc, ok, ok ? NULL : dc->reason, dc->arg);
 }
 
-static void dc_fail(struct datachan *dc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void dc_fail(struct datachan *dc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void dc_fail(struct datachan *dc, const char *fmt, ...)
 {
@@ -150,9 +156,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (dc->side[0].state != SIDE_UP || dc->side[1].state != SIDE_UP) {
 		for (int i = 0; i < 2; i++)
-			if (dc->side[i].state == SIDE_LISTEN || dc->side[i].state == SIDE_CONNECTING) {
+			if (dc->side[i].state == SIDE_LISTEN ||
+			    dc->side[i].state == SIDE_CONNECTING) {
 				dc_fail(dc, "timed out waiting for the %s data connection",
-					side_name[i]);
+				        side_name[i]);
 				return;
 			}
 		return;
@@ -166,7 +173,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
-			      const struct datachan_cbs *cbs, void *arg, const char *tag)
+                              const struct datachan_cbs *cbs, void *arg, const char *tag)
 {
 	struct datachan *dc = calloc(1, sizeof(*dc));
 	if (!dc)
@@ -225,7 +232,7 @@ static void side_up(struct datachan *dc, struct dc_end *s)
 		if (!dc->pumping)
 			return; /* failed and reported */
 	}
-	dc->cbs.side_ready(dc, s->idx, 1, dc->arg);
+	dc->cbs.side_ready(dc, s->idx, 1, NULL, dc->arg);
 }
 
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
@@ -237,22 +244,23 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 	for (int i = 0; i < 64; i++) {
 		struct sockaddr_storage peer;
 		socklen_t plen = sizeof(peer);
-		int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd =
+		    accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
 				return;
 			log_warn("%s: accept on data port %u: %s", dc->tag, s->port,
-				 strerror(errno));
+			         strerror(errno));
 			return;
 		}
 		ftp_addr_unmap(&peer);
 		if (!ftp_addr_same_ip((struct sockaddr *)&peer, (struct sockaddr *)&s->allowed)) {
 			char a[ADDR_STR_MAX], b[ADDR_STR_MAX];
 			log_warn("%s: refused data connection from %s on port %u: not the "
-				 "session's %s %s",
-				 dc->tag, addr_str((struct sockaddr *)&peer, a, sizeof(a), 1),
-				 s->port, side_name[s->idx],
-				 addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
+			         "session's %s %s",
+			         dc->tag, addr_str((struct sockaddr *)&peer, a, sizeof(a), 1),
+			         s->port, side_name[s->idx],
+			         addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
 			close(fd);
 			continue;
 		}
@@ -264,14 +272,14 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		s->lfd = -1;
 		s->fd = fd;
 		log_debug("%s: %s data connection accepted on port %u", dc->tag, side_name[s->idx],
-			  s->port);
+		          s->port);
 		side_up(dc, s);
 		return;
 	}
 }
 
 int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
-		    uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port)
+                    uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port)
 {
 	struct dc_end *s = &dc->side[side];
 	if (s->state != SIDE_NONE)
@@ -307,17 +315,18 @@ static void connect_cb(evutil_socket_t fd, short what, void *arg)
 	s->wr_on = 0;
 	if (err) {
 		snprintf(dc->reason, sizeof(dc->reason), "connect to %s data port: %s",
-			 side_name[s->idx], strerror(err));
+		         side_name[s->idx], strerror(err));
 		close(s->fd);
 		s->fd = -1;
 		s->state = SIDE_FAILED;
-		dc->cbs.side_ready(dc, s->idx, 0, dc->arg);
+		dc->cbs.side_ready(dc, s->idx, 0, dc->reason, dc->arg);
 		return;
 	}
 	side_up(dc, s);
 }
 
-int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockaddr *addr)
+int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
+                     const struct sockaddr *src)
 {
 	struct dc_end *s = &dc->side[side];
 	if (s->state != SIDE_NONE)
@@ -325,6 +334,20 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
 	s->fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (s->fd < 0)
 		return -1;
+	if (src && src->sa_family == addr->sa_family) {
+		struct sockaddr_storage b;
+		memcpy(&b, src, addr_len(src));
+		addr_set_port((struct sockaddr *)&b, 0);
+		int one = 1;
+		setsockopt(s->fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+		if (bind(s->fd, (struct sockaddr *)&b, addr_len(src)) < 0) {
+			int e = errno;
+			close(s->fd);
+			s->fd = -1;
+			errno = e;
+			return -1;
+		}
+	}
 	if (connect(s->fd, addr, addr_len(addr)) < 0 && errno != EINPROGRESS) {
 		int e = errno;
 		close(s->fd);
@@ -356,7 +379,10 @@ void datachan_start(struct datachan *dc)
 		pump_begin(dc);
 }
 
-uint64_t datachan_bytes(const struct datachan *dc, int dir) { return dc->dir[dir].bytes; }
+uint64_t datachan_bytes(const struct datachan *dc, int dir)
+{
+	return dc->dir[dir].bytes;
+}
 
 static int make_pipe(struct dc_dir *d)
 {
@@ -381,7 +407,7 @@ static void pump(struct datachan *dc, int d)
 	for (int round = 0; round < DC_ROUNDS; round++) {
 		while (dr->in_pipe > 0) {
 			n = splice(dr->pipe[0], NULL, dst->fd, NULL, dr->in_pipe,
-				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n > 0) {
 				dr->in_pipe -= (size_t)n;
 				dr->bytes += (uint64_t)n;
@@ -395,7 +421,7 @@ static void pump(struct datachan *dc, int d)
 				return;
 			}
 			dc_fail(dc, "write to %s: %s", side_name[dst->idx],
-				n < 0 ? strerror(errno) : "no progress");
+			        n < 0 ? strerror(errno) : "no progress");
 			return;
 		}
 		if (dr->src_eof) {
@@ -422,7 +448,7 @@ static void pump(struct datachan *dc, int d)
 				if (errno == EAGAIN || errno == EINTR)
 					goto wait_src;
 				dc_fail(dc, "read from %s: %s", side_name[src->idx],
-					strerror(errno));
+				        strerror(errno));
 				return;
 			}
 			if (make_pipe(dr) < 0) {
@@ -431,7 +457,7 @@ static void pump(struct datachan *dc, int d)
 			}
 		}
 		n = splice(src->fd, NULL, dr->pipe[1], NULL, dr->pipe_size,
-			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
 			dr->in_pipe = (size_t)n;
 			continue;

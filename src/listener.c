@@ -23,7 +23,7 @@ static void refuse(evutil_socket_t fd, const char *why)
 }
 
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *peer,
-		      int peerlen, void *arg)
+                      int peerlen, void *arg)
 {
 	struct site *site = arg;
 	struct ftpgate *gw = site->gw;
@@ -32,14 +32,21 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 
 	if (gw->n_sessions >= gw->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
-			 site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
+		         site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
 		refuse(fd, "global");
 		return;
 	}
 	if (site->conf->max_sessions && site->n_sessions >= site->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (site max_sessions)",
-			 site->conf->name, addr_str(peer, a, sizeof(a), 1), site->n_sessions);
+		         site->conf->name, addr_str(peer, a, sizeof(a), 1), site->n_sessions);
 		refuse(fd, "site");
+		return;
+	}
+	if (site->conf->max_sessions_per_ip &&
+	    sessions_count_ip(site, peer) >= site->conf->max_sessions_per_ip) {
+		log_warn("site %s: refused %s: max_sessions_per_ip (%u) reached", site->conf->name,
+		         addr_str(peer, a, sizeof(a), 1), site->conf->max_sessions_per_ip);
+		refuse(fd, "per-ip");
 		return;
 	}
 	session_new(site, fd, peer, peerlen);
@@ -62,7 +69,7 @@ static void error_cb(struct evconnlistener *lev, void *arg)
 	(void)lev;
 
 	log_warn("site %s: accept: %s; pausing new connections for 1 s", site->conf->name,
-		 evutil_socket_error_to_string(err));
+	         evutil_socket_error_to_string(err));
 	for (size_t i = 0; i < site->n_listeners; i++)
 		evconnlistener_disable(site->listeners[i]);
 	struct timeval tv = {1, 0};
@@ -92,7 +99,7 @@ static int open_one(struct site *site, const struct sockaddr *addr)
 	return 0;
 fail:
 	log_error("site %s: cannot listen on %s: %s", site->conf->name,
-		  addr_str(addr, a, sizeof(a), 1), strerror(errno));
+	          addr_str(addr, a, sizeof(a), 1), strerror(errno));
 	if (fd >= 0)
 		close(fd);
 	return -1;

@@ -21,9 +21,15 @@ void log_init(enum log_level level, int use_syslog)
 		openlog("ftpgate", LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
-void log_set_level(enum log_level level) { log_level_cur = level; }
+void log_set_level(enum log_level level)
+{
+	log_level_cur = level;
+}
 
-int log_enabled(enum log_level level) { return level <= log_level_cur; }
+int log_enabled(enum log_level level)
+{
+	return level <= log_level_cur;
+}
 
 void log_msg(enum log_level level, const char *fmt, ...)
 {

@@ -21,17 +21,16 @@
 
 static void usage(FILE *to)
 {
-	fprintf(to,
-		"usage: ftpgate [-f] [-t] [-c FILE]\n"
-		"       ftpgate -V | -h\n"
-		"\n"
-		"FTP proxy for servers and clients behind NAT.\n"
-		"\n"
-		"  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
-		"  -f       stay in the foreground and log to stderr\n"
-		"  -t       check the configuration and exit\n"
-		"  -V       print the version and exit\n"
-		"  -h       print this help and exit\n");
+	fprintf(to, "usage: ftpgate [-f] [-t] [-c FILE]\n"
+	            "       ftpgate -V | -h\n"
+	            "\n"
+	            "FTP proxy for servers and clients behind NAT.\n"
+	            "\n"
+	            "  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
+	            "  -f       stay in the foreground and log to stderr\n"
+	            "  -t       check the configuration and exit\n"
+	            "  -V       print the version and exit\n"
+	            "  -h       print this help and exit\n");
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -123,7 +122,7 @@ int main(int argc, char **argv)
 	event_add(sigterm, NULL);
 	event_add(sigint, NULL);
 	log_info("ftpgate %s started (%zu site%s)", PACKAGE_VERSION, conf->n_sites,
-		 conf->n_sites == 1 ? "" : "s");
+	         conf->n_sites == 1 ? "" : "s");
 	event_base_dispatch(gw.base);
 	event_free(sigterm);
 	event_free(sigint);

@@ -34,7 +34,7 @@
 enum exp_kind {
 	EXP_GREETING,   /* 220 (maybe after 120) */
 	EXP_RELAY,      /* pass the reply through */
-	EXP_PASV_SETUP, /* the proxy's own EPSV/PASV for the client's PASV/EPSV */
+	EXP_DATA_SETUP, /* the proxy's own EPSV/PASV/PORT/EPRT for the client's data command */
 	EXP_TRANSFER,   /* RETR/STOR/...: 1xx relayed, final reply held until data is done */
 	EXP_FEAT,       /* rewritten to what the proxy provides */
 	EXP_QUIT,       /* relay, then close */
@@ -42,9 +42,9 @@ enum exp_kind {
 
 struct expect {
 	enum exp_kind kind;
-	int sent_epsv;     /* EXP_PASV_SETUP: 1 if the proxy asked EPSV, 0 if PASV */
-	int client_epsv;   /* EXP_PASV_SETUP: reply to the client in 229 form */
-	uint64_t start_ms; /* EXP_TRANSFER: for the transfer log line */
+	enum ftp_verb sent;        /* EXP_DATA_SETUP: what the proxy sent the backend */
+	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
+	uint64_t start_ms;         /* EXP_TRANSFER: for the transfer log line */
 };
 
 struct session {
@@ -77,11 +77,16 @@ struct session {
 	int dc_ok;           /* ... and delivered every byte */
 	char dc_reason[160]; /* ... or why not */
 	char *pending_cmd;   /* transfer command waiting for the backend data connect */
-	int transfer;        /* a transfer command was sent and its final reply is due */
-	struct evbuffer *held; /* final transfer reply held until the data is done */
-	char xfer_cmd[96];     /* for the transfer log line (escaped) */
+	int client_active;   /* the client asked PORT/EPRT: connect to client_data_addr */
+	int backend_active;  /* the backend connects to the proxy (PORT/EPRT sent) */
+	struct sockaddr_storage client_data_addr;
+	uint64_t xfer_up, xfer_down; /* bytes of the current transfer */
+	int transfer;                /* a transfer command was sent and its final reply is due */
+	struct evbuffer *held;       /* final transfer reply held until the data is done */
+	char xfer_cmd[96];           /* for the transfer log line (escaped) */
 	int epsv_all;
 	int backend_no_epsv;
+	int logged_in; /* a 230 went through */
 
 	/* For the session log line. */
 	char user[64];
@@ -90,14 +95,16 @@ struct session {
 	char end_reason[160];
 };
 
-static void session_end(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void session_end(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void process_client(struct session *s);
 static void process_backend(struct session *s);
 static void arm_idle(struct session *s);
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static void reply_client(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply_client(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void reply_client(struct session *s, const char *fmt, ...)
 {
@@ -109,7 +116,13 @@ static void reply_client(struct session *s, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
-static void send_backend(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void relay_reply(struct session *s, struct evbuffer *rep)
+{
+	evbuffer_add_buffer(bufferevent_get_output(s->cbev), rep);
+}
+
+static void send_backend(struct session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void send_backend(struct session *s, const char *fmt, ...)
 {
@@ -148,6 +161,13 @@ static void set_timer(struct session *s, unsigned seconds)
 	event_add(s->timer, &tv);
 }
 
+/* Milliseconds left of login_timeout (0 once it has passed). */
+static uint64_t login_left_ms(const struct session *s)
+{
+	uint64_t limit = (uint64_t)s->conf->login_timeout * 1000u, el = now_ms() - s->start_ms;
+	return el >= limit ? 0 : limit - el;
+}
+
 /* Announce address for the client: public_address or where it connected to. */
 static const struct sockaddr *announce_addr(struct session *s)
 {
@@ -159,11 +179,17 @@ static const struct sockaddr *announce_addr(struct session *s)
 static void dc_drop(struct session *s)
 {
 	if (s->dc) {
+		s->xfer_up = datachan_bytes(s->dc, 0);
+		s->xfer_down = datachan_bytes(s->dc, 1);
+		s->bytes_up += s->xfer_up;
+		s->bytes_down += s->xfer_down;
 		datachan_free(s->dc);
 		s->dc = NULL;
 	}
 	s->dc_done = 0;
 	s->dc_ok = 0;
+	s->client_active = 0;
+	s->backend_active = 0;
 	free(s->pending_cmd);
 	s->pending_cmd = NULL;
 }
@@ -218,11 +244,11 @@ static void session_end(struct session *s, const char *fmt, ...)
 	if (s->end_reason[0])
 		snprintf(reason, sizeof(reason), "%s", s->end_reason);
 	log_info("%s: end: client %s backend %s user \"%s\" data up %llu down %llu bytes, "
-		 "%.3f s: %s",
-		 s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
-		 addr_str((struct sockaddr *)&s->conf->backend, backend, sizeof(backend), 1),
-		 s->user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
-		 (double)(now_ms() - s->start_ms) / 1000.0, reason);
+	         "%.3f s: %s",
+	         s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
+	         addr_str((struct sockaddr *)&s->conf->backend, backend, sizeof(backend), 1),
+	         s->user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
+	         (double)(now_ms() - s->start_ms) / 1000.0, reason);
 	dc_drop(s);
 	if (s->cbev)
 		bufferevent_disable(s->cbev, EV_READ | EV_WRITE);
@@ -234,7 +260,7 @@ static void session_end(struct session *s, const char *fmt, ...)
 
 /* Deliver what is queued for the client, then end. */
 static void session_close_after_flush(struct session *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 static void session_close_after_flush(struct session *s, const char *fmt, ...)
 {
@@ -273,32 +299,46 @@ static void session_abort(struct session *s, const char *why)
 
 static void finish_transfer_reply(struct session *s);
 
-static void dc_side_ready(struct datachan *dc, enum dc_side side, int ok, void *arg)
+static void transfer_forward(struct session *s, const char *cmd)
+{
+	send_backend(s, "%s", cmd);
+	struct expect *e = fifo_push(s, EXP_TRANSFER);
+	e->start_ms = now_ms();
+	s->transfer = 1;
+	s->xfer_up = s->xfer_down = 0;
+	datachan_start(s->dc);
+}
+
+static void dc_side_ready(struct datachan *dc, enum dc_side side, int ok, const char *reason,
+                          void *arg)
 {
 	struct session *s = arg;
-	(void)dc;
 
-	if (s->dead || side != DC_BACKEND)
+	if (s->dead)
 		return;
 	if (!ok) {
-		log_warn("%s: backend data connection failed", s->tag);
+		log_warn("%s: %s data connection failed: %s", s->tag,
+		         side == DC_BACKEND ? "backend" : "client", reason);
 		if (s->pending_cmd) {
 			/* The command never reached the backend: answer it here. */
 			dc_drop(s);
-			reply_client(s, "425 Can't open data connection to the server.");
+			reply_client(s, "425 Can't open data connection: %s.", reason);
 			process_client(s);
+			return;
 		}
+		/* The command went out: the pair is broken, its final reply becomes 426. */
+		s->dc_done = 1;
+		s->dc_ok = 0;
+		snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", reason);
+		datachan_free(dc);
+		s->dc = NULL;
 		return;
 	}
-	if (s->pending_cmd) {
+	if (side == DC_BACKEND && s->pending_cmd) {
 		char *cmd = s->pending_cmd;
 		s->pending_cmd = NULL;
-		send_backend(s, "%s", cmd);
+		transfer_forward(s, cmd);
 		free(cmd);
-		struct expect *e = fifo_push(s, EXP_TRANSFER);
-		e->start_ms = now_ms();
-		s->transfer = 1;
-		datachan_start(s->dc);
 	}
 }
 
@@ -306,19 +346,18 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 {
 	struct session *s = arg;
 
-	s->bytes_up += datachan_bytes(dc, 0);
-	s->bytes_down += datachan_bytes(dc, 1);
+	s->xfer_up = datachan_bytes(dc, 0);
+	s->xfer_down = datachan_bytes(dc, 1);
+	s->bytes_up += s->xfer_up;
+	s->bytes_down += s->xfer_down;
 	s->dc_done = 1;
 	s->dc_ok = ok;
 	snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", ok ? "" : reason);
-	uint64_t up = datachan_bytes(dc, 0), down = datachan_bytes(dc, 1);
 	datachan_free(dc);
 	s->dc = NULL;
 	if (!ok)
 		log_info("%s: data connection closed: %s", s->tag, reason);
 	if (s->transfer) {
-		log_debug("%s: data pair done, %llu up, %llu down", s->tag, (unsigned long long)up,
-			  (unsigned long long)down);
 		if (s->held)
 			finish_transfer_reply(s);
 		return;
@@ -353,8 +392,8 @@ static void finish_transfer_reply(struct session *s)
 	evbuffer_free(s->held);
 	s->held = NULL;
 	log_info("%s: transfer %s: %s, %.3f s, data up %llu down %llu", s->tag, s->xfer_cmd, res,
-		 e ? (double)(now_ms() - e->start_ms) / 1000.0 : 0.0,
-		 (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down);
+	         e ? (double)(now_ms() - e->start_ms) / 1000.0 : 0.0,
+	         (unsigned long long)s->xfer_up, (unsigned long long)s->xfer_down);
 	s->transfer = 0;
 	s->dc_done = 0;
 	if (e)
@@ -368,19 +407,19 @@ static void finish_transfer_reply(struct session *s)
 
 /*
  * Answer FEAT with what the proxy provides: the backend's features that pass
- * through a proxy unchanged, plus EPSV, which the proxy always handles
- * itself. TLS (AUTH/PBSZ/PROT/CCC) and active mode (EPRT/LPRT) are not
- * offered by this version, and LPSV never is.
+ * through a proxy unchanged, plus EPRT and EPSV, which the proxy always
+ * handles itself. TLS (AUTH/PBSZ/PROT/CCC) is not offered by this version,
+ * and LPRT/LPSV never are.
  */
 static void rewrite_feat(struct session *s, int code, struct evbuffer *rep)
 {
 	static const char *const drop[] = {"AUTH", "PBSZ", "PROT", "CCC",
-					   "EPSV", "EPRT", "LPSV", "LPRT"};
+	                                   "EPSV", "EPRT", "LPSV", "LPRT"};
 	struct evbuffer *out = bufferevent_get_output(s->cbev);
 	size_t len;
 	char *line;
 
-	evbuffer_add_printf(out, "211-Features:\r\n EPSV\r\n");
+	evbuffer_add_printf(out, "211-Features:\r\n EPRT\r\n EPSV\r\n");
 	while ((line = evbuffer_readln(rep, &len, EVBUFFER_EOL_CRLF)) != NULL) {
 		/* RFC 2389: feature lines start with a space. */
 		if (code == 211 && len > 1 && line[0] == ' ') {
@@ -405,26 +444,69 @@ static void rewrite_feat(struct session *s, int code, struct evbuffer *rep)
 	evbuffer_add_printf(out, "211 End\r\n");
 }
 
-/* The backend answered the proxy's EPSV/PASV: set up both data sides and answer the client. */
-static void handle_pasv_reply(struct session *s, const struct expect *e, int code,
-			      struct evbuffer *rep)
+/* The backend side is ready: set up the client side and answer the client's data command. */
+static void client_data_setup(struct session *s, enum ftp_verb verb)
+{
+	char buf[128];
+	uint16_t cport = 0;
+
+	if (verb == FTP_V_PORT || verb == FTP_V_EPRT) {
+		/* The proxy connects to the client when the transfer command comes. */
+		s->client_active = 1;
+		reply_client(s, "200 %s command successful.", verb == FTP_V_PORT ? "PORT" : "EPRT");
+		return;
+	}
+	/* Listen where the client connected to: behind a 1:1 NAT that is the
+	 * address public_address is translated to. */
+	if (datachan_listen(s->dc, DC_CLIENT, (struct sockaddr *)&s->local_addr, s->conf->pasv_lo,
+	                    s->conf->pasv_hi, (struct sockaddr *)&s->client_addr, &cport) < 0) {
+		log_warn("%s: no passive port free in %u-%u on %s: %s", s->tag, s->conf->pasv_lo,
+		         s->conf->pasv_hi,
+		         addr_str((struct sockaddr *)&s->local_addr, buf, sizeof(buf), 0),
+		         strerror(errno));
+		dc_drop(s);
+		reply_client(s, "425 Can't open passive connection: no free port.");
+		return;
+	}
+	if (verb == FTP_V_EPSV) {
+		ftp_format_229(buf, sizeof(buf), cport);
+	} else {
+		struct sockaddr_in sin;
+		memcpy(&sin, announce_addr(s), sizeof(sin));
+		sin.sin_port = htons(cport);
+		ftp_format_227(buf, sizeof(buf), &sin);
+	}
+	evbuffer_add(bufferevent_get_output(s->cbev), buf, strlen(buf));
+	log_debug("%s: data: client %s port %u", s->tag, verb == FTP_V_EPSV ? "EPSV" : "PASV",
+	          cport);
+}
+
+/* The backend answered the proxy's EPSV/PASV/PORT/EPRT. */
+static void handle_setup_reply(struct session *s, const struct expect *e, int code,
+                               struct evbuffer *rep)
 {
 	char text[512], esc[256], buf[128];
-	struct sockaddr_storage baddr, bind_addr;
-	uint16_t bport = 0, cport = 0;
-	int client_epsv = e->client_epsv;
+	struct sockaddr_storage baddr;
+	uint16_t bport = 0;
 
-	if (e->sent_epsv && (code == 500 || code == 501 || code == 502 || code == 504)) {
+	if (e->sent == FTP_V_EPSV && (code == 500 || code == 501 || code == 502 || code == 504)) {
 		/* No EPSV on this backend: fall back to PASV for the rest of the session. */
 		s->backend_no_epsv = 1;
 		send_backend(s, "PASV");
-		struct expect *n = fifo_push(s, EXP_PASV_SETUP);
-		n->client_epsv = client_epsv;
+		struct expect *n = fifo_push(s, EXP_DATA_SETUP);
+		n->sent = FTP_V_PASV;
+		n->client_verb = e->client_verb;
 		return;
 	}
-	if (code >= 400) {
-		/* The backend refuses (not logged in, ...): that answers the client too. */
-		evbuffer_add_buffer(bufferevent_get_output(s->cbev), rep);
+	if (code >= 400 || !s->dc) {
+		/* The backend refuses (not logged in, PORT not allowed, ...): that
+		 * answers the client too. */
+		dc_drop(s);
+		relay_reply(s, rep);
+		return;
+	}
+	if (e->sent == FTP_V_PORT || e->sent == FTP_V_EPRT) {
+		client_data_setup(s, e->client_verb);
 		return;
 	}
 	size_t n = evbuffer_copyout(rep, text, sizeof(text) - 1);
@@ -443,66 +525,31 @@ static void handle_pasv_reply(struct session *s, const struct expect *e, int cod
 			bport = ntohs(sin.sin_port);
 			if (s->conf->backend.ss_family != AF_INET ||
 			    sin.sin_addr.s_addr !=
-				((const struct sockaddr_in *)&s->conf->backend)->sin_addr.s_addr)
+			        ((const struct sockaddr_in *)&s->conf->backend)->sin_addr.s_addr)
 				log_debug("%s: backend announced %s in 227; using its control "
-					  "address",
-					  s->tag,
-					  addr_str((struct sockaddr *)&sin, buf, sizeof(buf), 1));
+				          "address",
+				          s->tag,
+				          addr_str((struct sockaddr *)&sin, buf, sizeof(buf), 1));
 		}
 	}
 	if (rc < 0 || bport == 0) {
 		log_warn("%s: unusable passive reply from backend: \"%s\"", s->tag,
-			 log_escape(esc, sizeof(esc), text, tlen));
+		         log_escape(esc, sizeof(esc), text, tlen));
+		dc_drop(s);
 		reply_client(s, "425 Can't open data connection: bad reply from the server.");
 		return;
 	}
-
 	memcpy(&baddr, &s->conf->backend, sizeof(baddr));
 	addr_set_port((struct sockaddr *)&baddr, bport);
-
-	/* Listen where the client connected to: behind a 1:1 NAT that is the
-	 * address public_address is translated to. */
-	memcpy(&bind_addr, &s->local_addr, sizeof(bind_addr));
-	const struct sockaddr *ann = announce_addr(s);
-
-	static const struct datachan_cbs cbs = {dc_side_ready, dc_done};
-	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
-	if (!s->dc) {
-		reply_client(s, "425 Can't open data connection: out of memory.");
-		return;
-	}
-	if (datachan_connect(s->dc, DC_BACKEND, (struct sockaddr *)&baddr) < 0) {
+	if (datachan_connect(s->dc, DC_BACKEND, (struct sockaddr *)&baddr, NULL) < 0) {
 		log_warn("%s: connect to backend data port %s: %s", s->tag,
-			 addr_str((struct sockaddr *)&baddr, buf, sizeof(buf), 1), strerror(errno));
+		         addr_str((struct sockaddr *)&baddr, buf, sizeof(buf), 1), strerror(errno));
 		dc_drop(s);
 		reply_client(s, "425 Can't open data connection to the server.");
 		return;
 	}
-	if (datachan_listen(s->dc, DC_CLIENT, (struct sockaddr *)&bind_addr, s->conf->pasv_lo,
-			    s->conf->pasv_hi, (struct sockaddr *)&s->client_addr, &cport) < 0) {
-		log_warn("%s: no passive port free in %u-%u on %s: %s", s->tag, s->conf->pasv_lo,
-			 s->conf->pasv_hi,
-			 addr_str((struct sockaddr *)&bind_addr, buf, sizeof(buf), 0),
-			 strerror(errno));
-		dc_drop(s);
-		reply_client(s, "425 Can't open passive connection: no free port.");
-		return;
-	}
-	if (client_epsv) {
-		ftp_format_229(buf, sizeof(buf), cport);
-	} else {
-		struct sockaddr_in sin;
-		memcpy(&sin, ann, sizeof(sin));
-		sin.sin_port = htons(cport);
-		ftp_format_227(buf, sizeof(buf), &sin);
-	}
-	evbuffer_add(bufferevent_get_output(s->cbev), buf, strlen(buf));
-	log_debug("%s: passive: client port %u <-> backend port %u", s->tag, cport, bport);
-}
-
-static void relay(struct session *s, struct evbuffer *rep)
-{
-	evbuffer_add_buffer(bufferevent_get_output(s->cbev), rep);
+	log_debug("%s: data: backend port %u", s->tag, bport);
+	client_data_setup(s, e->client_verb);
 }
 
 /* A complete reply from the backend, in s->reply. */
@@ -514,27 +561,27 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 	if (!e) {
 		size_t n = evbuffer_copyout(rep, text, sizeof(text));
 		if (code == 421) {
-			relay(s, rep);
+			relay_reply(s, rep);
 			session_close_after_flush(s, "backend closed the session (421)");
 			return;
 		}
 		log_warn("%s: dropped a reply that answers nothing: \"%s\"", s->tag,
-			 log_escape(esc, sizeof(esc), text, n));
+		         log_escape(esc, sizeof(esc), text, n));
 		return;
 	}
 	if (ftp_reply_is_prelim(code)) {
-		if (e->kind == EXP_PASV_SETUP || e->kind == EXP_FEAT) {
+		if (e->kind == EXP_DATA_SETUP || e->kind == EXP_FEAT) {
 			log_warn("%s: dropped an unexpected %d reply", s->tag, code);
 			return;
 		}
-		relay(s, rep);
+		relay_reply(s, rep);
 		return;
 	}
 	struct expect cur = *e;
 	switch (cur.kind) {
 	case EXP_GREETING:
 		fifo_pop(s);
-		relay(s, rep);
+		relay_reply(s, rep);
 		if (code != 220) {
 			session_close_after_flush(s, "backend refused the session (%d)", code);
 			return;
@@ -544,30 +591,34 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		break;
 	case EXP_RELAY:
 		fifo_pop(s);
-		relay(s, rep);
+		relay_reply(s, rep);
+		if (code == 230 && !s->logged_in) {
+			s->logged_in = 1;
+			arm_idle(s);
+		}
 		break;
 	case EXP_QUIT:
 		fifo_pop(s);
-		relay(s, rep);
+		relay_reply(s, rep);
 		session_close_after_flush(s, "client quit");
 		return;
 	case EXP_FEAT:
 		fifo_pop(s);
 		rewrite_feat(s, code, rep);
 		break;
-	case EXP_PASV_SETUP:
+	case EXP_DATA_SETUP:
 		fifo_pop(s);
-		handle_pasv_reply(s, &cur, code, rep);
+		handle_setup_reply(s, &cur, code, rep);
 		break;
 	case EXP_TRANSFER:
 		if (code >= 400 || (!s->dc && !s->dc_done)) {
 			/* Failed, or the data pair is already gone (ABOR): relay as is. */
 			dc_drop(s);
 			fifo_pop(s);
-			relay(s, rep);
+			relay_reply(s, rep);
 			log_info("%s: transfer %s: %d, data up %llu down %llu", s->tag, s->xfer_cmd,
-				 code, (unsigned long long)s->bytes_up,
-				 (unsigned long long)s->bytes_down);
+			         code, (unsigned long long)s->xfer_up,
+			         (unsigned long long)s->xfer_down);
 			s->transfer = 0;
 			arm_idle(s);
 			break;
@@ -600,7 +651,8 @@ static void process_backend(struct session *s)
 		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
 		if (p.pos < 0) {
 			if (evbuffer_get_length(in) >= sizeof(line))
-				session_abort(s, "backend sent a reply line longer than 8192 bytes");
+				session_abort(s,
+				              "backend sent a reply line longer than 8192 bytes");
 			return;
 		}
 		size_t n = (size_t)p.pos + eol_len;
@@ -612,8 +664,9 @@ static void process_backend(struct session *s)
 		enum ftp_reply_status st = ftp_reply_feed(&s->rasm, line, n);
 		if (st == FTP_REPLY_BAD) {
 			char why[256];
-			snprintf(why, sizeof(why), "malformed or oversized reply from backend: \"%s\"",
-				 log_escape(esc, sizeof(esc), line, n));
+			snprintf(why, sizeof(why),
+			         "malformed or oversized reply from backend: \"%s\"",
+			         log_escape(esc, sizeof(esc), line, n));
 			session_abort(s, why);
 			return;
 		}
@@ -639,12 +692,54 @@ static void forward(struct session *s, const struct ftp_cmd *c, enum exp_kind ki
 	fifo_push(s, kind);
 }
 
-static void cmd_pasv(struct session *s, const struct ftp_cmd *c)
+/* Check a PORT/EPRT argument; on success the address is in *out. */
+static int check_active_addr(struct session *s, const struct ftp_cmd *c,
+                             struct sockaddr_storage *out)
 {
-	int epsv = c->verb == FTP_V_EPSV;
-	int fam = s->local_addr.ss_family == AF_INET6 ? 2 : 1;
+	char a[ADDR_STR_MAX], esc[128];
+	int rc;
 
-	if (epsv && c->arg_len) {
+	memset(out, 0, sizeof(*out));
+	if (c->verb == FTP_V_PORT)
+		rc = ftp_parse_port(c->arg, c->arg_len, (struct sockaddr_in *)out);
+	else
+		rc = ftp_parse_eprt(c->arg, c->arg_len, out);
+	if (rc == -2) {
+		reply_client(s, "522 Network protocol not supported, use (1,2)");
+		return -1;
+	}
+	if (rc < 0) {
+		log_info("%s: malformed %s \"%s\"", s->tag, c->name,
+		         log_escape(esc, sizeof(esc), c->arg, c->arg_len));
+		reply_client(s, "501 Syntax error in %s argument.", c->name);
+		return -1;
+	}
+	ftp_addr_unmap(out);
+	if (!s->conf->allow_foreign_address &&
+	    !ftp_addr_same_ip((struct sockaddr *)out, (struct sockaddr *)&s->client_addr)) {
+		log_warn("%s: refused %s to %s: not the client's address (FTP bounce)", s->tag,
+		         c->name, addr_str((struct sockaddr *)out, a, sizeof(a), 1));
+		reply_client(s, "504 %s refused: the address must be your own.", c->name);
+		return -1;
+	}
+	if (addr_port((struct sockaddr *)out) < 1024) {
+		log_warn("%s: refused %s to privileged port %s", s->tag, c->name,
+		         addr_str((struct sockaddr *)out, a, sizeof(a), 1));
+		reply_client(s, "504 %s refused: ports below 1024 are not allowed.", c->name);
+		return -1;
+	}
+	return 0;
+}
+
+/* PASV, EPSV, PORT, EPRT: set up the backend side per backend_data_mode, then the client side. */
+static void cmd_data(struct session *s, const struct ftp_cmd *c)
+{
+	int client_passive = c->verb == FTP_V_PASV || c->verb == FTP_V_EPSV;
+	int fam = s->local_addr.ss_family == AF_INET6 ? 2 : 1;
+	struct sockaddr_storage caddr;
+	char buf[128];
+
+	if (c->verb == FTP_V_EPSV && c->arg_len) {
 		if (c->arg_len == 3 && strncasecmp(c->arg, "ALL", 3) == 0) {
 			s->epsv_all = 1;
 			reply_client(s, "200 EPSV ALL accepted.");
@@ -659,22 +754,64 @@ static void cmd_pasv(struct session *s, const struct ftp_cmd *c)
 			return;
 		}
 	}
-	if (!epsv) {
-		if (s->epsv_all) {
-			reply_client(s, "503 PASV not allowed after EPSV ALL.");
-			return;
-		}
-		if (s->local_addr.ss_family != AF_INET) {
-			/* A 227 carries IPv4 only (RFC 2428). */
-			reply_client(s, "425 PASV is IPv4 only on this connection; use EPSV.");
-			return;
-		}
+	if (c->verb != FTP_V_EPSV && s->epsv_all) {
+		reply_client(s, "503 %s not allowed after EPSV ALL.", c->name);
+		return;
 	}
+	if (c->verb == FTP_V_PASV && s->local_addr.ss_family != AF_INET) {
+		/* A 227 carries IPv4 only (RFC 2428). */
+		reply_client(s, "425 PASV is IPv4 only on this connection; use EPSV.");
+		return;
+	}
+	if (!client_passive && check_active_addr(s, c, &caddr) < 0)
+		return;
+
 	dc_drop(s);
-	send_backend(s, "%s", s->backend_no_epsv ? "PASV" : "EPSV");
-	struct expect *e = fifo_push(s, EXP_PASV_SETUP);
-	e->sent_epsv = !s->backend_no_epsv;
-	e->client_epsv = epsv;
+	static const struct datachan_cbs cbs = {dc_side_ready, dc_done};
+	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
+	if (!s->dc) {
+		reply_client(s, "425 Can't open data connection: out of memory.");
+		return;
+	}
+	if (!client_passive)
+		memcpy(&s->client_data_addr, &caddr, sizeof(caddr));
+
+	enum backend_data_mode mode = s->conf->backend_data_mode;
+	if (mode == BDM_CLIENT)
+		mode = client_passive ? BDM_PASSIVE : BDM_ACTIVE;
+	struct expect *e;
+	if (mode == BDM_PASSIVE) {
+		send_backend(s, "%s", s->backend_no_epsv ? "PASV" : "EPSV");
+		e = fifo_push(s, EXP_DATA_SETUP);
+		e->sent = s->backend_no_epsv ? FTP_V_PASV : FTP_V_EPSV;
+		e->client_verb = c->verb;
+		return;
+	}
+	/* Active toward the backend: listen on the proxy's backend-side address. */
+	struct sockaddr_storage local;
+	socklen_t len = sizeof(local);
+	uint16_t port;
+	if (getsockname(bufferevent_getfd(s->bbev), (struct sockaddr *)&local, &len) < 0 ||
+	    datachan_listen(s->dc, DC_BACKEND, (struct sockaddr *)&local, s->conf->pasv_lo,
+	                    s->conf->pasv_hi, (struct sockaddr *)&s->conf->backend, &port) < 0) {
+		log_warn("%s: cannot listen for the backend's data connection: %s", s->tag,
+		         strerror(errno));
+		dc_drop(s);
+		reply_client(s, "425 Can't open data connection: no free port.");
+		return;
+	}
+	addr_set_port((struct sockaddr *)&local, port);
+	s->backend_active = 1;
+	e = fifo_push(s, EXP_DATA_SETUP);
+	e->client_verb = c->verb;
+	if (local.ss_family == AF_INET) {
+		ftp_format_port(buf, sizeof(buf), (struct sockaddr_in *)&local);
+		e->sent = FTP_V_PORT;
+	} else {
+		ftp_format_eprt(buf, sizeof(buf), (struct sockaddr *)&local);
+		e->sent = FTP_V_EPRT;
+	}
+	evbuffer_add(bufferevent_get_output(s->bbev), buf, strlen(buf));
 }
 
 static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
@@ -686,14 +823,21 @@ static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
 		return;
 	}
 	int n = snprintf(raw, sizeof(raw), "%s%s%.*s", c->name, c->arg_len ? " " : "",
-			 (int)c->arg_len, c->arg);
+	                 (int)c->arg_len, c->arg);
 	log_escape(s->xfer_cmd, sizeof(s->xfer_cmd), raw, (size_t)n);
-	if (datachan_side_connected(s->dc, DC_BACKEND)) {
-		send_backend(s, "%s", raw);
-		struct expect *e = fifo_push(s, EXP_TRANSFER);
-		e->start_ms = now_ms();
-		s->transfer = 1;
-		datachan_start(s->dc);
+	if (s->client_active &&
+	    datachan_connect(s->dc, DC_CLIENT, (struct sockaddr *)&s->client_data_addr,
+	                     (struct sockaddr *)&s->local_addr) < 0) {
+		char a[ADDR_STR_MAX];
+		log_warn("%s: connect to client data address %s: %s", s->tag,
+		         addr_str((struct sockaddr *)&s->client_data_addr, a, sizeof(a), 1),
+		         strerror(errno));
+		dc_drop(s);
+		reply_client(s, "425 Can't open data connection.");
+		return;
+	}
+	if (s->backend_active || datachan_side_connected(s->dc, DC_BACKEND)) {
+		transfer_forward(s, raw);
 		return;
 	}
 	/* Open the backend data connection before sending the command, or the
@@ -716,7 +860,7 @@ static void cmd_abor(struct session *s, const struct ftp_cmd *c)
 	}
 	if (s->held) {
 		/* The backend had already finished: its reply goes out first. */
-		relay(s, s->held);
+		relay_reply(s, s->held);
 		evbuffer_free(s->held);
 		s->held = NULL;
 		s->transfer = 0;
@@ -740,7 +884,7 @@ static void handle_command(struct session *s, char *line, size_t n)
 		log_debug("%s: command PASS ****", s->tag);
 	else
 		log_debug("%s: command %s%s%s", s->tag, c.name, c.arg_len ? " " : "",
-			  log_escape(esc, sizeof(esc), c.arg, c.arg_len));
+		          log_escape(esc, sizeof(esc), c.arg, c.arg_len));
 
 	switch (c.verb) {
 	case FTP_V_USER:
@@ -749,15 +893,13 @@ static void handle_command(struct session *s, char *line, size_t n)
 		break;
 	case FTP_V_PASV:
 	case FTP_V_EPSV:
-		cmd_pasv(s, &c);
-		break;
 	case FTP_V_PORT:
 	case FTP_V_EPRT:
-	case FTP_V_LPRT:
-		reply_client(s, "502 Active mode is not supported by this proxy; use PASV or EPSV.");
+		cmd_data(s, &c);
 		break;
+	case FTP_V_LPRT:
 	case FTP_V_LPSV:
-		reply_client(s, "502 LPSV is not supported; use EPSV or PASV.");
+		reply_client(s, "502 %s is not supported; use EPSV, PASV, EPRT or PORT.", c.name);
 		break;
 	case FTP_V_AUTH:
 	case FTP_V_PBSZ:
@@ -851,8 +993,16 @@ static void process_client(struct session *s)
 
 static void arm_idle(struct session *s)
 {
-	if (!s->dead && !s->closing && s->backend_up == 2)
-		set_timer(s, s->conf->idle_timeout);
+	if (s->dead || s->closing || s->backend_up != 2)
+		return;
+	uint64_t ms = (uint64_t)s->conf->idle_timeout * 1000u;
+	if (!s->logged_in) {
+		uint64_t left = login_left_ms(s);
+		if (left < ms)
+			ms = left ? left : 1;
+	}
+	struct timeval tv = {(time_t)(ms / 1000u), (suseconds_t)(ms % 1000u) * 1000};
+	event_add(s->timer, &tv);
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -870,8 +1020,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (s->backend_up < 2) {
 		snprintf(why, sizeof(why), "backend %s: %s within %u s",
-			 addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1),
-			 s->backend_up ? "no greeting" : "no connection", s->conf->connect_timeout);
+		         addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1),
+		         s->backend_up ? "no greeting" : "no connection", s->conf->connect_timeout);
 		session_abort(s, why);
 		return;
 	}
@@ -880,15 +1030,26 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		arm_idle(s);
 		return;
 	}
+	if (!s->logged_in && login_left_ms(s) == 0) {
+		log_info("%s: not logged in after %u s", s->tag, s->conf->login_timeout);
+		reply_client(s, "421 Login timeout (%u seconds): closing control connection.",
+		             s->conf->login_timeout);
+		session_close_after_flush(s, "login timeout");
+		return;
+	}
 	if (s->fifo_len > 0) {
 		snprintf(why, sizeof(why), "backend did not reply within %u s",
-			 s->conf->idle_timeout);
+		         s->conf->idle_timeout);
 		session_abort(s, why);
+		return;
+	}
+	if (!s->logged_in) {
+		arm_idle(s);
 		return;
 	}
 	log_info("%s: idle for %u s", s->tag, s->conf->idle_timeout);
 	reply_client(s, "421 Timeout (%u seconds): closing control connection.",
-		     s->conf->idle_timeout);
+	             s->conf->idle_timeout);
 	session_close_after_flush(s, "idle timeout");
 }
 
@@ -922,7 +1083,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 		session_end(s, "client closed the connection");
 	else
 		session_end(s, "client connection error: %s",
-			    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
 static void backend_read_cb(struct bufferevent *bev, void *arg)
@@ -948,7 +1109,7 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	if (!s->backend_up) {
 		snprintf(why, sizeof(why), "cannot connect to backend %s: %s", b,
-			 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		session_abort(s, why);
 		return;
 	}
@@ -960,7 +1121,7 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		snprintf(why, sizeof(why), "backend %s closed the control connection", b);
 	else
 		snprintf(why, sizeof(why), "backend %s control connection error: %s", b,
-			 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 	session_abort(s, why);
 }
 
@@ -1018,15 +1179,15 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	fifo_push(s, EXP_GREETING);
 
 	log_info("%s: start: client %s to %s", s->tag,
-		 addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),
-		 addr_str((struct sockaddr *)&s->local_addr, l, sizeof(l), 0));
+	         addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),
+	         addr_str((struct sockaddr *)&s->local_addr, l, sizeof(l), 0));
 	set_timer(s, s->conf->connect_timeout);
 	if (bufferevent_socket_connect(s->bbev, (struct sockaddr *)&s->conf->backend,
-				       (int)addr_len((struct sockaddr *)&s->conf->backend)) < 0) {
+	                               (int)addr_len((struct sockaddr *)&s->conf->backend)) < 0) {
 		char why[160];
 		snprintf(why, sizeof(why), "cannot connect to backend %s: %s",
-			 addr_str((struct sockaddr *)&s->conf->backend, c, sizeof(c), 1),
-			 strerror(errno));
+		         addr_str((struct sockaddr *)&s->conf->backend, c, sizeof(c), 1),
+		         strerror(errno));
 		session_abort(s, why);
 	}
 }
@@ -1038,4 +1199,18 @@ void sessions_close_all(struct ftpgate *gw)
 		session_end(s, "proxy shutting down");
 		session_free(s);
 	}
+}
+
+unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip)
+{
+	struct sockaddr_storage a;
+	unsigned n = 0;
+
+	memcpy(&a, ip, addr_len(ip));
+	ftp_addr_unmap(&a);
+	for (const struct session *s = site->gw->sessions; s; s = s->next)
+		if (s->site == site && ftp_addr_same_ip((const struct sockaddr *)&s->client_addr,
+		                                        (const struct sockaddr *)&a))
+			n++;
+	return n;
 }

@@ -57,7 +57,7 @@ void addr_set_port(struct sockaddr *sa, uint16_t port)
 }
 
 int addr_parse(const char *text, int default_port, int resolve, struct sockaddr_storage *ss,
-	       char *err, size_t errsize)
+               char *err, size_t errsize)
 {
 	char host[256];
 	const char *port_s = NULL;

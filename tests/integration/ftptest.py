@@ -150,45 +150,61 @@ def _ephemeral_range():
         return 32768, 60999
 
 
-_held_bases = set()
+_held_units = set()
+_UNIT = 100
+
+
+def _lock_unit(lockdir, unit):
+    fd = os.open(os.path.join(lockdir, '%d.lock' % unit), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def port_range(width=200):
     """Reserve a block of `width` ports for this process: (low, high).
 
     Random base in 20000-59000, outside the kernel's ephemeral range when
-    possible.  A lock file per block (flock, held until exit) keeps test
-    scripts running at the same time from picking the same block."""
+    possible.  Ports are locked in units of 100 (one flock'ed file per unit
+    under /tmp/ftptest-portlocks, held until exit), so test scripts running
+    at the same time never get overlapping blocks."""
+    units = (width + _UNIT - 1) // _UNIT
+    span = units * _UNIT
     elo, ehi = _ephemeral_range()
-    bases = [b for b in range(20000, 59000 - width, width)
-             if b + width <= elo or b > ehi]
+    bases = [b for b in range(20000, 59000 - span, _UNIT)
+             if b + span <= elo or b > ehi]
     if len(bases) < 10:
-        bases = list(range(20000, 59000 - width, width))
+        bases = list(range(20000, 59000 - span, _UNIT))
     random.shuffle(bases)
     lockdir = '/tmp/ftptest-portlocks'
     os.makedirs(lockdir, exist_ok=True)
     for base in bases:
-        if base in _held_bases:
+        us = [base + i * _UNIT for i in range(units)]
+        if any(u in _held_units for u in us):
             continue
-        fd = os.open(os.path.join(lockdir, '%d-%d.lock' % (base, width)),
-                     os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
+        fds = []
+        for u in us:
+            fd = _lock_unit(lockdir, u)
+            if fd is None:
+                break
+            fds.append(fd)
         busy = 0
-        for p in range(base, base + width):
-            with socket.socket() as s:
-                try:
-                    s.bind(('127.0.0.1', p))
-                except OSError:
-                    busy += 1
-        if busy > width // 10:
-            os.close(fd)
+        if len(fds) == units:
+            for p in range(base, base + width):
+                with socket.socket() as sk:
+                    try:
+                        sk.bind(('127.0.0.1', p))
+                    except OSError:
+                        busy += 1
+        if len(fds) < units or busy > width // 10:
+            for fd in fds:
+                os.close(fd)
             continue
-        _lock_fds.append(fd)
-        _held_bases.add(base)
+        _lock_fds.extend(fds)
+        _held_units.update(us)
         return base, base + width - 1
     raise RuntimeError('no free port range found')
 
@@ -296,13 +312,15 @@ class PyftpdServer:
 
     def __init__(self, root_dir, host='127.0.0.1', ipv6=False, port=0,
                  masquerade_address=None, no_epsv=False, timeout=60,
-                 pasv_ports=None):
+                 pasv_ports=None, long_banner=False):
         if ipv6 and host == '127.0.0.1':
             host = '::1'
         self.root = root_dir
         self.host = host
         self.dir = tmpdir('pyftpd-')
         self.banner = 'ftptest-backend-%s ready' % os.urandom(4).hex()
+        if long_banner:   # > 75 characters: pyftpdlib sends a multi-line 220
+            self.banner += ' ' + 'x' * 80
         if pasv_ports is None:
             pasv_ports = port_range(100)
         self.pasv_ports = pasv_ports

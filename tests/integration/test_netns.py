@@ -17,12 +17,10 @@ while the backend announces its private 198.51.100.2.
 Needs root (ip netns, veth).  Without it: "1..0 # SKIP reason"."""
 
 import atexit
-import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -322,7 +320,7 @@ def with_server_log(fn):
             fn()
         except AssertionError as e:
             tail = '\n'.join(SRV.log().splitlines()[-25:])
-            raise AssertionError('%s\n--- pyftpdlib log, last lines:\n%s' % (e, tail))
+            raise AssertionError('%s\n--- pyftpdlib log, last lines:\n%s' % (e, tail)) from None
     return wrapped
 
 

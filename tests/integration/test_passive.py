@@ -44,7 +44,7 @@ with open(MID, 'rb') as _f:
     MID_DATA = _f.read()
 
 try:
-    SRV = T.PyftpdServer(ROOT)
+    SRV = T.PyftpdServer(ROOT, long_banner=True)
     G = T.Ftpgate(T.gate_config(SRV))
 except Exception as e:  # noqa
     t.bail('setup failed: %s' % str(e).replace('\n', ' | ')[:2000])
@@ -102,7 +102,8 @@ def list_names_from_LIST(lines):
 def c01_login():
     f = T.RecordingFTP()
     welcome = f.connect('127.0.0.1', G.port, timeout=20)
-    assert welcome.startswith('220'), welcome
+    assert welcome.startswith('220-') and welcome.endswith('\n220 '), \
+        'multi-line greeting not relayed intact: %r' % welcome
     assert SRV.banner in welcome, 'backend banner %r not relayed: %r' % (SRV.banner, welcome)
     resp = f.login('u', 'p')
     assert resp.startswith('230'), resp
@@ -525,7 +526,96 @@ def c17_misc():
     sha, n = sha_retr(f, 'mid.bin')
     assert sha == MID_SHA
     assert f.sendcmd('PWD').startswith('257'), f.replies[-1]
+    # multi-line replies relayed whole, replies stay in step
+    r = f.sendcmd('HELP')
+    assert r.startswith('214-') and r.splitlines()[-1].startswith('214 '), r
+    assert 'RETR' in r, r
+    r = f.sendcmd('FEAT')
+    assert r.startswith('211-') and r.splitlines()[-1].startswith('211'), r
+    r = f.sendcmd('STAT')
+    assert r.startswith('211-') and r.splitlines()[-1].startswith('211 '), r
+    assert f.sendcmd('PWD').startswith('257'), f.replies[-1]
     f.quit()
+
+
+def c19_public_address():
+    g = T.Ftpgate(T.gate_config(SRV, public_address='127.0.0.3'))
+    try:
+        f = login(g)
+        host, port = parse_227(f.sendcmd('PASV'))
+        assert host == '127.0.0.3', 'PASV announced %s, want public_address 127.0.0.3' % host
+        # ftplib (default) ignores the 227 address and connects to 127.0.0.1
+        sha, n = sha_retr(f, 'mid.bin')
+        assert sha == MID_SHA
+        assert f.sendcmd('NOOP').startswith('200'), f.replies[-1]
+        f.quit()
+    finally:
+        g.stop()
+
+
+def c20_idle_timeout():
+    g = T.Ftpgate(T.gate_config(SRV, idle_timeout=2))
+    try:
+        # a slow transfer lasting longer than idle_timeout must survive
+        f = login(g)
+        assert f.sendcmd('TYPE I').startswith('200')
+        conn = f.transfercmd('RETR big.bin')
+        h = hashlib.sha256()
+        n = 0
+        t_end = time.monotonic() + 3.5
+        while time.monotonic() < t_end:
+            b = conn.recv(16384)
+            assert b, 'data closed early'
+            h.update(b)
+            n += len(b)
+            time.sleep(0.05)
+        data, how = T.recv_until_closed(conn, 20)
+        conn.close()
+        assert how == 'eof', how
+        h.update(data)
+        n += len(data)
+        assert f.voidresp().startswith('226'), f.replies[-1]
+        assert n == BIG_MIB * MiB and h.hexdigest() == BIG_SHA, 'slow download differs'
+        # then an idle control connection is closed with 421
+        time.sleep(0.5)
+        f.sock.settimeout(10)
+        t0 = time.monotonic()
+        data, how = T.recv_until_closed(f.sock, 8)
+        text = data.decode('utf-8', 'replace')
+        assert text.startswith('421'), 'expected 421 after idle_timeout, got %r (%s)' % (text, how)
+        assert how in ('eof', 'reset'), 'not closed after 421 (%s)' % how
+        T.diag('idle close after %.1f s more: %r' % (time.monotonic() - t0, text.strip()))
+        f.close()
+    finally:
+        g.stop()
+
+
+def c21_max_sessions():
+    g = T.Ftpgate(T.gate_config(SRV, max_sessions=2))
+    try:
+        a = login(g)
+        b = login(g)
+        with socket.create_connection(('127.0.0.1', g.port), timeout=10) as s:
+            data, how = T.recv_until_closed(s, 10)
+        assert data.startswith(b'421'), 'third session: %r' % data
+        assert how in ('eof', 'reset'), how
+        b.quit()
+        # a slot is free again once the proxy has seen the QUIT
+        deadline = time.monotonic() + 5
+        while True:
+            c = T.RecordingFTP()
+            w = c.connect('127.0.0.1', g.port, timeout=10)
+            if w.startswith('220') or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert w.startswith('220'), 'no slot after a session ended: %r' % w
+        c.login('u', 'p')
+        assert c.sendcmd('NOOP').startswith('200')
+        assert a.sendcmd('NOOP').startswith('200')
+        c.quit()
+        a.quit()
+    finally:
+        g.stop()
 
 
 def c18_healthy():
@@ -558,5 +648,8 @@ t.case('stranger on the passive port is refused', c14_stranger, 30)
 t.case('transfer without PASV -> 4xx/5xx, session usable', c15_no_pasv, 30)
 t.case('passive listener closes after data_timeout', c16_data_timeout, 30)
 t.case('NLST, STOU, APPE; 550 keeps replies in step', c17_misc, 30)
+t.case('public_address announced in 227', c19_public_address, 30)
+t.case('idle_timeout: slow transfer survives, idle session gets 421', c20_idle_timeout, 40)
+t.case('site max_sessions: extra session gets 421', c21_max_sessions, 30)
 t.case('ftpgate alive, no sanitizer reports', c18_healthy, 15)
 t.done()
