@@ -313,25 +313,28 @@ static void dc_side_ready(struct datachan *dc, enum dc_side side, int ok, const 
                           void *arg)
 {
 	struct session *s = arg;
+	(void)dc;
 
 	if (s->dead)
 		return;
 	if (!ok) {
+		char why[sizeof(s->dc_reason)];
+		/* reason lives in dc: copy it before dc goes. */
+		snprintf(why, sizeof(why), "%s", reason);
 		log_warn("%s: %s data connection failed: %s", s->tag,
-		         side == DC_BACKEND ? "backend" : "client", reason);
+		         side == DC_BACKEND ? "backend" : "client", why);
 		if (s->pending_cmd) {
 			/* The command never reached the backend: answer it here. */
 			dc_drop(s);
-			reply_client(s, "425 Can't open data connection: %s.", reason);
+			reply_client(s, "425 Can't open data connection: %s.", why);
 			process_client(s);
 			return;
 		}
 		/* The command went out: the pair is broken, its final reply becomes 426. */
+		dc_drop(s);
 		s->dc_done = 1;
 		s->dc_ok = 0;
-		snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", reason);
-		datachan_free(dc);
-		s->dc = NULL;
+		snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", why);
 		return;
 	}
 	if (side == DC_BACKEND && s->pending_cmd) {
@@ -352,11 +355,12 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	s->bytes_down += s->xfer_down;
 	s->dc_done = 1;
 	s->dc_ok = ok;
+	/* reason lives in dc: copy it before dc goes. */
 	snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", ok ? "" : reason);
 	datachan_free(dc);
 	s->dc = NULL;
 	if (!ok)
-		log_info("%s: data connection closed: %s", s->tag, reason);
+		log_info("%s: data connection closed: %s", s->tag, s->dc_reason);
 	if (s->transfer) {
 		if (s->held)
 			finish_transfer_reply(s);
@@ -367,7 +371,7 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	if (s->pending_cmd) {
 		free(s->pending_cmd);
 		s->pending_cmd = NULL;
-		reply_client(s, "425 Can't open data connection: %s.", reason);
+		reply_client(s, "425 Can't open data connection: %s.", s->dc_reason);
 		s->dc_done = 0;
 		process_client(s);
 	}

@@ -20,6 +20,8 @@ count() { # count PASS/FAIL lines of one test-suite run from its logs
 }
 
 status=0
+# Out-of-tree builds need a source tree that is not configured itself.
+[ -f config.status ] && make distclean >/dev/null 2>&1
 ./autogen.sh >/dev/null 2>&1 || { echo "autogen.sh failed"; ./autogen.sh; echo "0 passed, 1 failed"; exit 1; }
 
 run_build() { # name, configure flags...
