@@ -17,6 +17,22 @@ enum backend_data_mode {
 	BDM_CLIENT,      /* whatever the client asked */
 };
 
+enum tls_mode {
+	TLS_OFF = 0,
+	TLS_TERMINATE, /* explicit: AUTH TLS answered by the proxy */
+	TLS_IMPLICIT,  /* TLS from the first byte */
+};
+
+enum backend_tls_mode { BTLS_OFF = 0, BTLS_ON, BTLS_IMPLICIT };
+
+enum backend_prot {
+	BPROT_CLIENT = 0, /* the backend's PROT follows the client's */
+	BPROT_PRIVATE,    /* always PROT P toward the backend */
+	BPROT_CLEAR,      /* always PROT C toward the backend */
+};
+
+#define CONF_PATH_MAX 1024
+
 struct site_conf {
 	char name[CONF_NAME_MAX];
 	int line; /* line of the section's first key, for later errors */
@@ -35,6 +51,26 @@ struct site_conf {
 	unsigned max_sessions_per_ip; /* 0 = no limit */
 	enum backend_data_mode backend_data_mode;
 	int allow_foreign_address; /* PORT/EPRT to an address other than the client's */
+
+	/* TLS toward clients. */
+	enum tls_mode tls;
+	char tls_cert[CONF_PATH_MAX];
+	char tls_key[CONF_PATH_MAX];
+	int tls_cert_line, tls_key_line, tls_line; /* 0 = default */
+	int tls_min_version;                       /* OpenSSL's TLS1_2_VERSION or TLS1_3_VERSION */
+	char tls_ciphers[512];
+	int tls_ciphers_line;
+	int require_tls;               /* USER/PASS only after AUTH TLS */
+	int require_data_tls;          /* PROT C refused, transfers need PROT P */
+	int tls_require_session_reuse; /* data connections must resume the control session */
+
+	/* TLS toward the backend. */
+	enum backend_tls_mode backend_tls;
+	int backend_tls_verify;
+	char backend_ca[CONF_PATH_MAX];
+	int backend_ca_line;
+	char backend_host[256]; /* as written in backend =, for certificate checks */
+	enum backend_prot backend_data_protection;
 };
 
 struct conf {

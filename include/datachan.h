@@ -17,6 +17,7 @@
 enum dc_side { DC_CLIENT = 0, DC_BACKEND = 1 };
 
 struct datachan;
+struct ssl_st;
 
 struct datachan_cbs {
 	/* A side is connected (ok = 1) or failed to connect (ok = 0, why in reason). */
@@ -49,6 +50,17 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
                      const struct sockaddr *src);
 
 int datachan_side_connected(const struct datachan *dc, enum dc_side side);
+
+/*
+ * Speak TLS on a side: ssl (owned by dc from now on) acts as server
+ * (server = 1, the proxy toward its client) or client (toward the backend).
+ * With require_reuse the handshake must resume a session, or the pair
+ * fails. The handshake starts when the pump starts (after the transfer
+ * command), and a TLS side gets close_notify before its EOF. A pair with
+ * a TLS side moves bytes through OpenSSL instead of splice(2).
+ */
+void datachan_set_tls(struct datachan *dc, enum dc_side side, struct ssl_st *ssl, int server,
+                      int require_reuse);
 
 /* Allow the pump to run once both sides are connected. */
 void datachan_start(struct datachan *dc);

@@ -20,7 +20,9 @@ struct site {
 	unsigned n_sessions;
 	struct evconnlistener *listeners[CONF_MAX_LISTEN];
 	size_t n_listeners;
-	struct event *resume_accept; /* re-enables accepting after EMFILE */
+	struct event *resume_accept;   /* re-enables accepting after EMFILE */
+	struct ssl_ctx_st *tls_server; /* client-facing TLS, or NULL */
+	struct ssl_ctx_st *tls_client; /* backend-facing TLS, or NULL */
 };
 
 struct ftpgate {

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/ssl.h>
+
 #include "conf.h"
 #include "util.h"
 
@@ -43,6 +45,18 @@ static void site_defaults(struct site_conf *s)
 	s->max_sessions_per_ip = 0;
 	s->backend_data_mode = BDM_PASSIVE;
 	s->allow_foreign_address = 0;
+	s->tls = TLS_OFF;
+	snprintf(s->tls_cert, sizeof(s->tls_cert), "%s", SYSCONFDIR "/ftpgate/cert.pem");
+	snprintf(s->tls_key, sizeof(s->tls_key), "%s", SYSCONFDIR "/ftpgate/key.pem");
+	s->tls_min_version = TLS1_2_VERSION;
+	s->tls_ciphers[0] = '\0';
+	s->require_tls = 0;
+	s->require_data_tls = 0;
+	s->tls_require_session_reuse = 1;
+	s->backend_tls = BTLS_OFF;
+	s->backend_tls_verify = 1;
+	s->backend_ca[0] = '\0';
+	s->backend_data_protection = BPROT_PRIVATE;
 }
 
 static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
@@ -156,6 +170,19 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	if (strcmp(key, "backend") == 0) {
 		if (addr_parse(v, 21, 1, &s->backend, err, sizeof(err)) < 0)
 			return fail(p, key, "%s", err);
+		/* The host part, for checking the backend's certificate. */
+		const char *h = v, *e;
+		if (*h == '[') {
+			h++;
+			e = strchr(h, ']');
+		} else {
+			e = strrchr(h, ':');
+		}
+		size_t hl = e ? (size_t)(e - h) : strlen(h);
+		if (hl >= sizeof(s->backend_host))
+			hl = sizeof(s->backend_host) - 1;
+		memcpy(s->backend_host, h, hl);
+		s->backend_host[hl] = '\0';
 		s->has_backend = 1;
 		return 1;
 	}
@@ -194,6 +221,85 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 				return 1;
 			}
 		return fail(p, key, "\"%s\" is not one of passive, active, client", v);
+	}
+	if (strcmp(key, "tls") == 0) {
+		static const char *const names[] = {"off", "terminate", "implicit"};
+		s->tls_line = p->line;
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->tls = (enum tls_mode)i;
+				return 1;
+			}
+		if (strcmp(v, "passthrough") == 0)
+			return fail(p, key,
+			            "passthrough is not built yet (off, terminate, implicit)");
+		return fail(p, key, "\"%s\" is not one of off, terminate, implicit", v);
+	}
+	if (strcmp(key, "tls_cert") == 0 || strcmp(key, "tls_key") == 0 ||
+	    strcmp(key, "backend_ca") == 0) {
+		char *dst = key[4] == 'c'   ? s->tls_cert
+		            : key[4] == 'k' ? s->tls_key
+		                            : s->backend_ca;
+		if (strlen(v) >= CONF_PATH_MAX)
+			return fail(p, key, "path too long");
+		snprintf(dst, CONF_PATH_MAX, "%s", v);
+		if (key[4] == 'c')
+			s->tls_cert_line = p->line;
+		else if (key[4] == 'k')
+			s->tls_key_line = p->line;
+		else
+			s->backend_ca_line = p->line;
+		return 1;
+	}
+	if (strcmp(key, "tls_min_version") == 0) {
+		if (strcmp(v, "1.2") == 0 || strcasecmp(v, "TLSv1.2") == 0)
+			s->tls_min_version = TLS1_2_VERSION;
+		else if (strcmp(v, "1.3") == 0 || strcasecmp(v, "TLSv1.3") == 0)
+			s->tls_min_version = TLS1_3_VERSION;
+		else
+			return fail(p, key, "\"%s\" is not 1.2 or 1.3", v);
+		return 1;
+	}
+	if (strcmp(key, "tls_ciphers") == 0) {
+		if (strlen(v) >= sizeof(s->tls_ciphers))
+			return fail(p, key, "value too long");
+		snprintf(s->tls_ciphers, sizeof(s->tls_ciphers), "%s", v);
+		s->tls_ciphers_line = p->line;
+		return 1;
+	}
+	if (strcmp(key, "require_tls") == 0 || strcmp(key, "require_data_tls") == 0 ||
+	    strcmp(key, "tls_require_session_reuse") == 0 ||
+	    strcmp(key, "backend_tls_verify") == 0) {
+		int b = parse_bool(v);
+		if (b < 0)
+			return fail(p, key, "\"%s\" is not yes or no", v);
+		if (strcmp(key, "require_tls") == 0)
+			s->require_tls = b;
+		else if (strcmp(key, "require_data_tls") == 0)
+			s->require_data_tls = b;
+		else if (strcmp(key, "tls_require_session_reuse") == 0)
+			s->tls_require_session_reuse = b;
+		else
+			s->backend_tls_verify = b;
+		return 1;
+	}
+	if (strcmp(key, "backend_tls") == 0) {
+		static const char *const names[] = {"off", "on", "implicit"};
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->backend_tls = (enum backend_tls_mode)i;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of off, on, implicit", v);
+	}
+	if (strcmp(key, "backend_data_protection") == 0) {
+		static const char *const names[] = {"client", "private", "clear"};
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->backend_data_protection = (enum backend_prot)i;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of client, private, clear", v);
 	}
 	if (strcmp(key, "allow_foreign_address") == 0) {
 		int b = parse_bool(v);

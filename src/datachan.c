@@ -11,10 +11,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "datachan.h"
 #include "ftp_addr.h"
 #include "log.h"
 #include "portpool.h"
+#include "tls.h"
 #include "util.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -36,6 +43,12 @@ struct dc_end {
 	int rd_on, wr_on;
 	struct sockaddr_storage allowed;
 	uint16_t port; /* listening port, for logs */
+	/* TLS sides (and, in a pair with any TLS side, every side) use a bufferevent. */
+	SSL *ssl;
+	int tls_server;
+	int require_reuse;
+	int hs_done; /* TLS handshake complete (always 1 without TLS) */
+	struct bufferevent *bev;
 };
 
 /* dir[0]: client -> backend, dir[1]: backend -> client. Source side of dir d is d. */
@@ -45,6 +58,7 @@ struct dc_dir {
 	size_t in_pipe;
 	int src_eof;
 	int done;
+	int finish_pending; /* EOF to pass on once the sink's handshake is done */
 	uint64_t bytes;
 };
 
@@ -71,6 +85,17 @@ static void side_wr_cb(evutil_socket_t fd, short what, void *arg);
 
 static void side_close(struct dc_end *s)
 {
+	if (s->bev) {
+		/* Owns the socket and the SSL. */
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+		s->ssl = NULL;
+		s->fd = -1;
+	}
+	if (s->ssl) {
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+	}
 	if (s->ev_rd)
 		event_free(s->ev_rd);
 	if (s->ev_wr)
@@ -206,8 +231,14 @@ void datachan_free(struct datachan *dc)
 	free(dc);
 }
 
+static void bev_pump_begin(struct datachan *dc);
+
 static void pump_begin(struct datachan *dc)
 {
+	if (dc->side[0].ssl || dc->side[1].ssl) {
+		bev_pump_begin(dc);
+		return;
+	}
 	dc->pumping = 1;
 	dc->progress_mark = 0;
 	for (int i = 0; i < 2; i++) {
@@ -496,4 +527,147 @@ static void side_wr_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	pump(s->dc, 1 - (int)s->idx);
+}
+
+/* ---- TLS pairs: bufferevents through OpenSSL ----------------------------------------------- */
+
+#define DC_BEV_HIGH (256 * 1024)
+
+void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int server,
+                      int require_reuse)
+{
+	struct dc_end *s = &dc->side[side];
+	if (s->ssl)
+		SSL_free(s->ssl);
+	s->ssl = ssl;
+	s->tls_server = server;
+	s->require_reuse = require_reuse;
+}
+
+static void bev_finish_dir(struct datachan *dc, int d)
+{
+	struct dc_end *dst = &dc->side[1 - d];
+	struct dc_dir *dr = &dc->dir[d];
+
+	if (dst->ssl && !dst->hs_done) {
+		/* Never send close_notify before the handshake is through. */
+		dr->finish_pending = 1;
+		return;
+	}
+	dr->finish_pending = 0;
+	if (dst->ssl)
+		SSL_shutdown(dst->ssl); /* close_notify */
+	shutdown(bufferevent_getfd(dst->bev), SHUT_WR);
+	dr->done = 1;
+	if (dc->dir[0].done && dc->dir[1].done)
+		dc_finish(dc, 1);
+}
+
+static void bev_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct dc_end *s = arg;
+	struct datachan *dc = s->dc;
+	struct dc_end *dst = &dc->side[1 - s->idx];
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t n = evbuffer_get_length(in);
+
+	evbuffer_add_buffer(bufferevent_get_output(dst->bev), in);
+	dc->dir[s->idx].bytes += n;
+	if (evbuffer_get_length(bufferevent_get_output(dst->bev)) >= DC_BEV_HIGH)
+		bufferevent_disable(bev, EV_READ);
+}
+
+/* The output toward this side drained below the low mark. */
+static void bev_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct dc_end *s = arg;
+	struct datachan *dc = s->dc;
+	int d = 1 - (int)s->idx; /* the direction that writes to s */
+
+	if (dc->dir[d].done)
+		return;
+	if (dc->dir[d].src_eof) {
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			bev_finish_dir(dc, d);
+		return;
+	}
+	bufferevent_enable(dc->side[d].bev, EV_READ);
+}
+
+static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct dc_end *s = arg;
+	struct datachan *dc = s->dc;
+	char e[256];
+
+	if (what & BEV_EVENT_CONNECTED) {
+		s->hs_done = 1;
+		if (s->tls_server && s->require_reuse && !SSL_session_reused(s->ssl)) {
+			dc_fail(dc,
+			        "the %s data connection did not resume the control connection's "
+			        "TLS session",
+			        side_name[s->idx]);
+			return;
+		}
+		/* An EOF that waited for this handshake can go on now. */
+		int d = 1 - (int)s->idx;
+		if (dc->dir[d].finish_pending &&
+		    evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			bev_finish_dir(dc, d);
+		return;
+	}
+	if (what & BEV_EVENT_EOF) {
+		int d = (int)s->idx;
+		struct dc_end *dst = &dc->side[1 - d];
+		if (!s->hs_done && s->ssl) {
+			dc_fail(dc, "%s closed the data connection during the TLS handshake",
+			        side_name[s->idx]);
+			return;
+		}
+		dc->dir[d].src_eof = 1;
+		bufferevent_disable(bev, EV_READ);
+		if (!dc->dir[d].done && evbuffer_get_length(bufferevent_get_output(dst->bev)) == 0)
+			bev_finish_dir(dc, d);
+		return;
+	}
+	unsigned long err = s->ssl ? bufferevent_get_openssl_error(bev) : 0;
+	if (err)
+		tls_error_string(err, "TLS error", e, sizeof(e));
+	else
+		snprintf(e, sizeof(e), "%s",
+		         EVUTIL_SOCKET_ERROR()
+		             ? evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR())
+		             : "connection error");
+	while ((err = bufferevent_get_openssl_error(bev)) != 0)
+		;
+	dc_fail(dc, "%s data connection: %s", side_name[s->idx], e);
+}
+
+static void bev_pump_begin(struct datachan *dc)
+{
+	dc->pumping = 1;
+	dc->progress_mark = 0;
+	for (int i = 0; i < 2; i++) {
+		struct dc_end *s = &dc->side[i];
+		if (s->ssl) {
+			s->bev = bufferevent_openssl_socket_new(
+			    dc->base, s->fd, s->ssl,
+			    s->tls_server ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
+			    BEV_OPT_CLOSE_ON_FREE);
+			if (s->bev)
+				bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+		} else {
+			s->bev = bufferevent_socket_new(dc->base, s->fd, BEV_OPT_CLOSE_ON_FREE);
+			s->hs_done = 1;
+		}
+		if (!s->bev) {
+			dc_fail(dc, "out of memory");
+			return;
+		}
+		s->fd = -1; /* the bufferevent owns it now */
+		bufferevent_setcb(s->bev, bev_read_cb, bev_write_cb, bev_event_cb, s);
+		bufferevent_setwatermark(s->bev, EV_WRITE, DC_BEV_HIGH / 2, 0);
+	}
+	for (int i = 0; i < 2; i++)
+		bufferevent_enable(dc->side[i].bev, EV_READ | EV_WRITE);
 }

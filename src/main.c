@@ -16,6 +16,7 @@
 #include "listener.h"
 #include "log.h"
 #include "session.h"
+#include "tls.h"
 
 #define DEFAULT_CONF SYSCONFDIR "/ftpgate.ini"
 
@@ -31,6 +32,13 @@ static void usage(FILE *to)
 	            "  -t       check the configuration and exit\n"
 	            "  -V       print the version and exit\n"
 	            "  -h       print this help and exit\n");
+}
+
+static void free_ctxs(SSL_CTX **ctxs, size_t n_sites)
+{
+	for (size_t i = 0; i < 2 * n_sites; i++)
+		SSL_CTX_free(ctxs[i]);
+	free(ctxs);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -80,7 +88,23 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	/* Certificates and keys are checked with the configuration (also by -t). */
+	SSL_CTX **ctxs = calloc(conf->n_sites * 2, sizeof(*ctxs));
+	if (!ctxs) {
+		fprintf(stderr, "out of memory\n");
+		return 1;
+	}
+	for (size_t i = 0; i < conf->n_sites; i++) {
+		if (tls_site_init(&conf->sites[i], conf->path, &ctxs[2 * i], &ctxs[2 * i + 1], err,
+		                  sizeof(err)) < 0) {
+			fprintf(stderr, "%s\n", err);
+			free_ctxs(ctxs, conf->n_sites);
+			conf_free(conf);
+			return 1;
+		}
+	}
 	if (check) {
+		free_ctxs(ctxs, conf->n_sites);
 		printf("%s: configuration ok (%zu site%s)\n", path, conf->n_sites,
 		       conf->n_sites == 1 ? "" : "s");
 		conf_free(conf);
@@ -103,6 +127,8 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < conf->n_sites; i++) {
 		gw.sites[i].conf = &conf->sites[i];
 		gw.sites[i].gw = &gw;
+		gw.sites[i].tls_server = ctxs[2 * i];
+		gw.sites[i].tls_client = ctxs[2 * i + 1];
 	}
 	int rc = 1;
 	if (listeners_open(&gw) < 0)
@@ -132,6 +158,7 @@ out:
 	/* Open sessions are closed at once; a graceful drain is not built yet. */
 	sessions_close_all(&gw);
 	free(gw.sites);
+	free_ctxs(ctxs, conf->n_sites);
 	event_base_free(gw.base);
 	conf_free(conf);
 	return rc;

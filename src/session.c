@@ -9,11 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "datachan.h"
 #include "ftp_addr.h"
@@ -21,6 +25,7 @@
 #include "ftp_reply.h"
 #include "log.h"
 #include "session.h"
+#include "tls.h"
 #include "util.h"
 
 #define CMD_LINE_MAX 4096    /* longest client command line, CRLF included */
@@ -38,6 +43,9 @@ enum exp_kind {
 	EXP_TRANSFER,   /* RETR/STOR/...: 1xx relayed, final reply held until data is done */
 	EXP_FEAT,       /* rewritten to what the proxy provides */
 	EXP_QUIT,       /* relay, then close */
+	EXP_BAUTH,      /* the proxy's AUTH TLS to the backend */
+	EXP_BPBSZ,      /* the proxy's PBSZ 0 to the backend; then the greeting goes out */
+	EXP_BPROT,      /* the proxy's PROT to the backend before a data command */
 };
 
 struct expect {
@@ -88,6 +96,17 @@ struct session {
 	int backend_no_epsv;
 	int logged_in; /* a 230 went through */
 
+	/* TLS. */
+	int client_tls;            /* the client control connection is TLS */
+	int auth_pending;          /* 234 sent: TLS starts once it is on the wire */
+	int client_pbsz;           /* PBSZ seen */
+	int client_prot_p;         /* PROT P: client data connections are TLS */
+	unsigned char sid_ctx[16]; /* ties data-connection TLS sessions to this control one */
+	int backend_tls_up;        /* the backend control connection is TLS */
+	int backend_prot_p;        /* PROT the backend has now: 1 P, 0 C, -1 unknown */
+	SSL_SESSION *backend_sess; /* latest TLS session of the backend control connection */
+	struct evbuffer *greeting; /* held while TLS to the backend is negotiated */
+
 	/* For the session log line. */
 	char user[64];
 	uint64_t start_ms;
@@ -100,6 +119,13 @@ static void session_end(struct session *s, const char *fmt, ...)
 static void process_client(struct session *s);
 static void process_backend(struct session *s);
 static void arm_idle(struct session *s);
+static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_write_cb(struct bufferevent *bev, void *arg);
+static void client_event_cb(struct bufferevent *bev, short what, void *arg);
+static void backend_read_cb(struct bufferevent *bev, void *arg);
+static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
+static struct bufferevent *bev_start_tls(struct session *s, struct bufferevent *old, SSL *ssl,
+                                         enum bufferevent_ssl_state state);
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -211,6 +237,10 @@ static void session_free(struct session *s)
 		evbuffer_free(s->reply);
 	if (s->held)
 		evbuffer_free(s->held);
+	if (s->greeting)
+		evbuffer_free(s->greeting);
+	if (s->backend_sess)
+		SSL_SESSION_free(s->backend_sess);
 	s->site->n_sessions--;
 	s->site->gw->n_sessions--;
 	if (s->prev)
@@ -423,7 +453,12 @@ static void rewrite_feat(struct session *s, int code, struct evbuffer *rep)
 	size_t len;
 	char *line;
 
-	evbuffer_add_printf(out, "211-Features:\r\n EPRT\r\n EPSV\r\n");
+	evbuffer_add_printf(out, "211-Features:\r\n");
+	if (s->conf->tls == TLS_TERMINATE)
+		evbuffer_add_printf(out, " AUTH TLS\r\n");
+	if (s->conf->tls != TLS_OFF)
+		evbuffer_add_printf(out, " PBSZ\r\n PROT\r\n");
+	evbuffer_add_printf(out, " EPRT\r\n EPSV\r\n");
 	while ((line = evbuffer_readln(rep, &len, EVBUFFER_EOL_CRLF)) != NULL) {
 		/* RFC 2389: feature lines start with a space. */
 		if (code == 211 && len > 1 && line[0] == ' ') {
@@ -556,6 +591,31 @@ static void handle_setup_reply(struct session *s, const struct expect *e, int co
 	client_data_setup(s, e->client_verb);
 }
 
+/* Switch the backend control connection to TLS (after 234, or at once for implicit). */
+static int backend_wrap_tls(struct session *s)
+{
+	struct bufferevent *bev = NULL;
+	/* Nothing may be queued behind AUTH TLS: the proxy waited for its 234. */
+	if (evbuffer_get_length(bufferevent_get_output(s->bbev)) == 0) {
+		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf, NULL);
+		if (ssl) {
+			tls_track_session(ssl, &s->backend_sess);
+			bev = bev_start_tls(s, s->bbev, ssl, BUFFEREVENT_SSL_CONNECTING);
+		}
+	}
+	if (!bev) {
+		session_abort(s, "cannot start TLS with the backend");
+		return -1;
+	}
+	s->bbev = bev;
+	s->backend_tls_up = 1;
+	s->backend_prot_p = -1;
+	bufferevent_setcb(bev, backend_read_cb, NULL, backend_event_cb, s);
+	bufferevent_setwatermark(bev, EV_READ, 0, CLIENT_IN_HIGH);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	return 0;
+}
+
 /* A complete reply from the backend, in s->reply. */
 static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 {
@@ -585,13 +645,67 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 	switch (cur.kind) {
 	case EXP_GREETING:
 		fifo_pop(s);
-		relay_reply(s, rep);
 		if (code != 220) {
+			relay_reply(s, rep);
 			session_close_after_flush(s, "backend refused the session (%d)", code);
 			return;
 		}
+		if (s->conf->backend_tls != BTLS_OFF) {
+			/* Negotiate TLS with the backend before the client sees the greeting. */
+			s->greeting = evbuffer_new();
+			if (!s->greeting) {
+				session_abort(s, "out of memory");
+				return;
+			}
+			evbuffer_add_buffer(s->greeting, rep);
+			if (s->conf->backend_tls == BTLS_ON) {
+				send_backend(s, "AUTH TLS");
+				fifo_push(s, EXP_BAUTH);
+			} else {
+				send_backend(s, "PBSZ 0");
+				fifo_push(s, EXP_BPBSZ);
+			}
+			break;
+		}
+		relay_reply(s, rep);
 		s->backend_up = 2; /* greeted */
 		arm_idle(s);
+		break;
+	case EXP_BAUTH:
+		fifo_pop(s);
+		if (code != 234) {
+			char why[160];
+			snprintf(why, sizeof(why), "backend refused AUTH TLS (%d)", code);
+			session_abort(s, why);
+			return;
+		}
+		if (backend_wrap_tls(s) < 0)
+			return;
+		send_backend(s, "PBSZ 0");
+		fifo_push(s, EXP_BPBSZ);
+		break;
+	case EXP_BPBSZ:
+		fifo_pop(s);
+		if (code / 100 != 2) {
+			char why[160];
+			snprintf(why, sizeof(why), "backend refused PBSZ 0 (%d)", code);
+			session_abort(s, why);
+			return;
+		}
+		evbuffer_add_buffer(bufferevent_get_output(s->cbev), s->greeting);
+		evbuffer_free(s->greeting);
+		s->greeting = NULL;
+		s->backend_up = 2; /* greeted */
+		arm_idle(s);
+		break;
+	case EXP_BPROT:
+		fifo_pop(s);
+		if (code / 100 != 2) {
+			size_t n = evbuffer_copyout(rep, text, sizeof(text));
+			log_warn("%s: backend refused PROT: \"%s\"", s->tag,
+			         log_escape(esc, sizeof(esc), text, n));
+			s->backend_prot_p = -1;
+		}
 		break;
 	case EXP_RELAY:
 		fifo_pop(s);
@@ -649,8 +763,9 @@ static void process_backend(struct session *s)
 
 	if (s->dead || s->closing || !s->bbev)
 		return;
-	struct evbuffer *in = bufferevent_get_input(s->bbev);
 	while (!s->dead && !s->closing && !s->held) {
+		/* Fetched each time: a TLS upgrade replaces the bufferevent. */
+		struct evbuffer *in = bufferevent_get_input(s->bbev);
 		size_t eol_len = 0;
 		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
 		if (p.pos < 0) {
@@ -735,6 +850,42 @@ static int check_active_addr(struct session *s, const struct ftp_cmd *c,
 	return 0;
 }
 
+/*
+ * TLS on the new data pair: toward the client per its PROT, toward the
+ * backend per backend_data_protection (sending PROT first when the
+ * backend's level must change).
+ */
+static int data_tls_setup(struct session *s)
+{
+	if (s->client_tls && s->client_prot_p) {
+		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
+		if (!ssl)
+			goto oom;
+		datachan_set_tls(s->dc, DC_CLIENT, ssl, 1, s->conf->tls_require_session_reuse);
+	}
+	if (!s->backend_tls_up)
+		return 0;
+	int want = s->conf->backend_data_protection == BPROT_PRIVATE ? 1
+	           : s->conf->backend_data_protection == BPROT_CLEAR ? 0
+	                                                             : s->client_prot_p;
+	if (want != s->backend_prot_p) {
+		send_backend(s, "PROT %c", want ? 'P' : 'C');
+		fifo_push(s, EXP_BPROT);
+		s->backend_prot_p = want;
+	}
+	if (want) {
+		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf, s->backend_sess);
+		if (!ssl)
+			goto oom;
+		datachan_set_tls(s->dc, DC_BACKEND, ssl, 0, 0);
+	}
+	return 0;
+oom:
+	dc_drop(s);
+	reply_client(s, "425 Can't open data connection: out of memory.");
+	return -1;
+}
+
 /* PASV, EPSV, PORT, EPRT: set up the backend side per backend_data_mode, then the client side. */
 static void cmd_data(struct session *s, const struct ftp_cmd *c)
 {
@@ -779,6 +930,8 @@ static void cmd_data(struct session *s, const struct ftp_cmd *c)
 	}
 	if (!client_passive)
 		memcpy(&s->client_data_addr, &caddr, sizeof(caddr));
+	if (data_tls_setup(s) < 0)
+		return;
 
 	enum backend_data_mode mode = s->conf->backend_data_mode;
 	if (mode == BDM_CLIENT)
@@ -824,6 +977,11 @@ static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
 
 	if (!s->dc) {
 		reply_client(s, "425 Use PASV or EPSV first.");
+		return;
+	}
+	if (s->conf->require_data_tls && !(s->client_tls && s->client_prot_p)) {
+		dc_drop(s);
+		reply_client(s, "521 Data connections must be protected: use PROT P.");
 		return;
 	}
 	int n = snprintf(raw, sizeof(raw), "%s%s%.*s", c->name, c->arg_len ? " " : "",
@@ -873,6 +1031,126 @@ static void cmd_abor(struct session *s, const struct ftp_cmd *c)
 	forward(s, c, EXP_RELAY);
 }
 
+/*
+ * Replace a plain socket bufferevent by a TLS one on the same socket. Its
+ * output must be empty (already on the wire); its unread input is dropped.
+ * Returns the new bufferevent, or NULL (the old one is untouched).
+ */
+static struct bufferevent *bev_start_tls(struct session *s, struct bufferevent *old, SSL *ssl,
+                                         enum bufferevent_ssl_state state)
+{
+	evutil_socket_t fd = bufferevent_getfd(old);
+	struct bufferevent *bev = bufferevent_openssl_socket_new(s->site->gw->base, fd, ssl, state,
+	                                                         BEV_OPT_CLOSE_ON_FREE);
+	if (!bev) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	/* The socket now belongs to the TLS bufferevent. */
+	bufferevent_disable(old, EV_READ | EV_WRITE);
+	bufferevent_setfd(old, -1);
+	bufferevent_free(old);
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+/* Switch the client control connection to TLS (after 234 is out, or at once for implicit). */
+static int client_start_tls(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->cbev);
+	size_t junk = evbuffer_get_length(in);
+	if (junk) {
+		/* Sent after AUTH, before the handshake: plaintext injection
+		 * (CVE-2011-0411 style). Never executed. */
+		log_warn("%s: dropped %zu bytes of plaintext sent after AUTH", s->tag, junk);
+		evbuffer_drain(in, junk);
+	}
+	SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 0);
+	struct bufferevent *bev =
+	    ssl ? bev_start_tls(s, s->cbev, ssl, BUFFEREVENT_SSL_ACCEPTING) : NULL;
+	if (!bev)
+		return -1;
+	s->cbev = bev;
+	s->client_tls = 1;
+	s->auth_pending = 0;
+	bufferevent_setcb(bev, client_read_cb, client_write_cb, client_event_cb, s);
+	bufferevent_setwatermark(bev, EV_READ, 0, CLIENT_IN_HIGH);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	return 0;
+}
+
+static void cmd_auth(struct session *s, const struct ftp_cmd *c)
+{
+	if (s->conf->tls == TLS_OFF) {
+		reply_client(s, "502 TLS is not enabled on this proxy.");
+		return;
+	}
+	if (s->client_tls) {
+		reply_client(s, "503 Already using TLS.");
+		return;
+	}
+	int p = 0;
+	if (c->arg_len == 3 && strncasecmp(c->arg, "TLS", 3) == 0)
+		p = 0;
+	else if (c->arg_len == 5 && strncasecmp(c->arg, "TLS-C", 5) == 0)
+		p = 0;
+	else if ((c->arg_len == 3 && strncasecmp(c->arg, "SSL", 3) == 0) ||
+	         (c->arg_len == 5 && strncasecmp(c->arg, "TLS-P", 5) == 0))
+		p = 1; /* the old AUTH SSL meant protected data too */
+	else {
+		reply_client(s, "504 Unsupported security mechanism; use AUTH TLS.");
+		return;
+	}
+	reply_client(s, "234 AUTH %s successful.", p ? "SSL" : "TLS");
+	/* Read nothing more in plaintext; the handshake starts once the 234
+	 * is on the wire (client_write_cb). */
+	bufferevent_disable(s->cbev, EV_READ);
+	s->auth_pending = 1;
+	s->client_prot_p = p;
+}
+
+static void cmd_tls_misc(struct session *s, const struct ftp_cmd *c)
+{
+	if (s->conf->tls == TLS_OFF) {
+		reply_client(s, "502 TLS is not enabled on this proxy.");
+		return;
+	}
+	if (c->verb == FTP_V_CCC) {
+		reply_client(s, "534 CCC refused: the control connection stays protected.");
+		return;
+	}
+	if (!s->client_tls) {
+		reply_client(s, "503 %s requires AUTH TLS first.", c->name);
+		return;
+	}
+	if (c->verb == FTP_V_PBSZ) {
+		s->client_pbsz = 1;
+		reply_client(s, "200 PBSZ=0");
+		return;
+	}
+	/* PROT */
+	if (!s->client_pbsz) {
+		reply_client(s, "503 PBSZ first.");
+		return;
+	}
+	char lvl = c->arg_len == 1 ? (char)(c->arg[0] & ~0x20) : '?';
+	if (lvl == 'P') {
+		s->client_prot_p = 1;
+		reply_client(s, "200 Protection level set to Private.");
+	} else if (lvl == 'C') {
+		if (s->conf->require_data_tls) {
+			reply_client(s, "534 PROT C refused: data connections must be protected.");
+			return;
+		}
+		s->client_prot_p = 0;
+		reply_client(s, "200 Protection level set to Clear.");
+	} else if (lvl == 'S' || lvl == 'E') {
+		reply_client(s, "536 PROT %c is not supported; use P or C.", lvl);
+	} else {
+		reply_client(s, "504 Unknown protection level.");
+	}
+}
+
 static void handle_command(struct session *s, char *line, size_t n)
 {
 	struct ftp_cmd c;
@@ -892,7 +1170,13 @@ static void handle_command(struct session *s, char *line, size_t n)
 
 	switch (c.verb) {
 	case FTP_V_USER:
-		log_escape(s->user, sizeof(s->user), c.arg, c.arg_len);
+	case FTP_V_PASS:
+		if (s->conf->require_tls && !s->client_tls) {
+			reply_client(s, "530 TLS required: use AUTH TLS first.");
+			break;
+		}
+		if (c.verb == FTP_V_USER)
+			log_escape(s->user, sizeof(s->user), c.arg, c.arg_len);
 		forward(s, &c, EXP_RELAY);
 		break;
 	case FTP_V_PASV:
@@ -906,10 +1190,12 @@ static void handle_command(struct session *s, char *line, size_t n)
 		reply_client(s, "502 %s is not supported; use EPSV, PASV, EPRT or PORT.", c.name);
 		break;
 	case FTP_V_AUTH:
+		cmd_auth(s, &c);
+		return; /* the input buffer is not the one it was */
 	case FTP_V_PBSZ:
 	case FTP_V_PROT:
 	case FTP_V_CCC:
-		reply_client(s, "502 TLS is not enabled on this proxy.");
+		cmd_tls_misc(s, &c);
 		break;
 	case FTP_V_RETR:
 	case FTP_V_STOR:
@@ -963,8 +1249,13 @@ static void process_client(struct session *s)
 
 	if (s->dead || s->closing)
 		return;
-	struct evbuffer *in = bufferevent_get_input(s->cbev);
-	while (!s->dead && !s->closing && evbuffer_get_length(in) > 0) {
+	for (;;) {
+		if (s->dead || s->closing || s->auth_pending)
+			break;
+		/* Fetched each time: AUTH TLS replaces the bufferevent. */
+		struct evbuffer *in = bufferevent_get_input(s->cbev);
+		if (evbuffer_get_length(in) == 0)
+			break;
 		/* One command at a time: the next is taken once the previous one
 		 * is answered (ABOR may overtake a transfer). */
 		if ((s->fifo_len > 0 || s->pending_cmd || s->held || s->backend_up < 2) &&
@@ -1073,6 +1364,11 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 		session_end(s, "%s", s->end_reason);
 		return;
 	}
+	if (s->auth_pending) {
+		if (client_start_tls(s) < 0)
+			session_end(s, "cannot start TLS: out of memory");
+		return;
+	}
 	if (s->bbev)
 		bufferevent_enable(s->bbev, EV_READ);
 }
@@ -1080,14 +1376,30 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
-	(void)bev;
 	if (s->dead)
 		return;
-	if (what & BEV_EVENT_EOF)
+	if (what & BEV_EVENT_CONNECTED) {
+		log_debug("%s: client TLS: %s, %s%s", s->tag,
+		          SSL_get_version(bufferevent_openssl_get_ssl(bev)),
+		          SSL_get_cipher_name(bufferevent_openssl_get_ssl(bev)),
+		          SSL_session_reused(bufferevent_openssl_get_ssl(bev)) ? ", resumed" : "");
+		return;
+	}
+	if (what & BEV_EVENT_EOF) {
 		session_end(s, "client closed the connection");
-	else
-		session_end(s, "client connection error: %s",
-		            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		return;
+	}
+	unsigned long err = s->client_tls ? bufferevent_get_openssl_error(bev) : 0;
+	if (err) {
+		char e[256];
+		tls_error_string(err, "TLS error", e, sizeof(e));
+		while (bufferevent_get_openssl_error(bev))
+			;
+		session_end(s, "client TLS error: %s", e);
+		return;
+	}
+	session_end(s, "client connection error: %s",
+	            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
 static void backend_read_cb(struct bufferevent *bev, void *arg)
@@ -1099,17 +1411,40 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
 static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
-	char b[ADDR_STR_MAX], why[200];
+	char b[ADDR_STR_MAX], why[512];
 
 	if (s->dead)
 		return;
 	addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1);
 	if (what & BEV_EVENT_CONNECTED) {
+		if (s->backend_up) {
+			SSL *ssl = bufferevent_openssl_get_ssl(bev);
+			log_debug("%s: backend TLS: %s, %s", s->tag, SSL_get_version(ssl),
+			          SSL_get_cipher_name(ssl));
+			return;
+		}
 		int one = 1;
 		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		s->backend_up = 1;
 		bufferevent_enable(bev, EV_READ);
+		if (s->conf->backend_tls == BTLS_IMPLICIT)
+			backend_wrap_tls(s);
 		return;
+	}
+	if (s->backend_tls_up && !(what & BEV_EVENT_EOF)) {
+		unsigned long err = bufferevent_get_openssl_error(bev);
+		if (err) {
+			char e[256];
+			tls_error_string(err, "TLS error", e, sizeof(e));
+			while (bufferevent_get_openssl_error(bev))
+				;
+			long vr = SSL_get_verify_result(bufferevent_openssl_get_ssl(bev));
+			snprintf(why, sizeof(why), "backend %s TLS error: %s%s%s", b, e,
+			         vr != X509_V_OK ? ": " : "",
+			         vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
+			session_abort(s, why);
+			return;
+		}
 	}
 	if (!s->backend_up) {
 		snprintf(why, sizeof(why), "cannot connect to backend %s: %s", b,
@@ -1178,6 +1513,19 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	bufferevent_setcb(s->cbev, client_read_cb, client_write_cb, client_event_cb, s);
 	bufferevent_setwatermark(s->cbev, EV_READ, 0, CLIENT_IN_HIGH);
 	bufferevent_enable(s->cbev, EV_READ | EV_WRITE);
+	s->backend_prot_p = -1;
+	if (getrandom(s->sid_ctx, sizeof(s->sid_ctx), 0) != (ssize_t)sizeof(s->sid_ctx))
+		memcpy(s->sid_ctx, &s->id, sizeof(s->id));
+	if (s->conf->tls == TLS_IMPLICIT) {
+		if (client_start_tls(s) < 0) {
+			log_error("%s: cannot start TLS: out of memory", s->tag);
+			s->dead = 1;
+			session_free(s);
+			return;
+		}
+		s->client_pbsz = 1;
+		s->client_prot_p = 1; /* implicit FTPS protects data unless told PROT C */
+	}
 	bufferevent_setcb(s->bbev, backend_read_cb, NULL, backend_event_cb, s);
 	bufferevent_setwatermark(s->bbev, EV_READ, 0, CLIENT_IN_HIGH);
 	fifo_push(s, EXP_GREETING);

@@ -1,0 +1,45 @@
+/* tls: OpenSSL contexts, certificates, session reuse. */
+#ifndef FTPGATE_TLS_H
+#define FTPGATE_TLS_H
+
+#include <stddef.h>
+
+#include <openssl/ssl.h>
+
+#include "conf.h"
+
+/*
+ * Build the site's contexts: *server for client-facing TLS (tls = terminate
+ * or implicit; certificate chain and key loaded and checked) and *client
+ * for backend TLS (backend_tls = on or implicit; CA and verification).
+ * Either is NULL when not configured. On error returns -1 with
+ * "file:line: key: what is wrong" in err.
+ */
+int tls_site_init(const struct site_conf *sc, const char *conf_path, SSL_CTX **server,
+                  SSL_CTX **client, char *err, size_t errsize);
+
+/*
+ * A new SSL for a backend connection (control or data): verification of the
+ * backend's name or IP as written in the configuration, and resumption of
+ * resume (if not NULL).
+ */
+SSL *tls_backend_ssl(SSL_CTX *ctx, const struct site_conf *sc, SSL_SESSION *resume);
+
+/*
+ * A new SSL for a client connection. sid_ctx ties sessions to one control
+ * connection: a data connection can resume only a session of its own
+ * control connection. Data connections issue no session tickets.
+ */
+SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, int data);
+
+/*
+ * Backend control connections keep their latest TLS session here (the
+ * control SSL's ex-data points at a SSL_SESSION * slot) so that data
+ * connections resume it.
+ */
+void tls_track_session(SSL *ssl, SSL_SESSION **slot);
+
+/* The last OpenSSL error as text (for logs), or fallback. */
+const char *tls_error_string(unsigned long err, const char *fallback, char *buf, size_t size);
+
+#endif
