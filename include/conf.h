@@ -19,9 +19,17 @@ enum backend_data_mode {
 
 enum tls_mode {
 	TLS_OFF = 0,
-	TLS_TERMINATE, /* explicit: AUTH TLS answered by the proxy */
-	TLS_IMPLICIT,  /* TLS from the first byte */
+	TLS_TERMINATE,            /* explicit: AUTH TLS answered by the proxy */
+	TLS_IMPLICIT,             /* TLS from the first byte */
+	TLS_PASSTHROUGH,          /* explicit FTPS relayed blindly after the backend's 234 */
+	TLS_PASSTHROUGH_IMPLICIT, /* implicit FTPS relayed blindly from the first byte */
 };
+
+/* Sites whose TLS the proxy does not terminate (it holds no key). */
+static inline int tls_is_passthrough(enum tls_mode m)
+{
+	return m == TLS_PASSTHROUGH || m == TLS_PASSTHROUGH_IMPLICIT;
+}
 
 enum backend_tls_mode { BTLS_OFF = 0, BTLS_ON, BTLS_IMPLICIT };
 
@@ -57,7 +65,8 @@ struct site_conf {
 	char tls_cert[CONF_PATH_MAX];
 	char tls_key[CONF_PATH_MAX];
 	int tls_cert_line, tls_key_line, tls_line; /* 0 = default */
-	int tls_min_version;                       /* OpenSSL's TLS1_2_VERSION or TLS1_3_VERSION */
+	int passive_ports_line;
+	int tls_min_version; /* OpenSSL's TLS1_2_VERSION or TLS1_3_VERSION */
 	char tls_ciphers[512];
 	int tls_ciphers_line;
 	int require_tls;               /* USER/PASS only after AUTH TLS */

@@ -29,7 +29,8 @@ struct datachan_cbs {
 
 /*
  * timeout_s bounds the wait for each side to connect and the longest the pair
- * may stall without moving a byte. tag prefixes log lines.
+ * may stall without moving a byte (0: no bound, the owner watches). tag
+ * prefixes log lines.
  */
 struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
                               const struct datachan_cbs *cbs, void *arg, const char *tag);
@@ -48,6 +49,9 @@ int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockadd
  */
 int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
                      const struct sockaddr *src);
+
+/* Take a connected socket as a side (no side_ready callback for it). */
+int datachan_adopt(struct datachan *dc, enum dc_side side, int fd);
 
 int datachan_side_connected(const struct datachan *dc, enum dc_side side);
 

@@ -23,6 +23,15 @@ struct site {
 	struct event *resume_accept;   /* re-enables accepting after EMFILE */
 	struct ssl_ctx_st *tls_server; /* client-facing TLS, or NULL */
 	struct ssl_ctx_st *tls_client; /* backend-facing TLS, or NULL */
+	struct pt_port *pt_ports;      /* passthrough: one listener per passive port */
+	size_t n_pt_ports;
+};
+
+/* A passthrough passive port forwarded 1:1 to the backend. */
+struct pt_port {
+	struct site *site;
+	uint16_t port;
+	struct evconnlistener *lev;
 };
 
 struct ftpgate {

@@ -3,6 +3,7 @@
 #define FTPGATE_SESSION_H
 
 #include <event2/util.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "ftpgate.h"
@@ -12,6 +13,14 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 
 /* Sessions of site whose client has the IP of ip. */
 unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
+
+/*
+ * TLS passthrough: a data connection accepted on passive port `port` from
+ * peer. Forwarded to the backend's same port if a live session of site has
+ * that client address. Returns 0 (fd taken), -1 (no such session: the caller
+ * refuses it) or -2 (could not forward; fd still the caller's).
+ */
+int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port);
 
 /* Close every session of gw now (shutdown). */
 void sessions_close_all(struct ftpgate *gw);

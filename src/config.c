@@ -197,8 +197,10 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		s->has_public_address = 1;
 		return 1;
 	}
-	if (strcmp(key, "passive_ports") == 0)
+	if (strcmp(key, "passive_ports") == 0) {
+		s->passive_ports_line = p->line;
 		return set_ports(p, key, v, s);
+	}
 	if (strcmp(key, "connect_timeout") == 0)
 		return set_seconds(p, key, v, &s->connect_timeout);
 	if (strcmp(key, "idle_timeout") == 0)
@@ -223,17 +225,18 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return fail(p, key, "\"%s\" is not one of passive, active, client", v);
 	}
 	if (strcmp(key, "tls") == 0) {
-		static const char *const names[] = {"off", "terminate", "implicit"};
+		static const char *const names[] = {"off", "terminate", "implicit", "passthrough",
+		                                    "passthrough_implicit"};
 		s->tls_line = p->line;
-		for (int i = 0; i < 3; i++)
+		for (int i = 0; i < 5; i++)
 			if (strcmp(v, names[i]) == 0) {
 				s->tls = (enum tls_mode)i;
 				return 1;
 			}
-		if (strcmp(v, "passthrough") == 0)
-			return fail(p, key,
-			            "passthrough is not built yet (off, terminate, implicit)");
-		return fail(p, key, "\"%s\" is not one of off, terminate, implicit", v);
+		return fail(p, key,
+		            "\"%s\" is not one of off, terminate, implicit, passthrough, "
+		            "passthrough_implicit",
+		            v);
 	}
 	if (strcmp(key, "tls_cert") == 0 || strcmp(key, "tls_key") == 0 ||
 	    strcmp(key, "backend_ca") == 0) {
@@ -487,6 +490,23 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	}
 	for (size_t i = 0; i < c->n_sites; i++) {
 		struct site_conf *s = &c->sites[i];
+		/* Passthrough forwards each passive port 1:1: the port is the
+		 * routing key, so its range may be shared with no other site. */
+		for (size_t j = 0; j < c->n_sites; j++) {
+			const struct site_conf *o = &c->sites[j];
+			if (j == i || !(tls_is_passthrough(s->tls) || tls_is_passthrough(o->tls)))
+				continue;
+			if (s->pasv_lo <= o->pasv_hi && o->pasv_lo <= s->pasv_hi) {
+				snprintf(
+				    err, errsize,
+				    "%s:%d: passive_ports: %u-%u of [site:%s] overlaps %u-%u of "
+				    "[site:%s]; a passthrough site needs a range of its own",
+				    path, s->passive_ports_line ? s->passive_ports_line : s->line,
+				    s->pasv_lo, s->pasv_hi, s->name, o->pasv_lo, o->pasv_hi,
+				    o->name);
+				goto bad;
+			}
+		}
 		if (!s->has_backend) {
 			snprintf(err, errsize,
 			         "%s:%d: backend: missing in [site:%s] (want HOST:PORT)", path,

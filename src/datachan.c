@@ -214,6 +214,8 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
 		dc->side[i].fd = dc->side[i].lfd = -1;
 		dc->dir[i].pipe[0] = dc->dir[i].pipe[1] = -1;
 	}
+	if (timeout_s == 0)
+		return dc; /* no timeout: the owner watches */
 	dc->timer = event_new(base, -1, EV_PERSIST, tick_cb, dc);
 	struct timeval tv = {(time_t)timeout_s, 0};
 	if (!dc->timer || event_add(dc->timer, &tv) < 0) {
@@ -395,6 +397,16 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
 	event_add(s->ev_wr, NULL);
 	s->wr_on = 1;
 	s->state = SIDE_CONNECTING;
+	return 0;
+}
+
+int datachan_adopt(struct datachan *dc, enum dc_side side, int fd)
+{
+	struct dc_end *s = &dc->side[side];
+	if (s->state != SIDE_NONE)
+		return -1;
+	s->fd = fd;
+	s->state = SIDE_UP;
 	return 0;
 }
 

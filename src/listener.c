@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -105,6 +106,79 @@ fail:
 	return -1;
 }
 
+/* Passthrough data port: forward to the backend's same port, for known clients only. */
+static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *peer,
+                         int peerlen, void *arg)
+{
+	struct pt_port *pp = arg;
+	char a[ADDR_STR_MAX];
+	(void)lev;
+	(void)peerlen;
+
+	int rc = session_pt_data(pp->site, fd, peer, pp->port);
+	if (rc == 0)
+		return;
+	if (rc == -1)
+		log_warn("site %s: refused data connection from %s to port %u: no control "
+		         "session from that address",
+		         pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port);
+	close(fd);
+}
+
+static int open_pt_ports(struct site *site)
+{
+	const struct site_conf *sc = site->conf;
+	size_t n = (size_t)(sc->pasv_hi - sc->pasv_lo + 1) * sc->n_listen;
+	char a[ADDR_STR_MAX];
+	int one = 1;
+
+	site->pt_ports = calloc(n, sizeof(*site->pt_ports));
+	if (!site->pt_ports)
+		return -1;
+	for (size_t j = 0; j < sc->n_listen; j++) {
+		for (unsigned p = sc->pasv_lo; p <= sc->pasv_hi; p++) {
+			struct sockaddr_storage ss;
+			memcpy(&ss, &sc->listen[j], sizeof(ss));
+			addr_set_port((struct sockaddr *)&ss, (uint16_t)p);
+			int fd =
+			    socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+			if (fd < 0)
+				goto fail;
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+			if (ss.ss_family == AF_INET6)
+				setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+			if (bind(fd, (struct sockaddr *)&ss, addr_len((struct sockaddr *)&ss)) <
+			        0 ||
+			    listen(fd, 64) < 0) {
+				int e = errno;
+				close(fd);
+				errno = e;
+				log_error("site %s: cannot listen on passthrough data port %s: %s",
+				          sc->name,
+				          addr_str((struct sockaddr *)&ss, a, sizeof(a), 1),
+				          strerror(errno));
+				return -1;
+			}
+			struct pt_port *pp = &site->pt_ports[site->n_pt_ports];
+			pp->site = site;
+			pp->port = (uint16_t)p;
+			pp->lev = evconnlistener_new(site->gw->base, pt_accept_cb, pp,
+			                             LEV_OPT_CLOSE_ON_FREE, -1, fd);
+			if (!pp->lev) {
+				close(fd);
+				goto fail;
+			}
+			site->n_pt_ports++;
+		}
+	}
+	log_info("site %s: forwarding passive ports %u-%u 1:1 to the backend", sc->name,
+	         sc->pasv_lo, sc->pasv_hi);
+	return 0;
+fail:
+	log_error("site %s: cannot open passthrough data ports: %s", sc->name, strerror(errno));
+	return -1;
+}
+
 int listeners_open(struct ftpgate *gw)
 {
 	for (size_t i = 0; i < gw->n_sites; i++) {
@@ -115,6 +189,8 @@ int listeners_open(struct ftpgate *gw)
 		for (size_t j = 0; j < site->conf->n_listen; j++)
 			if (open_one(site, (const struct sockaddr *)&site->conf->listen[j]) < 0)
 				return -1;
+		if (tls_is_passthrough(site->conf->tls) && open_pt_ports(site) < 0)
+			return -1;
 	}
 	return 0;
 }
@@ -126,6 +202,11 @@ void listeners_close(struct ftpgate *gw)
 		for (size_t j = 0; j < site->n_listeners; j++)
 			evconnlistener_free(site->listeners[j]);
 		site->n_listeners = 0;
+		for (size_t j = 0; j < site->n_pt_ports; j++)
+			evconnlistener_free(site->pt_ports[j].lev);
+		free(site->pt_ports);
+		site->pt_ports = NULL;
+		site->n_pt_ports = 0;
 		if (site->resume_accept)
 			event_free(site->resume_accept);
 		site->resume_accept = NULL;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -113,6 +114,13 @@ int main(int argc, char **argv)
 
 	log_init(conf->log_level, 0);
 	signal(SIGPIPE, SIG_IGN);
+	/* Every session holds several descriptors; passthrough sites one per
+	 * passive port. Take what the hard limit allows. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 
 	struct ftpgate gw;
 	memset(&gw, 0, sizeof(gw));

@@ -46,6 +46,8 @@ enum exp_kind {
 	EXP_BAUTH,      /* the proxy's AUTH TLS to the backend */
 	EXP_BPBSZ,      /* the proxy's PBSZ 0 to the backend; then the greeting goes out */
 	EXP_BPROT,      /* the proxy's PROT to the backend before a data command */
+	EXP_PT_AUTH,    /* passthrough: the client's AUTH; after 234 the relay goes blind */
+	EXP_PT_XFER,    /* passthrough: a transfer command, relayed */
 };
 
 struct expect {
@@ -53,6 +55,14 @@ struct expect {
 	enum ftp_verb sent;        /* EXP_DATA_SETUP: what the proxy sent the backend */
 	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
 	uint64_t start_ms;         /* EXP_TRANSFER: for the transfer log line */
+};
+
+/* A data connection forwarded 1:1 to the backend's same port (passthrough). */
+struct pt_fwd {
+	struct pt_fwd *next;
+	struct session *s;
+	struct datachan *dc;
+	uint16_t port;
 };
 
 struct session {
@@ -107,10 +117,17 @@ struct session {
 	SSL_SESSION *backend_sess; /* latest TLS session of the backend control connection */
 	struct evbuffer *greeting; /* held while TLS to the backend is negotiated */
 
+	/* TLS passthrough. */
+	int pt_blind_pending;   /* 234 relayed: go blind once it is on the wire */
+	struct datachan *blind; /* blind relay of the control connection */
+	uint64_t blind_mark;    /* control bytes at the last idle check */
+	struct pt_fwd *fwds;    /* forwarded data connections of this session */
+
 	/* For the session log line. */
 	char user[64];
 	uint64_t start_ms;
 	uint64_t bytes_up, bytes_down; /* data bytes client->backend, backend->client */
+	uint64_t ctrl_bytes;           /* control bytes relayed blindly (passthrough) */
 	char end_reason[160];
 };
 
@@ -135,6 +152,8 @@ static void reply_client(struct session *s, const char *fmt, ...)
 static void reply_client(struct session *s, const char *fmt, ...)
 {
 	va_list ap;
+	if (!s->cbev)
+		return; /* blind relay: nothing can be said any more */
 	struct evbuffer *out = bufferevent_get_output(s->cbev);
 	va_start(ap, fmt);
 	evbuffer_add_vprintf(out, fmt, ap);
@@ -222,9 +241,32 @@ static void dc_drop(struct session *s)
 
 /* ---- teardown ------------------------------------------------------------------------------- */
 
+static void fwds_free(struct session *s)
+{
+	while (s->fwds) {
+		struct pt_fwd *f = s->fwds;
+		s->fwds = f->next;
+		s->bytes_up += datachan_bytes(f->dc, 0);
+		s->bytes_down += datachan_bytes(f->dc, 1);
+		datachan_free(f->dc);
+		free(f);
+	}
+}
+
+static void blind_free(struct session *s)
+{
+	if (s->blind) {
+		s->ctrl_bytes = datachan_bytes(s->blind, 0) + datachan_bytes(s->blind, 1);
+		datachan_free(s->blind);
+		s->blind = NULL;
+	}
+}
+
 static void session_free(struct session *s)
 {
 	dc_drop(s);
+	fwds_free(s);
+	blind_free(s);
 	if (s->cbev)
 		bufferevent_free(s->cbev);
 	if (s->bbev)
@@ -273,13 +315,16 @@ static void session_end(struct session *s, const char *fmt, ...)
 	va_end(ap);
 	if (s->end_reason[0])
 		snprintf(reason, sizeof(reason), "%s", s->end_reason);
+	dc_drop(s);
+	fwds_free(s);
+	blind_free(s);
 	log_info("%s: end: client %s backend %s user \"%s\" data up %llu down %llu bytes, "
-	         "%.3f s: %s",
+	         "control relayed %llu bytes, %.3f s: %s",
 	         s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
 	         addr_str((struct sockaddr *)&s->conf->backend, backend, sizeof(backend), 1),
 	         s->user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
-	         (double)(now_ms() - s->start_ms) / 1000.0, reason);
-	dc_drop(s);
+	         (unsigned long long)s->ctrl_bytes, (double)(now_ms() - s->start_ms) / 1000.0,
+	         reason);
 	if (s->cbev)
 		bufferevent_disable(s->cbev, EV_READ | EV_WRITE);
 	if (s->bbev)
@@ -300,6 +345,10 @@ static void session_close_after_flush(struct session *s, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(s->end_reason, sizeof(s->end_reason), fmt, ap);
 	va_end(ap);
+	if (!s->cbev) {
+		session_end(s, "%s", s->end_reason);
+		return;
+	}
 	s->closing = 1;
 	dc_drop(s);
 	bufferevent_disable(s->cbev, EV_READ);
@@ -696,6 +745,24 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		evbuffer_free(s->greeting);
 		s->greeting = NULL;
 		s->backend_up = 2; /* greeted */
+		arm_idle(s);
+		break;
+	case EXP_PT_AUTH:
+		fifo_pop(s);
+		relay_reply(s, rep);
+		if (code == 234) {
+			/* From here on the bytes are TLS the proxy cannot read. */
+			s->pt_blind_pending = 1;
+			bufferevent_disable(s->cbev, EV_READ);
+			bufferevent_disable(s->bbev, EV_READ);
+			return;
+		}
+		break;
+	case EXP_PT_XFER:
+		fifo_pop(s);
+		relay_reply(s, rep);
+		s->transfer = 0;
+		log_info("%s: transfer %s: %d (data forwarded 1:1)", s->tag, s->xfer_cmd, code);
 		arm_idle(s);
 		break;
 	case EXP_BPROT:
@@ -1151,6 +1218,49 @@ static void cmd_tls_misc(struct session *s, const struct ftp_cmd *c)
 	}
 }
 
+/* TLS passthrough, before AUTH: relay, except what cannot work through a blind proxy. */
+static void cmd_passthrough(struct session *s, const struct ftp_cmd *c)
+{
+	switch (c->verb) {
+	case FTP_V_AUTH:
+		forward(s, c, EXP_PT_AUTH);
+		break;
+	case FTP_V_PORT:
+	case FTP_V_EPRT:
+	case FTP_V_LPRT:
+		/* Under TLS the proxy could not rewrite the address, and the
+		 * backend cannot reach the client from its private network. */
+		log_warn("%s: refused %s: active mode does not work on a TLS passthrough site",
+		         s->tag, c->name);
+		reply_client(s, "502 Active mode is not available through this proxy; use "
+		                "passive mode (PASV/EPSV).");
+		break;
+	case FTP_V_USER:
+		log_escape(s->user, sizeof(s->user), c->arg, c->arg_len);
+		forward(s, c, EXP_RELAY);
+		break;
+	case FTP_V_QUIT:
+		forward(s, c, EXP_QUIT);
+		break;
+	case FTP_V_RETR:
+	case FTP_V_STOR:
+	case FTP_V_APPE:
+	case FTP_V_STOU:
+	case FTP_V_LIST:
+	case FTP_V_NLST:
+	case FTP_V_MLSD:
+		log_escape(s->xfer_cmd, sizeof(s->xfer_cmd), c->name, strlen(c->name));
+		forward(s, c, EXP_PT_XFER);
+		s->transfer = 1;
+		break;
+	default:
+		/* PASV/EPSV pass unchanged: the backend announces public_address
+		 * and a port that the proxy forwards 1:1. */
+		forward(s, c, EXP_RELAY);
+		break;
+	}
+}
+
 static void handle_command(struct session *s, char *line, size_t n)
 {
 	struct ftp_cmd c;
@@ -1167,6 +1277,10 @@ static void handle_command(struct session *s, char *line, size_t n)
 	else
 		log_debug("%s: command %s%s%s", s->tag, c.name, c.arg_len ? " " : "",
 		          log_escape(esc, sizeof(esc), c.arg, c.arg_len));
+	if (tls_is_passthrough(s->conf->tls)) {
+		cmd_passthrough(s, &c);
+		return;
+	}
 
 	switch (c.verb) {
 	case FTP_V_USER:
@@ -1284,6 +1398,152 @@ static void process_client(struct session *s)
 	}
 }
 
+/* ---- TLS passthrough ------------------------------------------------------------------------ */
+
+static uint64_t blind_bytes(const struct session *s)
+{
+	return datachan_bytes(s->blind, 0) + datachan_bytes(s->blind, 1);
+}
+
+static void blind_side_ready(struct datachan *dc, enum dc_side side, int ok, const char *reason,
+                             void *arg)
+{
+	(void)dc;
+	(void)side;
+	(void)ok;
+	(void)reason;
+	(void)arg;
+}
+
+static void blind_done(struct datachan *dc, int ok, const char *reason, void *arg)
+{
+	struct session *s = arg;
+	char why[200];
+	(void)dc;
+	snprintf(why, sizeof(why), "control relay ended: %s", ok ? "closed by both sides" : reason);
+	session_end(s, "%s", why);
+}
+
+/*
+ * Hand both control sockets to a blind splice relay: after the backend's 234
+ * (explicit) or from the start (implicit). What the client sent before the
+ * handshake is dropped (plaintext injection); nothing is parsed any more.
+ */
+static void session_go_blind(struct session *s)
+{
+	static const struct datachan_cbs cbs = {blind_side_ready, blind_done};
+	struct bufferevent *bevs[2] = {s->cbev, s->bbev};
+	int fds[2];
+
+	for (int i = 0; i < 2; i++) {
+		struct evbuffer *in = bufferevent_get_input(bevs[i]);
+		size_t junk = evbuffer_get_length(in);
+		if (junk) {
+			log_warn("%s: dropped %zu bytes the %s sent before the TLS handshake",
+			         s->tag, junk, i ? "backend" : "client");
+			evbuffer_drain(in, junk);
+		}
+		fds[i] = bufferevent_getfd(bevs[i]);
+		bufferevent_disable(bevs[i], EV_READ | EV_WRITE);
+		bufferevent_setfd(bevs[i], -1);
+		bufferevent_free(bevs[i]);
+	}
+	s->cbev = s->bbev = NULL;
+	s->pt_blind_pending = 0;
+	s->blind = datachan_new(s->site->gw->base, 0, &cbs, s, s->tag);
+	if (!s->blind) {
+		close(fds[0]);
+		close(fds[1]);
+		session_end(s, "out of memory");
+		return;
+	}
+	datachan_adopt(s->blind, DC_CLIENT, fds[0]);
+	datachan_adopt(s->blind, DC_BACKEND, fds[1]);
+	datachan_start(s->blind);
+	s->blind_mark = 0;
+	log_debug("%s: control connection relayed blindly from here on", s->tag);
+	set_timer(s, s->conf->idle_timeout);
+}
+
+static void fwd_side_ready(struct datachan *dc, enum dc_side side, int ok, const char *reason,
+                           void *arg);
+static void fwd_done(struct datachan *dc, int ok, const char *reason, void *arg);
+
+static void fwd_remove(struct pt_fwd *f)
+{
+	struct session *s = f->s;
+	for (struct pt_fwd **pp = &s->fwds; *pp; pp = &(*pp)->next) {
+		if (*pp == f) {
+			*pp = f->next;
+			break;
+		}
+	}
+	s->bytes_up += datachan_bytes(f->dc, 0);
+	s->bytes_down += datachan_bytes(f->dc, 1);
+	datachan_free(f->dc);
+	free(f);
+}
+
+static void fwd_side_ready(struct datachan *dc, enum dc_side side, int ok, const char *reason,
+                           void *arg)
+{
+	struct pt_fwd *f = arg;
+	(void)dc;
+	(void)side;
+	if (!ok) {
+		log_warn("%s: passthrough data port %u: %s", f->s->tag, f->port, reason);
+		fwd_remove(f);
+	}
+}
+
+static void fwd_done(struct datachan *dc, int ok, const char *reason, void *arg)
+{
+	struct pt_fwd *f = arg;
+	(void)dc;
+	log_info("%s: passthrough data port %u: %s, up %llu down %llu", f->s->tag, f->port,
+	         ok ? "done" : reason, (unsigned long long)datachan_bytes(f->dc, 0),
+	         (unsigned long long)datachan_bytes(f->dc, 1));
+	fwd_remove(f);
+}
+
+int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port)
+{
+	static const struct datachan_cbs cbs = {fwd_side_ready, fwd_done};
+	struct sockaddr_storage ip, baddr;
+	struct session *s;
+
+	memcpy(&ip, peer, addr_len(peer));
+	ftp_addr_unmap(&ip);
+	/* The newest live session from that address owns the connection. */
+	for (s = site->gw->sessions; s; s = s->next)
+		if (s->site == site && !s->dead &&
+		    ftp_addr_same_ip((struct sockaddr *)&s->client_addr, (struct sockaddr *)&ip))
+			break;
+	if (!s)
+		return -1;
+	struct pt_fwd *f = calloc(1, sizeof(*f));
+	if (!f)
+		return -1;
+	f->s = s;
+	f->port = port;
+	f->dc = datachan_new(site->gw->base, s->conf->data_timeout, &cbs, f, s->tag);
+	memcpy(&baddr, &s->conf->backend, sizeof(baddr));
+	addr_set_port((struct sockaddr *)&baddr, port);
+	if (!f->dc || datachan_connect(f->dc, DC_BACKEND, (struct sockaddr *)&baddr, NULL) < 0) {
+		log_warn("%s: passthrough data port %u: cannot connect to the backend: %s", s->tag,
+		         port, strerror(errno));
+		datachan_free(f->dc);
+		free(f);
+		return -2;
+	}
+	datachan_adopt(f->dc, DC_CLIENT, fd);
+	datachan_start(f->dc);
+	f->next = s->fwds;
+	s->fwds = f;
+	log_debug("%s: passthrough data port %u forwarded", s->tag, port);
+	return 0;
+}
+
 /* ---- events --------------------------------------------------------------------------------- */
 
 static void arm_idle(struct session *s)
@@ -1309,6 +1569,18 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	if (s->dead)
 		return;
+	if (s->blind) {
+		/* Idle: no control byte and no forwarded data connection. */
+		uint64_t moved = blind_bytes(s);
+		if (moved == s->blind_mark && !s->fwds) {
+			log_info("%s: idle for %u s", s->tag, s->conf->idle_timeout);
+			session_end(s, "idle timeout");
+			return;
+		}
+		s->blind_mark = moved;
+		set_timer(s, s->conf->idle_timeout);
+		return;
+	}
 	if (s->closing) {
 		session_end(s, "%s (client did not read the last reply)", s->end_reason);
 		return;
@@ -1369,6 +1641,10 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 			session_end(s, "cannot start TLS: out of memory");
 		return;
 	}
+	if (s->pt_blind_pending) {
+		session_go_blind(s);
+		return;
+	}
 	if (s->bbev)
 		bufferevent_enable(s->bbev, EV_READ);
 }
@@ -1427,6 +1703,10 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		s->backend_up = 1;
 		bufferevent_enable(bev, EV_READ);
+		if (s->conf->tls == TLS_PASSTHROUGH_IMPLICIT) {
+			session_go_blind(s);
+			return;
+		}
 		if (s->conf->backend_tls == BTLS_IMPLICIT)
 			backend_wrap_tls(s);
 		return;
@@ -1528,7 +1808,11 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	}
 	bufferevent_setcb(s->bbev, backend_read_cb, NULL, backend_event_cb, s);
 	bufferevent_setwatermark(s->bbev, EV_READ, 0, CLIENT_IN_HIGH);
-	fifo_push(s, EXP_GREETING);
+	if (s->conf->tls == TLS_PASSTHROUGH_IMPLICIT)
+		/* The ClientHello waits in the kernel until the backend is there. */
+		bufferevent_disable(s->cbev, EV_READ);
+	else
+		fifo_push(s, EXP_GREETING);
 
 	log_info("%s: start: client %s to %s", s->tag,
 	         addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),

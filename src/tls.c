@@ -61,7 +61,7 @@ int tls_site_init(const struct site_conf *sc, const char *path, SSL_CTX **server
 	if (slot_idx < 0)
 		slot_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 
-	if (sc->tls != TLS_OFF) {
+	if (sc->tls == TLS_TERMINATE || sc->tls == TLS_IMPLICIT) {
 		SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 		if (!ctx)
 			return openssl_fail(err, errsize, path, sc->tls_line, "tls",

@@ -1,0 +1,50 @@
+/* stats: counters the proxy keeps per site, read by the metrics endpoint. */
+#ifndef FTPGATE_STATS_H
+#define FTPGATE_STATS_H
+
+#include <stdint.h>
+
+/* Why a session ended (label "reason" of ftpgate_sessions_ended_total). */
+enum end_reason {
+	END_CLIENT_QUIT = 0, /* QUIT answered */
+	END_CLIENT_CLOSED,   /* client closed or reset the control connection */
+	END_IDLE_TIMEOUT,    /* idle_timeout */
+	END_LOGIN_TIMEOUT,   /* login_timeout */
+	END_BACKEND_CONNECT, /* backend unreachable, refused or silent at start */
+	END_BACKEND_ERROR,   /* backend closed, reset, sent garbage, TLS failure */
+	END_TLS_ERROR,       /* TLS failure on the client side */
+	END_SHUTDOWN,        /* proxy shutting down */
+	END_OTHER,           /* anything else (out of memory, ...) */
+	END_REASON_MAX
+};
+
+/* Transfer commands (label "command"). */
+enum xfer_cmd { XC_RETR = 0, XC_STOR, XC_APPE, XC_STOU, XC_LIST, XC_NLST, XC_MLSD, XC_MAX };
+
+/* Transfer results (label "result"). */
+enum xfer_result {
+	XR_OK = 0,  /* 2xx and every byte delivered */
+	XR_FAILED,  /* 4xx/5xx or the data pair broke */
+	XR_ABORTED, /* ABOR */
+	XR_MAX
+};
+
+extern const char *const end_reason_names[END_REASON_MAX];
+extern const char *const xfer_cmd_names[XC_MAX];
+extern const char *const xfer_result_names[XR_MAX];
+
+struct site_stats {
+	uint64_t sessions_total;                 /* sessions accepted (started) */
+	uint64_t sessions_refused;               /* refused by a session limit */
+	uint64_t sessions_ended[END_REASON_MAX]; /* by reason */
+	uint64_t bytes_up;                       /* data bytes client -> backend */
+	uint64_t bytes_down;                     /* data bytes backend -> client */
+	uint64_t transfers[XC_MAX][XR_MAX];
+	uint64_t backend_connect_failures;
+	uint64_t tls_handshake_failures; /* client or backend side */
+	uint64_t data_refused;           /* data connections from strangers */
+	unsigned passive_ports_in_use;   /* listening + connected passive ports */
+	unsigned passive_ports_total;    /* size of passive_ports */
+};
+
+#endif
