@@ -82,10 +82,23 @@ struct site_conf {
 	enum backend_prot backend_data_protection;
 };
 
+enum log_target { LOGT_DEFAULT = 0, LOGT_STDERR, LOGT_SYSLOG, LOGT_FILE };
+
 struct conf {
 	char path[4096];
 	enum log_level log_level;
 	unsigned max_sessions;
+	char user[64];  /* drop to this user after binding ("" = stay) */
+	char group[64]; /* and group ("" = the user's primary group) */
+	int user_line, group_line;
+	enum log_target log;
+	char log_file[CONF_PATH_MAX];
+	int log_facility;            /* syslog facility (LOG_DAEMON, LOG_LOCAL0, ...) */
+	char xferlog[CONF_PATH_MAX]; /* "" = no transfer log */
+	struct sockaddr_storage metrics_listen;
+	int has_metrics;
+	int metrics_line;
+	unsigned shutdown_timeout; /* seconds running transfers get at shutdown */
 	struct site_conf *sites;
 	size_t n_sites;
 };

@@ -9,14 +9,20 @@
 #include <event2/listener.h>
 
 #include "conf.h"
+#include "stats.h"
 
 struct ftpgate;
 struct session;
+struct gen;
+struct metrics;
+struct xferlog;
 
 /* One [site:NAME] at run time. */
 struct site {
 	const struct site_conf *conf;
 	struct ftpgate *gw;
+	struct gen *gen;         /* the configuration it belongs to */
+	struct site_stats stats; /* carried over by name across reloads */
 	unsigned n_sessions;
 	struct evconnlistener *listeners[CONF_MAX_LISTEN];
 	size_t n_listeners;
@@ -34,14 +40,35 @@ struct pt_port {
 	struct evconnlistener *lev;
 };
 
-struct ftpgate {
-	struct event_base *base;
-	const struct conf *conf;
+/*
+ * One loaded configuration with its sites. New sessions start under the
+ * current one; after a reload, an older one lives on until its last session
+ * ends.
+ */
+struct gen {
+	struct conf *conf;
 	struct site *sites;
 	size_t n_sites;
+	unsigned refs;    /* sessions started under it */
+	struct gen *next; /* older generations still in use */
+};
+
+struct ftpgate {
+	struct event_base *base;
+	struct gen *cur;         /* the configuration new sessions use */
+	struct gen *old;         /* older ones with sessions left */
+	const struct conf *conf; /* cur->conf */
+	struct site *sites;      /* cur->sites */
+	size_t n_sites;          /* cur->n_sites */
 	unsigned n_sessions;
 	uint64_t next_session_id;
-	struct session *sessions; /* every open session, for shutdown */
+	struct session *sessions; /* every open session */
+	int draining;             /* shutting down: no new sessions */
+	struct metrics *metrics;
+	struct xferlog *xferlog;
 };
+
+/* A session of gen ended: free gen when it is old and unused. */
+void gen_release(struct ftpgate *gw, struct gen *g);
 
 #endif

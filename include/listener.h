@@ -8,4 +8,11 @@
 int listeners_open(struct ftpgate *gw);
 void listeners_close(struct ftpgate *gw);
 
+/*
+ * Reload: give the sites of `to` their listeners, taking over those of `from`
+ * with the same address (no connection is refused in between), opening new
+ * ones (a failure is logged, not fatal) and closing those no longer wanted.
+ */
+void listeners_move(struct ftpgate *gw, struct gen *from, struct gen *to);
+
 #endif

@@ -6,7 +6,15 @@
 
 enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
-void log_init(enum log_level level, int use_syslog);
+/*
+ * target: LOGT_STDERR, LOGT_SYSLOG (with facility) or LOGT_FILE (path,
+ * opened for appending). Returns 0, or -1 with why in err (the previous
+ * target stays).
+ */
+int log_open(enum log_level level, int target, const char *path, int facility, char *err,
+             size_t errsize);
+/* Reopen the log file (after rotation); no-op for other targets. */
+int log_reopen(void);
 void log_set_level(enum log_level level);
 int log_enabled(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -19,9 +19,9 @@ struct evbuffer;
 
 /* One site as the metrics see it. Pointers only need to live for one scrape. */
 struct metrics_site {
-	const char *name;                /* label "site"; escaped when rendered */
-	const struct site_stats *stats;  /* NULL renders as all zero */
-	unsigned sessions_open;          /* gauge ftpgate_sessions_open */
+	const char *name;               /* label "site"; escaped when rendered */
+	const struct site_stats *stats; /* NULL renders as all zero */
+	unsigned sessions_open;         /* gauge ftpgate_sessions_open */
 };
 
 /*

@@ -22,6 +22,9 @@ unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
  */
 int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port);
 
+/* Shutdown: end idle sessions with 421; the others end once their transfer is done. */
+void sessions_drain(struct ftpgate *gw);
+
 /* Close every session of gw now (shutdown). */
 void sessions_close_all(struct ftpgate *gw);
 

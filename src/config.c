@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <grp.h>
+#include <pwd.h>
+#include <syslog.h>
 
 #include <openssl/ssl.h>
 
@@ -339,6 +342,62 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 		p->conf->max_sessions = (unsigned)x;
 		return 1;
 	}
+	if (strcmp(key, "user") == 0 || strcmp(key, "group") == 0) {
+		int u = key[0] == 'u';
+		char *dst = u ? p->conf->user : p->conf->group;
+		if (strlen(v) >= sizeof(p->conf->user))
+			return fail(p, key, "name too long");
+		snprintf(dst, sizeof(p->conf->user), "%s", v);
+		*(u ? &p->conf->user_line : &p->conf->group_line) = p->line;
+		return 1;
+	}
+	if (strcmp(key, "log") == 0) {
+		if (strcmp(v, "stderr") == 0) {
+			p->conf->log = LOGT_STDERR;
+		} else if (strcmp(v, "syslog") == 0) {
+			p->conf->log = LOGT_SYSLOG;
+		} else if (v[0] == '/') {
+			if (strlen(v) >= CONF_PATH_MAX)
+				return fail(p, key, "path too long");
+			p->conf->log = LOGT_FILE;
+			snprintf(p->conf->log_file, sizeof(p->conf->log_file), "%s", v);
+		} else {
+			return fail(p, key, "\"%s\" is not stderr, syslog or an absolute file path",
+			            v);
+		}
+		return 1;
+	}
+	if (strcmp(key, "log_facility") == 0) {
+		static const struct {
+			const char *name;
+			int fac;
+		} facs[] = {{"daemon", LOG_DAEMON}, {"ftp", LOG_FTP},       {"user", LOG_USER},
+		            {"local0", LOG_LOCAL0}, {"local1", LOG_LOCAL1}, {"local2", LOG_LOCAL2},
+		            {"local3", LOG_LOCAL3}, {"local4", LOG_LOCAL4}, {"local5", LOG_LOCAL5},
+		            {"local6", LOG_LOCAL6}, {"local7", LOG_LOCAL7}};
+		for (size_t i = 0; i < sizeof(facs) / sizeof(facs[0]); i++)
+			if (strcmp(v, facs[i].name) == 0) {
+				p->conf->log_facility = facs[i].fac;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of daemon, ftp, user, local0-local7", v);
+	}
+	if (strcmp(key, "xferlog") == 0) {
+		if (v[0] != '/' || strlen(v) >= CONF_PATH_MAX)
+			return fail(p, key, "\"%s\" is not an absolute file path", v);
+		snprintf(p->conf->xferlog, sizeof(p->conf->xferlog), "%s", v);
+		return 1;
+	}
+	if (strcmp(key, "metrics_listen") == 0) {
+		char err[256];
+		if (addr_parse(v, -1, 0, &p->conf->metrics_listen, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		p->conf->has_metrics = 1;
+		p->conf->metrics_line = p->line;
+		return 1;
+	}
+	if (strcmp(key, "shutdown_timeout") == 0)
+		return set_seconds(p, key, v, &p->conf->shutdown_timeout);
 	return fail(p, key, "unknown key in [global]");
 }
 
@@ -464,6 +523,9 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	snprintf(c->path, sizeof(c->path), "%s", path);
 	c->log_level = LOG_LVL_INFO;
 	c->max_sessions = 10000;
+	c->log = LOGT_DEFAULT;
+	c->log_facility = LOG_DAEMON;
+	c->shutdown_timeout = 30;
 	p.conf = c;
 	strcpy(p.section, "");
 
@@ -482,6 +544,16 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	if (rc != 0) {
 		snprintf(err, errsize, "%s:%d: syntax error (want KEY = VALUE or [SECTION])", path,
 		         rc);
+		goto bad;
+	}
+	if (c->user[0] && !getpwnam(c->user)) {
+		snprintf(err, errsize, "%s:%d: user: no such user \"%s\"", path, c->user_line,
+		         c->user);
+		goto bad;
+	}
+	if (c->group[0] && !getgrnam(c->group)) {
+		snprintf(err, errsize, "%s:%d: group: no such group \"%s\"", path, c->group_line,
+		         c->group);
 		goto bad;
 	}
 	if (c->n_sites == 0) {

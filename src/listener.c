@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ftp_addr.h"
 #include "listener.h"
 #include "log.h"
 #include "session.h"
@@ -125,12 +126,38 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 	close(fd);
 }
 
+/* One passthrough data port listener on ss (address and port), or NULL (logged). */
+static struct evconnlistener *open_pt_port(struct site *site, const struct sockaddr_storage *ss)
+{
+	char a[ADDR_STR_MAX];
+	int one = 1;
+	struct pt_port *pp = &site->pt_ports[site->n_pt_ports];
+
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (ss->ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)ss, addr_len((const struct sockaddr *)ss)) < 0 ||
+	    listen(fd, 64) < 0)
+		goto fail;
+	struct evconnlistener *lev =
+	    evconnlistener_new(site->gw->base, pt_accept_cb, pp, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+	if (lev)
+		return lev;
+fail:
+	log_error("site %s: cannot listen on passthrough data port %s: %s", site->conf->name,
+	          addr_str((const struct sockaddr *)ss, a, sizeof(a), 1), strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
 static int open_pt_ports(struct site *site)
 {
 	const struct site_conf *sc = site->conf;
 	size_t n = (size_t)(sc->pasv_hi - sc->pasv_lo + 1) * sc->n_listen;
-	char a[ADDR_STR_MAX];
-	int one = 1;
 
 	site->pt_ports = calloc(n, sizeof(*site->pt_ports));
 	if (!site->pt_ports)
@@ -140,43 +167,18 @@ static int open_pt_ports(struct site *site)
 			struct sockaddr_storage ss;
 			memcpy(&ss, &sc->listen[j], sizeof(ss));
 			addr_set_port((struct sockaddr *)&ss, (uint16_t)p);
-			int fd =
-			    socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-			if (fd < 0)
-				goto fail;
-			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-			if (ss.ss_family == AF_INET6)
-				setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-			if (bind(fd, (struct sockaddr *)&ss, addr_len((struct sockaddr *)&ss)) <
-			        0 ||
-			    listen(fd, 64) < 0) {
-				int e = errno;
-				close(fd);
-				errno = e;
-				log_error("site %s: cannot listen on passthrough data port %s: %s",
-				          sc->name,
-				          addr_str((struct sockaddr *)&ss, a, sizeof(a), 1),
-				          strerror(errno));
-				return -1;
-			}
 			struct pt_port *pp = &site->pt_ports[site->n_pt_ports];
 			pp->site = site;
 			pp->port = (uint16_t)p;
-			pp->lev = evconnlistener_new(site->gw->base, pt_accept_cb, pp,
-			                             LEV_OPT_CLOSE_ON_FREE, -1, fd);
-			if (!pp->lev) {
-				close(fd);
-				goto fail;
-			}
+			pp->lev = open_pt_port(site, &ss);
+			if (!pp->lev)
+				return -1;
 			site->n_pt_ports++;
 		}
 	}
 	log_info("site %s: forwarding passive ports %u-%u 1:1 to the backend", sc->name,
 	         sc->pasv_lo, sc->pasv_hi);
 	return 0;
-fail:
-	log_error("site %s: cannot open passthrough data ports: %s", sc->name, strerror(errno));
-	return -1;
 }
 
 int listeners_open(struct ftpgate *gw)
@@ -200,10 +202,12 @@ void listeners_close(struct ftpgate *gw)
 	for (size_t i = 0; i < gw->n_sites; i++) {
 		struct site *site = &gw->sites[i];
 		for (size_t j = 0; j < site->n_listeners; j++)
-			evconnlistener_free(site->listeners[j]);
+			if (site->listeners[j])
+				evconnlistener_free(site->listeners[j]);
 		site->n_listeners = 0;
 		for (size_t j = 0; j < site->n_pt_ports; j++)
-			evconnlistener_free(site->pt_ports[j].lev);
+			if (site->pt_ports[j].lev)
+				evconnlistener_free(site->pt_ports[j].lev);
 		free(site->pt_ports);
 		site->pt_ports = NULL;
 		site->n_pt_ports = 0;
@@ -211,4 +215,97 @@ void listeners_close(struct ftpgate *gw)
 			event_free(site->resume_accept);
 		site->resume_accept = NULL;
 	}
+}
+
+static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
+{
+	return ftp_addr_same_ip(a, b) && addr_port(a) == addr_port(b);
+}
+
+void listeners_move(struct ftpgate *gw, struct gen *from, struct gen *to)
+{
+	(void)gw;
+	for (size_t i = 0; i < to->n_sites; i++) {
+		struct site *site = &to->sites[i];
+		site->resume_accept = evtimer_new(site->gw->base, resume_cb, site);
+		for (size_t j = 0; j < site->conf->n_listen; j++) {
+			const struct sockaddr *want =
+			    (const struct sockaddr *)&site->conf->listen[j];
+			struct evconnlistener *got = NULL;
+			for (size_t k = 0; k < from->n_sites && !got; k++) {
+				struct site *os = &from->sites[k];
+				for (size_t m = 0; m < os->n_listeners; m++) {
+					if (os->listeners[m] &&
+					    same_addr(
+					        want,
+					        (const struct sockaddr *)&os->conf->listen[m])) {
+						got = os->listeners[m];
+						os->listeners[m] = NULL;
+						break;
+					}
+				}
+			}
+			if (got) {
+				evconnlistener_set_cb(got, accept_cb, site);
+				evconnlistener_set_error_cb(got, error_cb);
+				evconnlistener_enable(got);
+				site->listeners[site->n_listeners++] = got;
+			} else if (open_one(site, want) < 0) {
+				/* Keep the slot index = listen index for later reloads. */
+				site->listeners[site->n_listeners++] = NULL;
+			}
+		}
+		if (!tls_is_passthrough(site->conf->tls))
+			continue;
+		/* Passthrough data ports: take over the same (address, port). */
+		const struct site_conf *sc = site->conf;
+		size_t n = (size_t)(sc->pasv_hi - sc->pasv_lo + 1) * sc->n_listen;
+		site->pt_ports = calloc(n, sizeof(*site->pt_ports));
+		if (!site->pt_ports) {
+			log_error("site %s: out of memory for passthrough ports", sc->name);
+			continue;
+		}
+		for (size_t j = 0; j < sc->n_listen; j++) {
+			for (unsigned p = sc->pasv_lo; p <= sc->pasv_hi; p++) {
+				struct sockaddr_storage ss;
+				memcpy(&ss, &sc->listen[j], sizeof(ss));
+				addr_set_port((struct sockaddr *)&ss, (uint16_t)p);
+				struct evconnlistener *got = NULL;
+				for (size_t k = 0; k < from->n_sites && !got; k++) {
+					struct site *os = &from->sites[k];
+					for (size_t m = 0; m < os->n_pt_ports; m++) {
+						struct pt_port *op = &os->pt_ports[m];
+						if (op->lev && op->port == p &&
+						    ftp_addr_same_ip(
+						        (struct sockaddr *)&ss,
+						        (struct sockaddr *)&os->conf
+						            ->listen[m /
+						                     (size_t)(os->conf->pasv_hi -
+						                              os->conf->pasv_lo +
+						                              1)])) {
+							got = op->lev;
+							op->lev = NULL;
+							break;
+						}
+					}
+				}
+				struct pt_port *pp = &site->pt_ports[site->n_pt_ports];
+				pp->site = site;
+				pp->port = (uint16_t)p;
+				if (got) {
+					pp->lev = got;
+					evconnlistener_set_cb(got, pt_accept_cb, pp);
+				} else {
+					pp->lev = open_pt_port(site, &ss);
+				}
+				site->n_pt_ports++;
+			}
+		}
+	}
+	/* Whatever was not taken over closes now. */
+	struct ftpgate tmp;
+	memset(&tmp, 0, sizeof(tmp));
+	tmp.sites = from->sites;
+	tmp.n_sites = from->n_sites;
+	listeners_close(&tmp);
 }

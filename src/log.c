@@ -1,24 +1,63 @@
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "conf.h"
 #include "log.h"
 
 static enum log_level log_level_cur = LOG_LVL_INFO;
-static int log_syslog;
+static int log_target = LOGT_STDERR;
+static int log_fd = -1; /* LOGT_FILE */
+static char log_path[CONF_PATH_MAX];
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
-void log_init(enum log_level level, int use_syslog)
+int log_open(enum log_level level, int target, const char *path, int facility, char *err,
+             size_t errsize)
 {
+	if (target == LOGT_FILE) {
+		int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (fd < 0) {
+			snprintf(err, errsize, "cannot open log file %s: %s", path,
+			         strerror(errno));
+			return -1;
+		}
+		if (log_fd >= 0)
+			close(log_fd);
+		log_fd = fd;
+		if (path != log_path)
+			snprintf(log_path, sizeof(log_path), "%s", path);
+	} else if (log_fd >= 0) {
+		close(log_fd);
+		log_fd = -1;
+	}
+	if (target == LOGT_SYSLOG) {
+		closelog();
+		openlog("ftpgate", LOG_PID | LOG_NDELAY, facility);
+	}
+	log_target = target;
 	log_level_cur = level;
-	log_syslog = use_syslog;
-	if (use_syslog)
-		openlog("ftpgate", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+	return 0;
+}
+
+int log_reopen(void)
+{
+	char err[CONF_PATH_MAX + 128];
+	if (log_target != LOGT_FILE)
+		return 0;
+	if (log_open(log_level_cur, LOGT_FILE, log_path, 0, err, sizeof(err)) < 0) {
+		/* Keep writing to the old file; say so there. */
+		log_msg(LOG_LVL_ERROR, "%s", err);
+		return -1;
+	}
+	return 0;
 }
 
 void log_set_level(enum log_level level)
@@ -42,7 +81,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 
-	if (log_syslog) {
+	if (log_target == LOGT_SYSLOG) {
 		static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
 		syslog(prio[level], "%s", msg);
 		return;
@@ -53,6 +92,17 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	if (log_target == LOGT_FILE && log_fd >= 0) {
+		char line[2200];
+		int n = snprintf(line, sizeof(line), "%s.%03ldZ %s: %s\n", when,
+		                 ts.tv_nsec / 1000000L, level_names[level], msg);
+		if (n > (int)sizeof(line) - 1)
+			n = (int)sizeof(line) - 1;
+		/* One write per line: concurrent appends never interleave. */
+		ssize_t w = write(log_fd, line, (size_t)n);
+		(void)w;
+		return;
+	}
 	fprintf(stderr, "%s.%03ldZ %s: %s\n", when, ts.tv_nsec / 1000000L, level_names[level], msg);
 }
 

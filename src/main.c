@@ -1,8 +1,10 @@
-/* main: command line, config load, signals, the event loop. */
+/* main: command line, config load and reload, privileges, signals, the event loop. */
 #include "config.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
 #include "conf.h"
 #include "ftpgate.h"
@@ -21,48 +24,264 @@
 
 #define DEFAULT_CONF SYSCONFDIR "/ftpgate.ini"
 
+struct app {
+	struct ftpgate gw;
+	const char *path;
+	int foreground;
+	int term_count;
+	struct event *drain_timer;
+};
+
 static void usage(FILE *to)
 {
-	fprintf(to, "usage: ftpgate [-f] [-t] [-c FILE]\n"
-	            "       ftpgate -V | -h\n"
-	            "\n"
-	            "FTP proxy for servers and clients behind NAT.\n"
-	            "\n"
-	            "  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
-	            "  -f       stay in the foreground and log to stderr\n"
-	            "  -t       check the configuration and exit\n"
-	            "  -V       print the version and exit\n"
-	            "  -h       print this help and exit\n");
+	fprintf(to,
+	        "usage: ftpgate [-f] [-t] [-c FILE]\n"
+	        "       ftpgate -V | -h\n"
+	        "\n"
+	        "FTP and FTPS proxy for servers and clients behind NAT.\n"
+	        "\n"
+	        "  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
+	        "  -f       stay in the foreground (log to stderr unless the file says otherwise)\n"
+	        "  -t       check the configuration (and its certificates) and exit\n"
+	        "  -V       print the version and exit\n"
+	        "  -h       print this help and exit\n"
+	        "\n"
+	        "Signals: HUP reloads the configuration, TERM/INT stop gracefully (twice: at\n"
+	        "once), USR1 reopens log files.\n");
 }
 
-static void free_ctxs(SSL_CTX **ctxs, size_t n_sites)
+static void gen_free(struct gen *g)
 {
-	for (size_t i = 0; i < 2 * n_sites; i++)
-		SSL_CTX_free(ctxs[i]);
-	free(ctxs);
+	if (!g)
+		return;
+	for (size_t i = 0; i < g->n_sites; i++) {
+		SSL_CTX_free(g->sites[i].tls_server);
+		SSL_CTX_free(g->sites[i].tls_client);
+	}
+	free(g->sites);
+	conf_free(g->conf);
+	free(g);
+}
+
+/*
+ * Load a configuration and build its sites (certificates and keys loaded).
+ * Returns NULL with "file:line: key: what is wrong" in err.
+ */
+static struct gen *gen_load(struct ftpgate *gw, const char *path, char *err, size_t errsize)
+{
+	struct gen *g = calloc(1, sizeof(*g));
+	if (!g) {
+		snprintf(err, errsize, "out of memory");
+		return NULL;
+	}
+	g->conf = conf_load(path, err, errsize);
+	if (!g->conf) {
+		free(g);
+		return NULL;
+	}
+	g->sites = calloc(g->conf->n_sites, sizeof(*g->sites));
+	if (!g->sites) {
+		snprintf(err, errsize, "out of memory");
+		gen_free(g);
+		return NULL;
+	}
+	g->n_sites = g->conf->n_sites;
+	for (size_t i = 0; i < g->n_sites; i++) {
+		struct site *site = &g->sites[i];
+		site->conf = &g->conf->sites[i];
+		site->gw = gw;
+		site->gen = g;
+		site->stats.passive_ports_total =
+		    (unsigned)(site->conf->pasv_hi - site->conf->pasv_lo + 1);
+		SSL_CTX *server = NULL, *client = NULL;
+		if (tls_site_init(site->conf, g->conf->path, &server, &client, err, errsize) < 0) {
+			gen_free(g);
+			return NULL;
+		}
+		site->tls_server = server;
+		site->tls_client = client;
+	}
+	return g;
+}
+
+static void gen_make_current(struct ftpgate *gw, struct gen *g)
+{
+	gw->cur = g;
+	gw->conf = g->conf;
+	gw->sites = g->sites;
+	gw->n_sites = g->n_sites;
+}
+
+void gen_release(struct ftpgate *gw, struct gen *g)
+{
+	if (--g->refs > 0 || g == gw->cur)
+		return;
+	for (struct gen **pp = &gw->old; *pp; pp = &(*pp)->next) {
+		if (*pp == g) {
+			*pp = g->next;
+			log_info("configuration of %s (previous load): last session ended",
+			         g->conf->path);
+			gen_free(g);
+			return;
+		}
+	}
+}
+
+static int open_logs(const struct conf *c, int foreground, char *err, size_t errsize)
+{
+	int target = c->log;
+	if (target == LOGT_DEFAULT)
+		target = foreground ? LOGT_STDERR : LOGT_SYSLOG;
+	return log_open(c->log_level, target, c->log_file, c->log_facility, err, errsize);
+}
+
+/* Drop root to [global] user/group, once the listeners are bound. */
+static int drop_privileges(const struct conf *c)
+{
+	if (geteuid() != 0) {
+		if (c->user[0])
+			log_warn("not started as root: user = %s ignored", c->user);
+		return 0;
+	}
+	if (!c->user[0]) {
+		log_warn("running as root: set [global] user to drop privileges after binding");
+		return 0;
+	}
+	struct passwd *pw = getpwnam(c->user);
+	if (!pw) {
+		log_error("user %s: no such user", c->user);
+		return -1;
+	}
+	gid_t gid = pw->pw_gid;
+	if (c->group[0]) {
+		struct group *gr = getgrnam(c->group);
+		if (!gr) {
+			log_error("group %s: no such group", c->group);
+			return -1;
+		}
+		gid = gr->gr_gid;
+	}
+	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+		log_error("cannot drop privileges to %s: %s", c->user, strerror(errno));
+		return -1;
+	}
+	/* Checked: there must be no way back. */
+	if (setuid(0) == 0 || geteuid() == 0 || (getegid() == 0 && gid != 0)) {
+		log_error("privileges could not be dropped for good");
+		return -1;
+	}
+	log_info("running as user %s (uid %u, gid %u)", c->user, (unsigned)pw->pw_uid,
+	         (unsigned)gid);
+	return 0;
+}
+
+/* The transfer log and the metrics endpoint (issue 6). */
+static int extras_open(struct ftpgate *gw)
+{
+	(void)gw;
+	return 0;
+}
+
+static void extras_close(struct ftpgate *gw)
+{
+	(void)gw;
+}
+
+static void reload(struct app *app)
+{
+	struct ftpgate *gw = &app->gw;
+	char err[1024];
+
+	if (gw->draining)
+		return;
+	log_info("reloading %s", app->path);
+	struct gen *g = gen_load(gw, app->path, err, sizeof(err));
+	if (!g) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+		return;
+	}
+	struct gen *old = gw->cur;
+	/* Counters follow the site's name. */
+	for (size_t i = 0; i < g->n_sites; i++)
+		for (size_t j = 0; j < old->n_sites; j++)
+			if (strcmp(g->sites[i].conf->name, old->sites[j].conf->name) == 0)
+				g->sites[i].stats = old->sites[j].stats;
+	listeners_move(gw, old, g);
+	gen_make_current(gw, g);
+	if (open_logs(g->conf, app->foreground, err, sizeof(err)) < 0)
+		log_error("reload: %s; logging continues as before", err);
+	if (strcmp(old->conf->user, g->conf->user) != 0)
+		log_warn("reload: user changed; that takes a restart");
+	if (old->refs == 0) {
+		gen_free(old);
+	} else {
+		old->next = gw->old;
+		gw->old = old;
+	}
+	log_info("reloaded %s (%zu site%s)", app->path, g->n_sites, g->n_sites == 1 ? "" : "s");
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct app *app = arg;
+	(void)fd;
+	(void)what;
+	log_warn("shutdown_timeout: closing %u session(s) still open", app->gw.n_sessions);
+	event_base_loopbreak(app->gw.base);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
-	struct ftpgate *gw = arg;
+	struct app *app = arg;
+	struct ftpgate *gw = &app->gw;
 	(void)what;
-	log_info("signal %d: shutting down (%u sessions open)", (int)sig, gw->n_sessions);
-	event_base_loopbreak(gw->base);
+
+	switch (sig) {
+	case SIGHUP:
+		reload(app);
+		return;
+	case SIGUSR1:
+		log_reopen();
+		log_info("log files reopened");
+		return;
+	default:
+		break;
+	}
+	if (++app->term_count > 1 || gw->n_sessions == 0) {
+		log_info("signal %d: exiting now (%u sessions open)", (int)sig, gw->n_sessions);
+		event_base_loopbreak(gw->base);
+		return;
+	}
+	log_info("signal %d: shutting down: no new sessions, %u open get up to %u s", (int)sig,
+	         gw->n_sessions, gw->conf->shutdown_timeout);
+	gw->draining = 1;
+	listeners_close(gw);
+	sessions_drain(gw);
+	if (gw->n_sessions == 0) {
+		event_base_loopbreak(gw->base);
+		return;
+	}
+	struct timeval tv = {(time_t)gw->conf->shutdown_timeout, 0};
+	app->drain_timer = evtimer_new(gw->base, drain_timeout_cb, app);
+	if (app->drain_timer)
+		evtimer_add(app->drain_timer, &tv);
 }
 
 int main(int argc, char **argv)
 {
-	const char *path = DEFAULT_CONF;
-	int foreground = 0, check = 0, opt;
+	static struct app app;
+	struct ftpgate *gw = &app.gw;
+	int check = 0, opt;
 	char err[1024];
 
+	app.path = DEFAULT_CONF;
 	while ((opt = getopt(argc, argv, "c:ftVh")) != -1) {
 		switch (opt) {
 		case 'c':
-			path = optarg;
+			app.path = optarg;
 			break;
 		case 'f':
-			foreground = 1;
+			app.foreground = 1;
 			break;
 		case 't':
 			check = 1;
@@ -84,35 +303,24 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	struct conf *conf = conf_load(path, err, sizeof(err));
-	if (!conf) {
+	/* Certificates and keys are checked with the configuration (also by -t). */
+	struct gen *g = gen_load(gw, app.path, err, sizeof(err));
+	if (!g) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
-	/* Certificates and keys are checked with the configuration (also by -t). */
-	SSL_CTX **ctxs = calloc(conf->n_sites * 2, sizeof(*ctxs));
-	if (!ctxs) {
-		fprintf(stderr, "out of memory\n");
-		return 1;
-	}
-	for (size_t i = 0; i < conf->n_sites; i++) {
-		if (tls_site_init(&conf->sites[i], conf->path, &ctxs[2 * i], &ctxs[2 * i + 1], err,
-		                  sizeof(err)) < 0) {
-			fprintf(stderr, "%s\n", err);
-			free_ctxs(ctxs, conf->n_sites);
-			conf_free(conf);
-			return 1;
-		}
-	}
 	if (check) {
-		free_ctxs(ctxs, conf->n_sites);
-		printf("%s: configuration ok (%zu site%s)\n", path, conf->n_sites,
-		       conf->n_sites == 1 ? "" : "s");
-		conf_free(conf);
+		printf("%s: configuration ok (%zu site%s)\n", app.path, g->n_sites,
+		       g->n_sites == 1 ? "" : "s");
+		gen_free(g);
 		return 0;
 	}
-
-	log_init(conf->log_level, 0);
+	gen_make_current(gw, g);
+	if (open_logs(g->conf, 1, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		gen_free(g);
+		return 1;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	/* Every session holds several descriptors; passthrough sites one per
 	 * passive port. Take what the hard limit allows. */
@@ -122,52 +330,62 @@ int main(int argc, char **argv)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 
-	struct ftpgate gw;
-	memset(&gw, 0, sizeof(gw));
-	gw.conf = conf;
-	gw.base = event_base_new();
-	gw.sites = calloc(conf->n_sites, sizeof(*gw.sites));
-	if (!gw.base || !gw.sites) {
-		log_error("out of memory");
-		return 1;
-	}
-	gw.n_sites = conf->n_sites;
-	for (size_t i = 0; i < conf->n_sites; i++) {
-		gw.sites[i].conf = &conf->sites[i];
-		gw.sites[i].gw = &gw;
-		gw.sites[i].tls_server = ctxs[2 * i];
-		gw.sites[i].tls_client = ctxs[2 * i + 1];
-	}
 	int rc = 1;
-	if (listeners_open(&gw) < 0)
+	struct event *sigs[5] = {NULL};
+	gw->base = event_base_new();
+	if (!gw->base) {
+		log_error("cannot create the event loop");
 		goto out;
-
-	if (!foreground) {
+	}
+	if (listeners_open(gw) < 0)
+		goto out;
+	if (extras_open(gw) < 0)
+		goto out;
+	if (!app.foreground) {
 		if (daemon(0, 0) < 0) {
 			log_error("daemon: %s", strerror(errno));
 			goto out;
 		}
-		log_init(conf->log_level, 1);
-		event_reinit(gw.base);
+		event_reinit(gw->base);
 	}
+	if (open_logs(g->conf, app.foreground, err, sizeof(err)) < 0) {
+		log_error("%s", err);
+		goto out;
+	}
+	if (drop_privileges(g->conf) < 0)
+		goto out;
 
-	struct event *sigterm = evsignal_new(gw.base, SIGTERM, on_signal, &gw);
-	struct event *sigint = evsignal_new(gw.base, SIGINT, on_signal, &gw);
-	event_add(sigterm, NULL);
-	event_add(sigint, NULL);
-	log_info("ftpgate %s started (%zu site%s)", PACKAGE_VERSION, conf->n_sites,
-	         conf->n_sites == 1 ? "" : "s");
-	event_base_dispatch(gw.base);
-	event_free(sigterm);
-	event_free(sigint);
+	static const int signums[5] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, 0};
+	for (int i = 0; signums[i]; i++) {
+		sigs[i] = evsignal_new(gw->base, signums[i], on_signal, &app);
+		if (!sigs[i] || event_add(sigs[i], NULL) < 0) {
+			log_error("cannot install signal handlers");
+			goto out;
+		}
+	}
+	log_info("ftpgate %s started (%zu site%s)", PACKAGE_VERSION, g->n_sites,
+	         g->n_sites == 1 ? "" : "s");
+	event_base_dispatch(gw->base);
 	rc = 0;
+	log_info("ftpgate stopped");
 out:
-	listeners_close(&gw);
-	/* Open sessions are closed at once; a graceful drain is not built yet. */
-	sessions_close_all(&gw);
-	free(gw.sites);
-	free_ctxs(ctxs, conf->n_sites);
-	event_base_free(gw.base);
-	conf_free(conf);
+	if (gw->base) {
+		listeners_close(gw);
+		sessions_close_all(gw);
+		extras_close(gw);
+	}
+	for (int i = 0; i < 5; i++)
+		if (sigs[i])
+			event_free(sigs[i]);
+	if (app.drain_timer)
+		event_free(app.drain_timer);
+	while (gw->old) {
+		struct gen *o = gw->old;
+		gw->old = o->next;
+		gen_free(o);
+	}
+	gen_free(gw->cur);
+	if (gw->base)
+		event_base_free(gw->base);
 	return rc;
 }

@@ -105,6 +105,8 @@ struct session {
 	int epsv_all;
 	int backend_no_epsv;
 	int logged_in; /* a 230 went through */
+	int aborted;   /* ABOR during the transfer in progress */
+	int draining;  /* proxy shutting down: close once idle */
 
 	/* TLS. */
 	int client_tls;            /* the client control connection is TLS */
@@ -136,6 +138,9 @@ static void session_end(struct session *s, const char *fmt, ...)
 static void process_client(struct session *s);
 static void process_backend(struct session *s);
 static void arm_idle(struct session *s);
+static void account_data(struct session *s, uint64_t up, uint64_t down);
+static void count_transfer(struct session *s, enum xfer_result r);
+static void drain_check(struct session *s);
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
@@ -226,8 +231,7 @@ static void dc_drop(struct session *s)
 	if (s->dc) {
 		s->xfer_up = datachan_bytes(s->dc, 0);
 		s->xfer_down = datachan_bytes(s->dc, 1);
-		s->bytes_up += s->xfer_up;
-		s->bytes_down += s->xfer_down;
+		account_data(s, s->xfer_up, s->xfer_down);
 		datachan_free(s->dc);
 		s->dc = NULL;
 	}
@@ -239,6 +243,55 @@ static void dc_drop(struct session *s)
 	s->pending_cmd = NULL;
 }
 
+/* Data bytes of a finished pair: the session's totals and the site's counters. */
+static void account_data(struct session *s, uint64_t up, uint64_t down)
+{
+	s->bytes_up += up;
+	s->bytes_down += down;
+	s->site->stats.bytes_up += up;
+	s->site->stats.bytes_down += down;
+}
+
+/* Why a session ended, for the metrics (the reasons are the proxy's own words). */
+static enum end_reason classify_end(const char *reason)
+{
+	static const struct {
+		const char *prefix;
+		enum end_reason r;
+	} map[] = {
+	    {"client quit", END_CLIENT_QUIT},
+	    {"client TLS", END_TLS_ERROR},
+	    {"client", END_CLIENT_CLOSED},
+	    {"control relay ended", END_CLIENT_CLOSED},
+	    {"idle", END_IDLE_TIMEOUT},
+	    {"login timeout", END_LOGIN_TIMEOUT},
+	    {"cannot connect to backend", END_BACKEND_CONNECT},
+	    {"backend refused the session", END_BACKEND_CONNECT},
+	    {"proxy shutting down", END_SHUTDOWN},
+	    {"backend", END_BACKEND_ERROR},
+	    {"malformed", END_BACKEND_ERROR},
+	};
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strncmp(reason, map[i].prefix, strlen(map[i].prefix)) == 0)
+			return map[i].r;
+	if (strstr(reason, "no connection within") || strstr(reason, "no greeting within"))
+		return END_BACKEND_CONNECT;
+	return END_OTHER;
+}
+
+static enum xfer_cmd xfer_index(const char *cmd)
+{
+	for (int i = 0; i < XC_MAX; i++)
+		if (strncmp(cmd, xfer_cmd_names[i], 4) == 0)
+			return (enum xfer_cmd)i;
+	return XC_RETR;
+}
+
+static void count_transfer(struct session *s, enum xfer_result r)
+{
+	s->site->stats.transfers[xfer_index(s->xfer_cmd)][r]++;
+}
+
 /* ---- teardown ------------------------------------------------------------------------------- */
 
 static void fwds_free(struct session *s)
@@ -246,8 +299,7 @@ static void fwds_free(struct session *s)
 	while (s->fwds) {
 		struct pt_fwd *f = s->fwds;
 		s->fwds = f->next;
-		s->bytes_up += datachan_bytes(f->dc, 0);
-		s->bytes_down += datachan_bytes(f->dc, 1);
+		account_data(s, datachan_bytes(f->dc, 0), datachan_bytes(f->dc, 1));
 		datachan_free(f->dc);
 		free(f);
 	}
@@ -283,8 +335,10 @@ static void session_free(struct session *s)
 		evbuffer_free(s->greeting);
 	if (s->backend_sess)
 		SSL_SESSION_free(s->backend_sess);
+	struct ftpgate *gw = s->site->gw;
+	struct gen *gen = s->site->gen;
 	s->site->n_sessions--;
-	s->site->gw->n_sessions--;
+	gw->n_sessions--;
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -292,6 +346,9 @@ static void session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	free(s);
+	gen_release(gw, gen);
+	if (gw->draining && gw->n_sessions == 0)
+		event_base_loopbreak(gw->base);
 }
 
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
@@ -315,6 +372,7 @@ static void session_end(struct session *s, const char *fmt, ...)
 	va_end(ap);
 	if (s->end_reason[0])
 		snprintf(reason, sizeof(reason), "%s", s->end_reason);
+	s->site->stats.sessions_ended[classify_end(reason)]++;
 	dc_drop(s);
 	fwds_free(s);
 	blind_free(s);
@@ -430,8 +488,7 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 
 	s->xfer_up = datachan_bytes(dc, 0);
 	s->xfer_down = datachan_bytes(dc, 1);
-	s->bytes_up += s->xfer_up;
-	s->bytes_down += s->xfer_down;
+	account_data(s, s->xfer_up, s->xfer_down);
 	s->dc_done = 1;
 	s->dc_ok = ok;
 	/* reason lives in dc: copy it before dc goes. */
@@ -474,6 +531,7 @@ static void finish_transfer_reply(struct session *s)
 	}
 	evbuffer_free(s->held);
 	s->held = NULL;
+	count_transfer(s, res[0] == '2' ? XR_OK : XR_FAILED);
 	log_info("%s: transfer %s: %s, %.3f s, data up %llu down %llu", s->tag, s->xfer_cmd, res,
 	         e ? (double)(now_ms() - e->start_ms) / 1000.0 : 0.0,
 	         (unsigned long long)s->xfer_up, (unsigned long long)s->xfer_down);
@@ -482,6 +540,7 @@ static void finish_transfer_reply(struct session *s)
 	if (e)
 		fifo_pop(s);
 	arm_idle(s);
+	drain_check(s);
 	process_backend(s);
 	process_client(s);
 }
@@ -763,6 +822,7 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		relay_reply(s, rep);
 		s->transfer = 0;
 		log_info("%s: transfer %s: %d (data forwarded 1:1)", s->tag, s->xfer_cmd, code);
+		count_transfer(s, code / 100 == 2 ? XR_OK : XR_FAILED);
 		arm_idle(s);
 		break;
 	case EXP_BPROT:
@@ -804,6 +864,10 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 			log_info("%s: transfer %s: %d, data up %llu down %llu", s->tag, s->xfer_cmd,
 			         code, (unsigned long long)s->xfer_up,
 			         (unsigned long long)s->xfer_down);
+			count_transfer(s, s->aborted    ? XR_ABORTED
+			                  : code >= 400 ? XR_FAILED
+			                                : XR_OK);
+			s->aborted = 0;
 			s->transfer = 0;
 			arm_idle(s);
 			break;
@@ -819,7 +883,9 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 			finish_transfer_reply(s);
 		return;
 	}
-	if (evbuffer_get_length(bufferevent_get_output(s->cbev)) > OUT_HIGH)
+	drain_check(s);
+	if (!s->dead && !s->closing && s->cbev && s->bbev &&
+	    evbuffer_get_length(bufferevent_get_output(s->cbev)) > OUT_HIGH)
 		bufferevent_disable(s->bbev, EV_READ);
 }
 
@@ -1080,6 +1146,8 @@ static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
 
 static void cmd_abor(struct session *s, const struct ftp_cmd *c)
 {
+	if (s->transfer)
+		s->aborted = 1;
 	if (s->pending_cmd) {
 		/* The transfer command never reached the backend: answer it here. */
 		dc_drop(s);
@@ -1093,6 +1161,8 @@ static void cmd_abor(struct session *s, const struct ftp_cmd *c)
 		evbuffer_free(s->held);
 		s->held = NULL;
 		s->transfer = 0;
+		s->aborted = 0;
+		count_transfer(s, XR_ABORTED);
 		fifo_pop(s);
 	}
 	forward(s, c, EXP_RELAY);
@@ -1478,10 +1548,10 @@ static void fwd_remove(struct pt_fwd *f)
 			break;
 		}
 	}
-	s->bytes_up += datachan_bytes(f->dc, 0);
-	s->bytes_down += datachan_bytes(f->dc, 1);
+	account_data(s, datachan_bytes(f->dc, 0), datachan_bytes(f->dc, 1));
 	datachan_free(f->dc);
 	free(f);
+	drain_check(s);
 }
 
 static void fwd_side_ready(struct datachan *dc, enum dc_side side, int ok, const char *reason,
@@ -1767,6 +1837,8 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	if (s->next)
 		s->next->prev = s;
 	gw->sessions = s;
+	site->gen->refs++;
+	site->stats.sessions_total++;
 	memcpy(&s->client_addr, peer, (size_t)peerlen);
 	ftp_addr_unmap(&s->client_addr);
 	len = sizeof(s->local_addr);
@@ -1849,4 +1921,30 @@ unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip)
 		                                        (const struct sockaddr *)&a))
 			n++;
 	return n;
+}
+
+/* Shutting down: a session with nothing running ends now, others once idle. */
+static void drain_check(struct session *s)
+{
+	if (!s->site->gw->draining || s->dead || s->closing)
+		return;
+	if (s->blind) {
+		if (!s->fwds)
+			session_end(s, "proxy shutting down");
+		return;
+	}
+	if (s->transfer || s->pending_cmd || s->held || s->fifo_len > 0 || s->pt_blind_pending ||
+	    s->auth_pending)
+		return;
+	reply_client(s, "421 Service shutting down, closing control connection.");
+	session_close_after_flush(s, "proxy shutting down");
+}
+
+void sessions_drain(struct ftpgate *gw)
+{
+	struct session *next;
+	for (struct session *s = gw->sessions; s; s = next) {
+		next = s->next; /* ending does not unlink (the reaper does) */
+		drain_check(s);
+	}
 }
