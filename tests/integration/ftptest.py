@@ -643,3 +643,575 @@ class Tap:
         if self.failed:
             diag('failed: %s' % ' '.join(map(str, self.failed)))
         sys.exit(1 if self.failed else 0)
+
+
+# --------------------------------------------------------------------------
+# helpers for active-mode and hostile-peer tests (raw control connections,
+# fake backends, memory checks)
+
+def vm_rss_kb(pid):
+    """Resident set size of pid in KiB (Linux /proc), or None."""
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class RawCtl:
+    """A raw FTP control connection: send exact bytes, read whole replies
+    as bytes (multi-line replies up to their closing 'NNN ' line)."""
+
+    def __init__(self, host, port, timeout=10.0, source=None):
+        fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        if source:
+            self.sock.bind((source, 0))
+        self.sock.connect((host, port))
+        self.timeout = timeout
+        self.buf = bytearray()
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode('latin-1')
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout('timed out')
+        self.sock.settimeout(left)
+        b = self.sock.recv(65536)
+        if not b:
+            raise EOFError('connection closed')
+        self.buf.extend(b)
+
+    def reply(self, timeout=None):
+        """Next complete reply (bytes, CRLFs included).  Raises AssertionError
+        (with what was received) on EOF, reset or timeout."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            m = re.match(rb'(\d{3})([- ])', bytes(self.buf[:4]))
+            if m:
+                if m.group(2) == b' ':
+                    i = self.buf.find(b'\n')
+                    if i >= 0:
+                        r = bytes(self.buf[:i + 1])
+                        del self.buf[:i + 1]
+                        return r
+                else:
+                    code = m.group(1)
+                    pat = re.compile(rb'(?m)^' + code + rb' [^\n]*\n')
+                    mm = pat.search(bytes(self.buf), 4)
+                    if mm:
+                        r = bytes(self.buf[:mm.end()])
+                        del self.buf[:mm.end()]
+                        return r
+            elif len(self.buf) >= 4 or (self.buf and b'\n' in self.buf):
+                raise AssertionError('not an FTP reply: %r' % bytes(self.buf[:200]))
+            try:
+                self._fill(deadline)
+            except (socket.timeout, EOFError, OSError) as e:
+                raise AssertionError('no complete reply (%s); got %r'
+                                     % (e, bytes(self.buf[:300])))
+
+    def cmd(self, line, timeout=None):
+        """Send line + CRLF, return the reply (bytes)."""
+        self.send((line.encode('latin-1') if isinstance(line, str) else line) + b'\r\n')
+        return self.reply(timeout)
+
+    def pending(self, wait=0.3):
+        """Whatever arrives within `wait` seconds (bytes), without blocking longer."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._fill(deadline)
+            except (socket.timeout, EOFError, OSError):
+                break
+        r = bytes(self.buf)
+        self.buf.clear()
+        return r
+
+    def until_closed(self, timeout):
+        """(data, how): rest of the stream until EOF/reset/timeout."""
+        data, how = recv_until_closed(self.sock, timeout)
+        r = bytes(self.buf) + data
+        self.buf.clear()
+        return r, how
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+class FakeConn:
+    """One control connection accepted by a FakeBackend."""
+
+    def __init__(self, sock, peer):
+        self.sock = sock
+        self.peer = peer
+        self.buf = bytearray()
+        self.lines = []           # every command line received (str, latin-1)
+        sock.settimeout(30)
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode('latin-1')
+        self.sock.sendall(data)
+
+    def readline(self, timeout=30):
+        """Next line without CRLF (str), or None at EOF/timeout."""
+        self.sock.settimeout(timeout)
+        while b'\n' not in self.buf:
+            try:
+                b = self.sock.recv(65536)
+            except OSError:
+                return None
+            if not b:
+                return None
+            self.buf.extend(b)
+        i = self.buf.index(b'\n')
+        line = bytes(self.buf[:i]).rstrip(b'\r').decode('latin-1')
+        del self.buf[:i + 1]
+        self.lines.append(line)
+        return line
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes a thread blocked in recv
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class FakeBackend:
+    """A scripted, possibly misbehaving FTP 'server' on loopback.  Every
+    accepted control connection runs handler(conn, fb) in a daemon thread
+    (conn: FakeConn).  .host, .port, .addr(), .conns, .errors (exceptions
+    raised by handlers), .events (free-form list for handlers), .stop()."""
+
+    def __init__(self, handler, host='127.0.0.1'):
+        import threading
+        self.handler = handler
+        self.host = host
+        fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+        self.lsock = socket.socket(fam, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((host, 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.conns = []
+        self.errors = []
+        self.events = []
+        self._stop = False
+        self._threads = []
+        self._lock = threading.Lock()
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+        self._acceptor.start()
+
+    def addr(self):
+        return ('[%s]:%d' if ':' in self.host else '%s:%d') % (self.host, self.port)
+
+    def _accept_loop(self):
+        import threading
+        while not self._stop:
+            r, _, _ = select.select([self.lsock], [], [], 0.1)
+            if not r:
+                continue
+            try:
+                s, peer = self.lsock.accept()
+            except OSError:
+                continue
+            c = FakeConn(s, peer)
+            with self._lock:
+                self.conns.append(c)
+            th = threading.Thread(target=self._run, args=(c,), daemon=True)
+            self._threads.append(th)
+            th.start()
+
+    def _run(self, c):
+        try:
+            self.handler(c, self)
+        except Exception:   # noqa
+            if not self._stop:
+                self.errors.append(traceback.format_exc())
+
+    def stop(self):
+        self._stop = True
+        self._acceptor.join(2)
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self._lock:
+            for c in self.conns:
+                c.close()
+        for th in self._threads:
+            th.join(2)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+# --------------------------------------------------------------------------
+# helpers for TLS tests: certificates (openssl CLI), a pyftpdlib TLS backend
+# (needs python3-openssl), vsftpd in the foreground, ftplib FTPS clients
+
+import ssl  # noqa: E402
+
+OPENSSL = shutil.which('openssl') or '/usr/bin/openssl'
+VSFTPD = '/usr/sbin/vsftpd'
+
+
+def _openssl(args, cwd):
+    r = subprocess.run([OPENSSL] + list(args), cwd=cwd, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError('openssl %s failed (%d):\n%s'
+                             % (' '.join(args), r.returncode, r.stderr[-2000:]))
+
+
+def make_tls_certs(d):
+    """Test PKI in directory d (made world-readable, keys included: vsftpd's
+    unprivileged processes may read them).  Returns a dict of paths:
+      ca, ca_key          CA that signed `cert`
+      cert, key           server certificate for IP 127.0.0.1 (SAN), signed by ca
+      chain               cert followed by ca (a chain file)
+      self_cert, self_key self-signed certificate for 127.0.0.1
+      other_ca            a CA that signed nothing used here
+      other_key           a key that matches no certificate
+      garbage             a file that is not PEM"""
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    P = lambda n: os.path.join(d, n)  # noqa: E731
+    rsa = ['-newkey', 'rsa:2048', '-nodes']
+    _openssl(['req', '-x509'] + rsa + ['-keyout', 'ca.key', '-out', 'ca.pem', '-days', '30',
+              '-subj', '/CN=ftptest CA', '-addext', 'basicConstraints=critical,CA:TRUE',
+              '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], d)
+    _openssl(['req'] + rsa + ['-keyout', 'server.key', '-out', 'server.csr',
+              '-subj', '/CN=127.0.0.1'], d)
+    with open(P('server.ext'), 'w') as f:
+        f.write('subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n'
+                'keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n')
+    _openssl(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key',
+              '-set_serial', str(random.randint(1, 1 << 62)), '-days', '30',
+              '-extfile', 'server.ext', '-out', 'server.pem'], d)
+    _openssl(['req', '-x509'] + rsa + ['-keyout', 'self.key', '-out', 'self.pem',
+              '-days', '30', '-subj', '/CN=127.0.0.1',
+              '-addext', 'subjectAltName=IP:127.0.0.1'], d)
+    _openssl(['req', '-x509'] + rsa + ['-keyout', 'other-ca.key', '-out', 'other-ca.pem',
+              '-days', '30', '-subj', '/CN=ftptest other CA',
+              '-addext', 'basicConstraints=critical,CA:TRUE'], d)
+    _openssl(['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048',
+              '-out', 'other.key'], d)
+    with open(P('chain.pem'), 'w') as f:
+        for n in ('server.pem', 'ca.pem'):
+            with open(P(n)) as g:
+                f.write(g.read())
+    with open(P('garbage.pem'), 'w') as f:
+        f.write('this is not a certificate\n' + os.urandom(64).hex() + '\n')
+    for n in os.listdir(d):
+        os.chmod(P(n), 0o644)
+    return dict(ca=P('ca.pem'), ca_key=P('ca.key'), cert=P('server.pem'), key=P('server.key'),
+                chain=P('chain.pem'), self_cert=P('self.pem'), self_key=P('self.key'),
+                other_ca=P('other-ca.pem'), other_key=P('other.key'),
+                garbage=P('garbage.pem'))
+
+
+_TLS_SERVER_SCRIPT = r'''
+import json, logging, sys
+cfg = json.loads(sys.argv[1])
+from OpenSSL import SSL
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import TLS_FTPHandler
+from pyftpdlib.servers import FTPServer
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                    format='%(asctime)s %(levelname)s %(message)s')
+auth = DummyAuthorizer()
+auth.add_user('u', 'p', cfg['root'], perm='elradfmwMT')
+auth.add_anonymous(cfg['root'])
+
+class Handler(TLS_FTPHandler):
+    pass
+
+Handler.certfile = cfg['cert']
+Handler.keyfile = cfg['key']
+Handler.tls_control_required = True
+Handler.tls_data_required = True
+if cfg.get('tls13_only'):
+    Handler.ssl_options |= (SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1 | SSL.OP_NO_TLSv1_2)
+Handler.authorizer = auth
+Handler.banner = cfg['banner']
+Handler.timeout = cfg['timeout']
+Handler.auth_failed_timeout = 0.1
+Handler.permit_foreign_addresses = False
+Handler.passive_ports = range(cfg['pasv'][0], cfg['pasv'][1] + 1)
+server = FTPServer((cfg['host'], cfg['port']), Handler)
+server.max_cons = 1024
+sys.stdout.write('%d\n' % server.socket.getsockname()[1])
+sys.stdout.flush()
+server.serve_forever()
+'''
+
+
+class PyftpdTLSServer(PyftpdServer):
+    """pyftpdlib TLS_FTPHandler (explicit FTPS, tls_control_required and
+    tls_data_required) in a subprocess: user u/p + anonymous read-only,
+    rooted at root_dir.  tls13_only: the server refuses TLS < 1.3.
+    Same interface as PyftpdServer."""
+
+    def __init__(self, root_dir, certfile, keyfile, host='127.0.0.1', port=0,
+                 timeout=60, pasv_ports=None, tls13_only=False):
+        self.root = root_dir
+        self.host = host
+        self.proc = None
+        self.dir = tmpdir('pyftpd-tls-')
+        self.banner = 'ftptest-tls-backend-%s ready' % os.urandom(4).hex()
+        if pasv_ports is None:
+            pasv_ports = port_range(100)
+        self.pasv_ports = pasv_ports
+        script = os.path.join(self.dir, 'server.py')
+        with open(script, 'w') as f:
+            f.write(_TLS_SERVER_SCRIPT)
+        cfg = dict(root=root_dir, host=host, port=port, banner=self.banner,
+                   timeout=timeout, pasv=list(pasv_ports), cert=certfile, key=keyfile,
+                   tls13_only=tls13_only)
+        self.log_path = os.path.join(self.dir, 'server.log')
+        self._logf = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen([SERVER_PYTHON, script, json.dumps(cfg)],
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._logf)
+        _procs.append(self.proc)
+        try:
+            r, _, _ = select.select([self.proc.stdout], [], [], 15)
+            line = self.proc.stdout.readline() if r else b''
+            if not line.strip().isdigit():
+                raise AssertionError('pyftpdlib TLS server did not start: %r\n%s'
+                                     % (line, self.log()))
+            self.port = int(line)
+            wait_listening(self.proc, [self.port], 10, 'pyftpdlib-tls', self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+
+def pyftpdlib_tls_available():
+    """None if the pyftpdlib TLS backend can run, else the reason."""
+    r = subprocess.run([SERVER_PYTHON, '-c', 'import OpenSSL, pyftpdlib.handlers as h; '
+                        'h.TLS_FTPHandler'], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        return 'pyftpdlib TLS (python3-openssl) not usable by %s: %s' % (
+            SERVER_PYTHON, r.stderr.strip().splitlines()[-1:] or '?')
+    return None
+
+
+def _descendants(pid):
+    """PIDs of all descendants of pid (Linux /proc)."""
+    kids = {}
+    for d in os.listdir('/proc'):
+        if not d.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % d) as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def vsftpd_unavailable():
+    """None if VsftpdServer can run here, else the reason."""
+    if not os.access(VSFTPD, os.X_OK):
+        return '%s not installed (tools/install-deps.sh installs it)' % VSFTPD
+    if os.geteuid() == 0:
+        import pwd
+        try:
+            pwd.getpwnam('ftp')
+        except KeyError:
+            return 'running as root but there is no "ftp" user for vsftpd'
+    return None
+
+
+class VsftpdServer:
+    """vsftpd in the foreground (listen=YES, background=NO) on 127.0.0.1,
+    anonymous login only (no password), anon_root .root (not writable)
+    with a writable .root/up; passive ports in their own range.  With
+    cert/key: explicit FTPS forced for anonymous control and data
+    (require_ssl_reuse=YES unless ssl_reuse=False).  extra: more
+    'key=value' lines.  .port, .addr(), .log(), .stop().  Run as root,
+    sessions run as user ftp; otherwise run_as_launching_user=YES."""
+
+    def __init__(self, cert=None, key=None, pasv_ports=None, ssl_reuse=True,
+                 active=True, extra=()):
+        self.host = '127.0.0.1'
+        self.proc = None
+        self.dir = tmpdir('vsftpd-')
+        os.chmod(self.dir, 0o755)
+        self.root = os.path.join(self.dir, 'anon')
+        self.up = os.path.join(self.root, 'up')
+        empty = os.path.join(self.dir, 'empty')
+        for p in (self.root, self.up, empty):
+            os.makedirs(p)
+            os.chmod(p, 0o755)
+        root_mode = os.geteuid() == 0
+        if root_mode:
+            import pwd
+            pw = pwd.getpwnam('ftp')
+            os.chown(self.up, pw.pw_uid, pw.pw_gid)
+        if pasv_ports is None:
+            pasv_ports = port_range(100)
+        self.pasv_ports = pasv_ports
+        self.port = free_port()
+        self.log_path = os.path.join(self.dir, 'vsftpd.log')
+        self.xfer_log = os.path.join(self.dir, 'vsftpd-protocol.log')
+        conf = ['listen=YES', 'listen_ipv6=NO', 'listen_address=127.0.0.1',
+                'listen_port=%d' % self.port, 'background=NO',
+                'seccomp_sandbox=NO', 'isolate=NO', 'isolate_network=NO',
+                'secure_chroot_dir=%s' % empty,
+                'anonymous_enable=YES', 'local_enable=NO', 'no_anon_password=YES',
+                'anon_root=%s' % self.root, 'write_enable=YES', 'anon_upload_enable=YES',
+                'anon_umask=022', 'anon_other_write_enable=YES',
+                'pasv_enable=YES', 'pasv_address=127.0.0.1',
+                'pasv_min_port=%d' % pasv_ports[0], 'pasv_max_port=%d' % pasv_ports[1],
+                'port_enable=%s' % ('YES' if active else 'NO'),
+                'connect_from_port_20=NO', 'max_clients=0', 'max_per_ip=0',
+                'dirmessage_enable=NO', 'idle_session_timeout=120',
+                'data_connection_timeout=60', 'syslog_enable=NO',
+                'xferlog_enable=YES', 'xferlog_std_format=NO', 'log_ftp_protocol=YES',
+                'vsftpd_log_file=%s' % self.xfer_log]
+        if not root_mode:
+            conf.append('run_as_launching_user=YES')
+        if cert:
+            conf += ['ssl_enable=YES', 'rsa_cert_file=%s' % cert,
+                     'rsa_private_key_file=%s' % (key or cert),
+                     'allow_anon_ssl=YES', 'force_anon_logins_ssl=YES',
+                     'force_anon_data_ssl=YES', 'force_local_logins_ssl=YES',
+                     'force_local_data_ssl=YES', 'ssl_tlsv1=YES', 'ssl_sslv2=NO',
+                     'ssl_sslv3=NO', 'ssl_ciphers=HIGH', 'ssl_request_cert=NO',
+                     'require_ssl_reuse=%s' % ('YES' if ssl_reuse else 'NO'),
+                     'debug_ssl=YES']
+        conf += list(extra)
+        self.conf = os.path.join(self.dir, 'vsftpd.conf')
+        with open(self.conf, 'w') as f:
+            f.write('\n'.join(conf) + '\n')
+        os.chmod(self.conf, 0o644)
+        self._logf = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen([VSFTPD, self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=self._logf, stderr=self._logf,
+                                     start_new_session=True)
+        _procs.append(self.proc)
+        try:
+            wait_listening(self.proc, [self.port], 10, 'vsftpd', self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def addr(self):
+        return '%s:%d' % (self.host, self.port)
+
+    def log(self):
+        out = []   # protocol log first: offsets into it stay valid
+        for p in (self.xfer_log, self.log_path):
+            try:
+                with open(p, 'rb') as f:
+                    out.append(f.read().decode('utf-8', 'replace'))
+            except OSError:
+                pass
+        return '\n'.join(out)
+
+    def stop(self):
+        """Stop the listener and its session processes (by PID; vsftpd's
+        sessions call setsid, so they are not in its process group)."""
+        if self.proc is None:
+            return
+        kids = _descendants(self.proc.pid) if self.proc.poll() is None else []
+        _stop_proc(self.proc)
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._logf.close()
+        self.proc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+def tls_client_context(cafile=None, min_version=None, max_version=None):
+    """ssl.SSLContext for test clients: verifies against cafile (host name
+    checked), or verifies nothing when cafile is None."""
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+class RecordingFTP_TLS(RecordingFTP, ftplib.FTP_TLS):
+    """ftplib.FTP_TLS (stock: data connections do NOT resume the control
+    connection's TLS session) that records commands and replies."""
+
+
+class ReuseFTP_TLS(RecordingFTP_TLS):
+    """FTP_TLS whose protected data connections resume the control
+    connection's TLS session (as vsftpd's require_ssl_reuse wants)."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                            session=self.sock.session)
+        return conn, size
+
+
+class ImplicitFTP_TLS(ReuseFTP_TLS):
+    """Implicit FTPS: TLS from the first byte of the control connection."""
+
+    def connect(self, host='', port=0, timeout=-999, source_address=None):
+        if host:
+            self.host = host
+        if port:
+            self.port = port
+        if timeout != -999:
+            self.timeout = timeout
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.af = sock.family
+        self.sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        self.file = self.sock.makefile('r', encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
