@@ -33,9 +33,10 @@ SSL *tls_backend_ssl(SSL_CTX *ctx, const struct site_conf *sc, SSL_SESSION *resu
 SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, int data);
 
 /*
- * Backend control connections keep their latest TLS session here (the
- * control SSL's ex-data points at a SSL_SESSION * slot) so that data
- * connections resume it.
+ * A backend session keeps its latest TLS session in *slot (the SSL's ex-data
+ * points at it): set on the control connection and on every data
+ * connection, so that each new data connection resumes the newest ticket of
+ * the control session's chain (TLS 1.3 tickets are meant for one use).
  */
 void tls_track_session(SSL *ssl, SSL_SESSION **slot);
 

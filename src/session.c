@@ -1010,6 +1010,7 @@ static int data_tls_setup(struct session *s)
 		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf, s->backend_sess);
 		if (!ssl)
 			goto oom;
+		tls_track_session(ssl, &s->backend_sess);
 		datachan_set_tls(s->dc, DC_BACKEND, ssl, 0, 0);
 	}
 	return 0;

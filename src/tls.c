@@ -42,7 +42,7 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
 	SSL_SESSION **slot = SSL_get_ex_data(ssl, slot_idx);
 	if (!slot)
-		return 0; /* a data connection: its sessions are not reused */
+		return 0;
 	if (*slot)
 		SSL_SESSION_free(*slot);
 	*slot = sess;
@@ -82,6 +82,11 @@ int tls_site_init(const struct site_conf *sc, const char *path, SSL_CTX **server
 			goto fail;
 		}
 		if (SSL_CTX_use_PrivateKey_file(ctx, sc->tls_key, SSL_FILETYPE_PEM) != 1) {
+			if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+				openssl_fail(err, errsize, path, sc->tls_key_line, "tls_key",
+				             "the key does not match the certificate");
+				goto fail;
+			}
 			char what[CONF_PATH_MAX + 64];
 			snprintf(what, sizeof(what), "cannot load private key \"%s\"", sc->tls_key);
 			openssl_fail(err, errsize, path, sc->tls_key_line, "tls_key", what);
