@@ -25,6 +25,9 @@ int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint
 /* Shutdown: end idle sessions with 421; the others end once their transfer is done. */
 void sessions_drain(struct ftpgate *gw);
 
+/* Passive ports held (listening or connected data pairs) by sessions of sites named name. */
+unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name);
+
 /* Close every session of gw now (shutdown). */
 void sessions_close_all(struct ftpgate *gw);
 

@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* Room for a line whose strings are short; xferlog_write copes with longer. */
@@ -57,6 +58,13 @@ struct xferlog;
  * err on failure.
  */
 struct xferlog *xferlog_open(const char *path, char *err, size_t errsize);
+
+/*
+ * Give the open file to uid:gid (fchown), before dropping root, so that the
+ * file logrotate creates in its place ("create" keeps owner and group) can be
+ * reopened by that user. Returns 0, or -1 with errno set.
+ */
+int xferlog_chown(struct xferlog *x, uid_t uid, gid_t gid);
 
 /* Append one line with one write(2). Returns 0, or -1 with errno set. */
 int xferlog_write(struct xferlog *x, const struct xferlog_entry *e);

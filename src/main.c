@@ -19,6 +19,9 @@
 #include "ftpgate.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
+#include "util.h"
+#include "xferlog.h"
 #include "session.h"
 #include "tls.h"
 
@@ -175,16 +178,75 @@ static int drop_privileges(const struct conf *c)
 	return 0;
 }
 
-/* The transfer log and the metrics endpoint (issue 6). */
+/* Metrics: every site of the current configuration, with the sessions of older ones. */
+static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
+{
+	struct ftpgate *gw = arg;
+	size_t n = gw->n_sites;
+	for (size_t i = 0; i < n && i < max; i++) {
+		struct site *site = &gw->sites[i];
+		unsigned open = site->n_sessions;
+		for (struct gen *g = gw->old; g; g = g->next)
+			for (size_t j = 0; j < g->n_sites; j++)
+				if (strcmp(g->sites[j].conf->name, site->conf->name) == 0)
+					open += g->sites[j].n_sessions;
+		site->stats.passive_ports_in_use = sessions_ports_in_use(gw, site->conf->name);
+		out[i].name = site->conf->name;
+		out[i].stats = &site->stats;
+		out[i].sessions_open = open;
+	}
+	return n;
+}
+
+/* The transfer log and the metrics endpoint. */
 static int extras_open(struct ftpgate *gw)
 {
-	(void)gw;
+	char err[CONF_PATH_MAX + 256];
+	const struct conf *c = gw->conf;
+
+	if (c->xferlog[0]) {
+		gw->xferlog = xferlog_open(c->xferlog, err, sizeof(err));
+		if (!gw->xferlog) {
+			log_error("xferlog: %s", err);
+			return -1;
+		}
+	}
+	if (c->has_metrics) {
+		gw->metrics = metrics_new(gw->base, (const struct sockaddr *)&c->metrics_listen,
+		                          metrics_sites, gw, err, sizeof(err));
+		if (!gw->metrics) {
+			log_error("%s:%d: metrics_listen: %s", c->path, c->metrics_line, err);
+			return -1;
+		}
+		char a[ADDR_STR_MAX];
+		log_info("metrics on http://%s/metrics",
+		         addr_str((const struct sockaddr *)&c->metrics_listen, a, sizeof(a), 1));
+	}
 	return 0;
 }
 
 static void extras_close(struct ftpgate *gw)
 {
-	(void)gw;
+	metrics_free(gw->metrics);
+	gw->metrics = NULL;
+	xferlog_close(gw->xferlog);
+	gw->xferlog = NULL;
+}
+
+/* Files opened as root must stay writable (and reopenable) by the user we become. */
+static void chown_logs(struct ftpgate *gw, const struct conf *c)
+{
+	struct passwd *pw;
+	if (geteuid() != 0 || !c->user[0] || !(pw = getpwnam(c->user)))
+		return;
+	gid_t gid = pw->pw_gid;
+	struct group *gr = c->group[0] ? getgrnam(c->group) : NULL;
+	if (gr)
+		gid = gr->gr_gid;
+	if (gw->xferlog && xferlog_chown(gw->xferlog, pw->pw_uid, gid) < 0)
+		log_warn("xferlog: cannot hand it to %s: %s", c->user, strerror(errno));
+	if (c->log == LOGT_FILE && chown(c->log_file, pw->pw_uid, gid) < 0)
+		log_warn("log: cannot hand %s to %s: %s", c->log_file, c->user, strerror(errno));
 }
 
 static void reload(struct app *app)
@@ -212,6 +274,11 @@ static void reload(struct app *app)
 		log_error("reload: %s; logging continues as before", err);
 	if (strcmp(old->conf->user, g->conf->user) != 0)
 		log_warn("reload: user changed; that takes a restart");
+	if (strcmp(old->conf->xferlog, g->conf->xferlog) != 0 ||
+	    old->conf->has_metrics != g->conf->has_metrics ||
+	    memcmp(&old->conf->metrics_listen, &g->conf->metrics_listen,
+	           sizeof(g->conf->metrics_listen)) != 0)
+		log_warn("reload: xferlog and metrics_listen changes take a restart");
 	if (old->refs == 0) {
 		gen_free(old);
 	} else {
@@ -242,6 +309,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	case SIGUSR1:
 		log_reopen();
+		if (gw->xferlog && xferlog_reopen(gw->xferlog) < 0)
+			log_error("xferlog: cannot reopen: %s", strerror(errno));
 		log_info("log files reopened");
 		return;
 	default:
@@ -352,6 +421,7 @@ int main(int argc, char **argv)
 		log_error("%s", err);
 		goto out;
 	}
+	chown_logs(gw, g->conf);
 	if (drop_privileges(g->conf) < 0)
 		goto out;
 

@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -27,13 +28,14 @@
 #include "session.h"
 #include "tls.h"
 #include "util.h"
+#include "xferlog.h"
 
 #define CMD_LINE_MAX 4096    /* longest client command line, CRLF included */
 #define REPLY_LINE_MAX 8192  /* longest backend reply line */
 #define CLIENT_IN_HIGH 65536 /* stop reading a client that pipelines this much */
 #define OUT_HIGH 262144      /* stop reading the other side while output is this large */
 #define FLUSH_TIMEOUT 10     /* seconds to deliver a last reply before closing */
-#define FIFO_SIZE 4
+#define FIFO_SIZE 8
 
 /* What the proxy expects the next backend reply to answer. */
 enum exp_kind {
@@ -48,6 +50,7 @@ enum exp_kind {
 	EXP_BPROT,      /* the proxy's PROT to the backend before a data command */
 	EXP_PT_AUTH,    /* passthrough: the client's AUTH; after 234 the relay goes blind */
 	EXP_PT_XFER,    /* passthrough: a transfer command, relayed */
+	EXP_ABOR,       /* the client's ABOR: relayed */
 };
 
 struct expect {
@@ -83,6 +86,7 @@ struct session {
 	int closing; /* delivering a last reply, then close */
 
 	struct expect fifo[FIFO_SIZE];
+	struct expect fifo_spare; /* returned on overflow, never queued */
 	unsigned fifo_head, fifo_len;
 
 	struct ftp_reply_asm rasm;
@@ -102,6 +106,9 @@ struct session {
 	int transfer;                /* a transfer command was sent and its final reply is due */
 	struct evbuffer *held;       /* final transfer reply held until the data is done */
 	char xfer_cmd[96];           /* for the transfer log line (escaped) */
+	char xfer_path[512];         /* argument of the transfer command, for xferlog */
+	uint64_t xfer_start_ms;
+	int type_ascii; /* TYPE A in effect */
 	int epsv_all;
 	int backend_no_epsv;
 	int logged_in; /* a 230 went through */
@@ -184,10 +191,16 @@ static void send_backend(struct session *s, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
+static void session_abort(struct session *s, const char *why);
+
 static struct expect *fifo_push(struct session *s, enum exp_kind kind)
 {
-	if (s->fifo_len == FIFO_SIZE)
-		return NULL;
+	if (s->fifo_len == FIFO_SIZE) {
+		/* Cannot happen with one command at a time; never write past it. */
+		session_abort(s, "internal error: too many outstanding replies");
+		memset(&s->fifo_spare, 0, sizeof(s->fifo_spare));
+		return &s->fifo_spare;
+	}
 	struct expect *e = &s->fifo[(s->fifo_head + s->fifo_len++) % FIFO_SIZE];
 	memset(e, 0, sizeof(*e));
 	e->kind = kind;
@@ -287,9 +300,31 @@ static enum xfer_cmd xfer_index(const char *cmd)
 	return XC_RETR;
 }
 
+/* A transfer is over: count it, and write the xferlog line for a file transfer. */
 static void count_transfer(struct session *s, enum xfer_result r)
 {
-	s->site->stats.transfers[xfer_index(s->xfer_cmd)][r]++;
+	enum xfer_cmd x = xfer_index(s->xfer_cmd);
+	struct xferlog *xl = s->site->gw->xferlog;
+	char host[ADDR_STR_MAX];
+
+	s->site->stats.transfers[x][r]++;
+	if (!xl || (x != XC_RETR && x != XC_STOR && x != XC_APPE && x != XC_STOU))
+		return;
+	struct xferlog_entry e = {
+	    .end = time(NULL),
+	    .seconds = (double)(now_ms() - s->xfer_start_ms) / 1000.0,
+	    .remote_host = addr_str((struct sockaddr *)&s->client_addr, host, sizeof(host), 0),
+	    .bytes = x == XC_RETR ? s->xfer_down : s->xfer_up,
+	    .path = s->xfer_path,
+	    .type = s->type_ascii ? 'a' : 'b',
+	    .direction = x == XC_RETR ? 'o' : 'i',
+	    .access =
+	        (strcmp(s->user, "anonymous") == 0 || strcmp(s->user, "ftp") == 0) ? 'a' : 'r',
+	    .user = s->user,
+	    .complete = r == XR_OK,
+	};
+	if (xferlog_write(xl, &e) < 0)
+		log_warn("%s: xferlog: %s", s->tag, strerror(errno));
 }
 
 /* ---- teardown ------------------------------------------------------------------------------- */
@@ -436,11 +471,26 @@ static void session_abort(struct session *s, const char *why)
 
 static void finish_transfer_reply(struct session *s);
 
+/*
+ * May the transfer command go to the backend? The backend side must be
+ * connected (or be the backend's to connect: active toward the backend),
+ * and in active mode the client must already be reachable.
+ */
+static int data_ready_to_forward(const struct session *s)
+{
+	if (!s->backend_active && !datachan_side_connected(s->dc, DC_BACKEND))
+		return 0;
+	if (s->client_active && !datachan_side_connected(s->dc, DC_CLIENT))
+		return 0;
+	return 1;
+}
+
 static void transfer_forward(struct session *s, const char *cmd)
 {
 	send_backend(s, "%s", cmd);
 	struct expect *e = fifo_push(s, EXP_TRANSFER);
 	e->start_ms = now_ms();
+	s->xfer_start_ms = e->start_ms;
 	s->transfer = 1;
 	s->xfer_up = s->xfer_down = 0;
 	datachan_start(s->dc);
@@ -474,7 +524,7 @@ static void dc_side_ready(struct datachan *dc, enum dc_side side, int ok, const 
 		snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", why);
 		return;
 	}
-	if (side == DC_BACKEND && s->pending_cmd) {
+	if (s->pending_cmd && data_ready_to_forward(s)) {
 		char *cmd = s->pending_cmd;
 		s->pending_cmd = NULL;
 		transfer_forward(s, cmd);
@@ -806,6 +856,10 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		s->backend_up = 2; /* greeted */
 		arm_idle(s);
 		break;
+	case EXP_ABOR:
+		fifo_pop(s);
+		relay_reply(s, rep);
+		break;
 	case EXP_PT_AUTH:
 		fifo_pop(s);
 		relay_reply(s, rep);
@@ -856,6 +910,27 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		handle_setup_reply(s, &cur, code, rep);
 		break;
 	case EXP_TRANSFER:
+		if (code == 225 && s->fifo_len > 1) {
+			/* "225 ABOR successful; data channel closed": some backends
+			 * (pyftpdlib) answer an ABOR that came before the transfer
+			 * started with this one reply, for the transfer command and
+			 * the ABOR together. */
+			enum exp_kind next = s->fifo[(s->fifo_head + 1) % FIFO_SIZE].kind;
+			if (next == EXP_ABOR) {
+				dc_drop(s);
+				fifo_pop(s);
+				fifo_pop(s);
+				relay_reply(s, rep);
+				count_transfer(s, XR_ABORTED);
+				log_info("%s: transfer %s: aborted (%d)", s->tag, s->xfer_cmd,
+				         code);
+				s->aborted = 0;
+				s->transfer = 0;
+				s->dc_done = 0;
+				arm_idle(s);
+				break;
+			}
+		}
 		if (code >= 400 || (!s->dc && !s->dc_done)) {
 			/* Failed, or the data pair is already gone (ABOR): relay as is. */
 			dc_drop(s);
@@ -896,7 +971,7 @@ static void process_backend(struct session *s)
 
 	if (s->dead || s->closing || !s->bbev)
 		return;
-	while (!s->dead && !s->closing && !s->held) {
+	while (!s->dead && !s->closing && !s->held && s->bbev) {
 		/* Fetched each time: a TLS upgrade replaces the bufferevent. */
 		struct evbuffer *in = bufferevent_get_input(s->bbev);
 		size_t eol_len = 0;
@@ -905,7 +980,7 @@ static void process_backend(struct session *s)
 			if (evbuffer_get_length(in) >= sizeof(line))
 				session_abort(s,
 				              "backend sent a reply line longer than 8192 bytes");
-			return;
+			break;
 		}
 		size_t n = (size_t)p.pos + eol_len;
 		if (n > sizeof(line)) {
@@ -931,16 +1006,35 @@ static void process_backend(struct session *s)
 				evbuffer_drain(s->reply, evbuffer_get_length(s->reply));
 		}
 	}
+	/* A reply may have unblocked the next pipelined command. */
+	process_client(s);
 }
 
 /* ---- commands from the client --------------------------------------------------------------- */
 
+/*
+ * "NAME arg" for the backend, NUL-terminated, with every 0xFF byte doubled
+ * again (Telnet IAC escaping, RFC 854/959): ftp_telnet_strip() undid it.
+ */
+static size_t cmd_line(const struct ftp_cmd *c, char *buf, size_t size)
+{
+	size_t o = (size_t)snprintf(buf, size, "%s", c->name);
+	if (c->arg_len && o + 1 < size)
+		buf[o++] = ' ';
+	for (size_t i = 0; i < c->arg_len && o + 2 < size; i++) {
+		buf[o++] = c->arg[i];
+		if ((unsigned char)c->arg[i] == 0xff)
+			buf[o++] = c->arg[i];
+	}
+	buf[o] = '\0';
+	return o;
+}
+
 static void forward(struct session *s, const struct ftp_cmd *c, enum exp_kind kind)
 {
-	if (c->arg_len)
-		send_backend(s, "%s %.*s", c->name, (int)c->arg_len, c->arg);
-	else
-		send_backend(s, "%s", c->name);
+	char line[2 * CMD_LINE_MAX + 16];
+	cmd_line(c, line, sizeof(line));
+	send_backend(s, "%s", line);
 	fifo_push(s, kind);
 }
 
@@ -1107,7 +1201,7 @@ static void cmd_data(struct session *s, const struct ftp_cmd *c)
 
 static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
 {
-	char raw[CMD_LINE_MAX];
+	char raw[2 * CMD_LINE_MAX + 16];
 
 	if (!s->dc) {
 		reply_client(s, "425 Use PASV or EPSV first.");
@@ -1118,9 +1212,9 @@ static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
 		reply_client(s, "521 Data connections must be protected: use PROT P.");
 		return;
 	}
-	int n = snprintf(raw, sizeof(raw), "%s%s%.*s", c->name, c->arg_len ? " " : "",
-	                 (int)c->arg_len, c->arg);
-	log_escape(s->xfer_cmd, sizeof(s->xfer_cmd), raw, (size_t)n);
+	size_t n = cmd_line(c, raw, sizeof(raw));
+	log_escape(s->xfer_cmd, sizeof(s->xfer_cmd), raw, n);
+	snprintf(s->xfer_path, sizeof(s->xfer_path), "%.*s", (int)c->arg_len, c->arg);
 	if (s->client_active &&
 	    datachan_connect(s->dc, DC_CLIENT, (struct sockaddr *)&s->client_data_addr,
 	                     (struct sockaddr *)&s->local_addr) < 0) {
@@ -1132,12 +1226,14 @@ static void cmd_transfer(struct session *s, const struct ftp_cmd *c)
 		reply_client(s, "425 Can't open data connection.");
 		return;
 	}
-	if (s->backend_active || datachan_side_connected(s->dc, DC_BACKEND)) {
+	if (data_ready_to_forward(s)) {
 		transfer_forward(s, raw);
 		return;
 	}
-	/* Open the backend data connection before sending the command, or the
-	 * backend may answer 425 before the proxy got there. */
+	/* Open the data connections before sending the command: the backend
+	 * may answer 425 before the proxy got to its port, and a client that
+	 * cannot be reached (PORT to a closed port) gets 425 from the proxy
+	 * while the backend never hears of the transfer. */
 	s->pending_cmd = strdup(raw);
 	if (!s->pending_cmd) {
 		dc_drop(s);
@@ -1166,7 +1262,7 @@ static void cmd_abor(struct session *s, const struct ftp_cmd *c)
 		count_transfer(s, XR_ABORTED);
 		fifo_pop(s);
 	}
-	forward(s, c, EXP_RELAY);
+	forward(s, c, EXP_ABOR);
 }
 
 /*
@@ -1407,6 +1503,8 @@ static void handle_command(struct session *s, char *line, size_t n)
 		forward(s, &c, EXP_RELAY);
 		break;
 	default:
+		if (strcmp(c.name, "TYPE") == 0 && c.arg_len > 0)
+			s->type_ascii = (c.arg[0] & ~0x20) == 'A';
 		forward(s, &c, EXP_RELAY);
 		break;
 	}
@@ -1418,8 +1516,8 @@ static int head_is_abor(struct session *s, struct evbuffer *in)
 	char buf[32];
 	struct ftp_cmd c;
 
-	if (!s->transfer && !s->pending_cmd)
-		return 0;
+	if ((!s->transfer && !s->pending_cmd) || s->aborted)
+		return 0; /* nothing to abort, or already aborting */
 	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
 	if (p.pos < 0 || (size_t)p.pos >= sizeof(buf))
 		return 0;
@@ -1948,4 +2046,18 @@ void sessions_drain(struct ftpgate *gw)
 		next = s->next; /* ending does not unlink (the reaper does) */
 		drain_check(s);
 	}
+}
+
+unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name)
+{
+	unsigned n = 0;
+	for (const struct session *s = gw->sessions; s; s = s->next) {
+		if (strcmp(s->site->conf->name, name) != 0)
+			continue;
+		if (s->dc)
+			n++;
+		for (const struct pt_fwd *f = s->fwds; f; f = f->next)
+			n++;
+	}
+	return n;
 }

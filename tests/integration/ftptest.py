@@ -661,6 +661,22 @@ def vm_rss_kb(pid):
     return None
 
 
+_sanitized = None
+
+
+def ftpgate_sanitized():
+    """True if the ftpgate binary is built with AddressSanitizer (its RSS
+    then includes shadow memory and the free quarantine)."""
+    global _sanitized
+    if _sanitized is None:
+        try:
+            with open(FTPGATE, 'rb') as f:
+                _sanitized = b'__asan_init' in f.read()
+        except OSError:
+            _sanitized = False
+    return _sanitized
+
+
 class RawCtl:
     """A raw FTP control connection: send exact bytes, read whole replies
     as bytes (multi-line replies up to their closing 'NNN ' line)."""
