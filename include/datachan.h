@@ -43,6 +43,9 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
 int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
                     uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
 
+/* Count data connections refused (wrong peer) in *counter. */
+void datachan_count_refused(struct datachan *dc, uint64_t *counter);
+
 /*
  * Connect out to addr (non-blocking), from src (its port ignored) if not
  * NULL. Returns 0 or -1 (immediate failure, errno set).

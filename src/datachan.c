@@ -76,6 +76,7 @@ struct datachan {
 	uint64_t progress_mark;
 	int ticks_waiting;
 	char reason[160];
+	uint64_t *refused; /* counter of strangers turned away, or NULL */
 };
 
 static const char *const side_name[] = {"client", "backend"};
@@ -295,6 +296,8 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 			         s->port, side_name[s->idx],
 			         addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
 			close(fd);
+			if (dc->refused)
+				(*dc->refused)++;
 			continue;
 		}
 		/* The right peer: the listener has served its purpose. */
@@ -398,6 +401,11 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
 	s->wr_on = 1;
 	s->state = SIDE_CONNECTING;
 	return 0;
+}
+
+void datachan_count_refused(struct datachan *dc, uint64_t *counter)
+{
+	dc->refused = counter;
 }
 
 int datachan_adopt(struct datachan *dc, enum dc_side side, int fd)

@@ -407,7 +407,12 @@ static void session_end(struct session *s, const char *fmt, ...)
 	va_end(ap);
 	if (s->end_reason[0])
 		snprintf(reason, sizeof(reason), "%s", s->end_reason);
-	s->site->stats.sessions_ended[classify_end(reason)]++;
+	enum end_reason why = classify_end(reason);
+	s->site->stats.sessions_ended[why]++;
+	if (why == END_BACKEND_CONNECT)
+		s->site->stats.backend_connect_failures++;
+	if (strstr(reason, "TLS error"))
+		s->site->stats.tls_handshake_failures++;
 	dc_drop(s);
 	fwds_free(s);
 	blind_free(s);
@@ -545,8 +550,11 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	snprintf(s->dc_reason, sizeof(s->dc_reason), "%s", ok ? "" : reason);
 	datachan_free(dc);
 	s->dc = NULL;
-	if (!ok)
+	if (!ok) {
 		log_info("%s: data connection closed: %s", s->tag, s->dc_reason);
+		if (strstr(s->dc_reason, "TLS") || strstr(s->dc_reason, "SSL"))
+			s->site->stats.tls_handshake_failures++;
+	}
 	if (s->transfer) {
 		if (s->held)
 			finish_transfer_reply(s);
@@ -1156,6 +1164,7 @@ static void cmd_data(struct session *s, const struct ftp_cmd *c)
 		reply_client(s, "425 Can't open data connection: out of memory.");
 		return;
 	}
+	datachan_count_refused(s->dc, &s->site->stats.data_refused);
 	if (!client_passive)
 		memcpy(&s->client_data_addr, &caddr, sizeof(caddr));
 	if (data_tls_setup(s) < 0)

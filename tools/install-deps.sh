@@ -5,7 +5,8 @@ set -eu
 pkgs=(build-essential autoconf automake pkg-config
       libevent-dev libssl-dev libinih-dev
       python3 python3-pyftpdlib python3-openssl
-      curl lftp iproute2 procps openssl vsftpd)
+      curl lftp iproute2 procps openssl vsftpd
+      prometheus mandoc systemd)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
