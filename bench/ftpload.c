@@ -202,6 +202,17 @@ static int read_reply(struct ctl *c)
 	return code;
 }
 
+/* Local port of a socket, to find the session in the proxy's log. */
+static int local_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return 0;
+	return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+					      : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
 static const char *io_err(void)
 {
 	return errno ? strerror(errno) : "connection closed";
@@ -223,12 +234,12 @@ static int cmd(struct ctl *c, const char *verb, const char *arg, int want, const
 	int code = read_reply(c);
 	if (code == -1) {
 		snprintf(what, sizeof(what), "%s: reading reply: %s", stage, io_err());
-		record_error(what, "%s", io_err());
+		record_error(what, "%s, control port %d", io_err(), local_port(c->fd));
 		return -1;
 	}
 	if (code < 0 || code / 100 != want / 100) {
 		snprintf(what, sizeof(what), "%s: reply %d", stage, code);
-		record_error(what, "\"%s\"", c->line);
+		record_error(what, "\"%s\", control port %d", c->line, local_port(c->fd));
 		return -1;
 	}
 	return code;
@@ -251,7 +262,8 @@ static int ctl_open(struct ctl *c)
 			snprintf(what, sizeof(what), "greeting: %s", io_err());
 		else
 			snprintf(what, sizeof(what), "greeting: reply %d", code);
-		record_error(what, "\"%s\"", code == -1 ? io_err() : c->line);
+		record_error(what, "\"%s\", control port %d", code == -1 ? io_err() : c->line,
+			     local_port(c->fd));
 		close(c->fd);
 		c->fd = -1;
 		return -1;
@@ -275,7 +287,8 @@ static int ctl_login(struct ctl *c)
 			snprintf(what, sizeof(what), "USER: reading reply: %s", io_err());
 		else
 			snprintf(what, sizeof(what), "USER: reply %d", code);
-		record_error(what, "\"%s\"", code == -1 ? io_err() : c->line);
+		record_error(what, "\"%s\", control port %d", code == -1 ? io_err() : c->line,
+			     local_port(c->fd));
 		return -1;
 	}
 	if (cmd(c, "PASS", "bench@example.com", 230, "PASS") < 0)
@@ -380,8 +393,10 @@ static void *sess_thread(void *p)
 	struct ctl c;
 	while (now() < a->deadline) {
 		double t0 = now();
-		if (ctl_open(&c) < 0)
+		if (ctl_open(&c) < 0) {
+			usleep(10000); /* a server that refuses: do not spin */
 			continue;
+		}
 		if (ctl_login(&c) < 0) {
 			close(c.fd);
 			continue;

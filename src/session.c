@@ -1823,7 +1823,9 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 		session_go_blind(s);
 		return;
 	}
-	if (s->bbev)
+	/* Backpressure relieved; but never read a backend still connecting:
+	 * its greeting must come after the connect event. */
+	if (s->bbev && s->backend_up)
 		bufferevent_enable(s->bbev, EV_READ);
 }
 
@@ -1833,6 +1835,8 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (s->dead)
 		return;
 	if (what & BEV_EVENT_CONNECTED) {
+		if (!bufferevent_openssl_get_ssl(bev))
+			return;
 		log_debug("%s: client TLS: %s, %s%s", s->tag,
 		          SSL_get_version(bufferevent_openssl_get_ssl(bev)),
 		          SSL_get_cipher_name(bufferevent_openssl_get_ssl(bev)),
@@ -1871,8 +1875,9 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		return;
 	addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1);
 	if (what & BEV_EVENT_CONNECTED) {
-		if (s->backend_up) {
-			SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		if (ssl) {
+			/* The TLS handshake is through (not the TCP connect). */
 			log_debug("%s: backend TLS: %s, %s", s->tag, SSL_get_version(ssl),
 			          SSL_get_cipher_name(ssl));
 			return;
