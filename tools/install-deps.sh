@@ -6,7 +6,8 @@ pkgs=(build-essential autoconf automake pkg-config
       libevent-dev libssl-dev libinih-dev
       python3 python3-pyftpdlib python3-openssl
       curl lftp iproute2 procps openssl vsftpd
-      prometheus mandoc systemd)
+      prometheus mandoc systemd
+      libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -155,7 +155,14 @@ _UNIT = 100
 
 
 def _lock_unit(lockdir, unit):
-    fd = os.open(os.path.join(lockdir, '%d.lock' % unit), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(os.path.join(lockdir, '%d.lock' % unit), os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        return None     # another user's lock file: treat the unit as taken
+    try:
+        os.fchmod(fd, 0o666)    # so that runs as other users can lock it too
+    except OSError:
+        pass
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -181,6 +188,10 @@ def port_range(width=200):
     random.shuffle(bases)
     lockdir = '/tmp/ftptest-portlocks'
     os.makedirs(lockdir, exist_ok=True)
+    try:
+        os.chmod(lockdir, 0o1777)   # shared by root and non-root test runs
+    except OSError:
+        pass
     for base in bases:
         us = [base + i * _UNIT for i in range(units)]
         if any(u in _held_units for u in us):

@@ -3,15 +3,19 @@
 over-long lines, control characters, Telnet sequences, pipelined commands,
 that never log in or stop reading; small fake backends that never greet,
 send malformed or huge replies, point 227 elsewhere, send unsolicited
-replies, reset the data connection.  Exact replies are asserted, and after
-each case a normal client must still be served.  Loopback only.  TAP."""
+replies, reset the data connection; a proxy out of file descriptors (run
+under a low RLIMIT_NOFILE).  Exact replies are asserted, and after each case
+a normal client must still be served.  Loopback only.  TAP."""
 
 import ftplib
 import hashlib
 import os
 import re
+import resource
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -750,6 +754,171 @@ def c_log_escaping():
     still_serves()
 
 
+# --------------------------------------------------------------------------
+# 8. out of file descriptors
+
+PRLIMIT = shutil.which('prlimit')
+NOFILE = 40
+
+
+class LowFdGate(T.Ftpgate):
+    """T.Ftpgate started under RLIMIT_NOFILE soft:hard (prlimit execs
+    ftpgate, so .proc.pid is ftpgate's; without prlimit, setrlimit in the
+    child)."""
+
+    def __init__(self, config, soft, hard, timeout=10.0):
+        self.text = T.render_config(config)
+        self.dir = T.tmpdir('ftpgate-')
+        self.conf = os.path.join(self.dir, 'ftpgate.ini')
+        with open(self.conf, 'w') as f:
+            f.write(self.text)
+        self.ports = T._listen_ports(self.text)
+        self.port = self.ports[0]
+        self.log_path = os.path.join(self.dir, 'ftpgate.log')
+        self._logf = open(self.log_path, 'wb')
+        cmd = [T.FTPGATE, '-f', '-c', self.conf]
+        pre = None
+        if PRLIMIT:
+            cmd = [PRLIMIT, '--nofile=%d:%d' % (soft, hard), '--'] + cmd
+        else:
+            def pre():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stderr=self._logf, preexec_fn=pre)
+        T._procs.append(self.proc)
+        T.started_gates.append(self)
+        try:
+            T.wait_listening(self.proc, self.ports, timeout, 'ftpgate', self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+
+def nofile_limits(pid):
+    with open('/proc/%d/limits' % pid) as f:
+        for line in f:
+            if line.startswith('Max open files'):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError('no "Max open files" in /proc/%d/limits' % pid)
+
+
+def open_fds(pid):
+    return len(os.listdir('/proc/%d/fd' % pid))
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid in seconds (/proc/PID/stat fields 14, 15)."""
+    with open('/proc/%d/stat' % pid) as f:
+        stat = f.read()
+    fields = stat[stat.rindex(')') + 2:].split()    # fields[0] is field 3 (state)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def low_fd_gate():
+    """A gate with NOFILE descriptors, or NOFILE + 1 so that the descriptors
+    left after start-up are even: each session takes two (client and
+    backend), so the last one free is then taken by accept() and the one
+    after that fails with EMFILE, rather than accept() taking an odd last
+    one and the backend socket failing."""
+    for lim in (NOFILE, NOFILE + 1):
+        # soft < hard: ftpgate must raise its soft limit itself
+        g = LowFdGate(T.gate_config(SRV, connect_timeout=5), 16, lim)
+        left = lim - open_fds(g.proc.pid)
+        if left % 2 == 0:
+            return g, lim, left
+        g.stop()
+    raise AssertionError('odd number of free descriptors with both limits')
+
+
+def c_out_of_fds():
+    g, lim, left = low_fd_gate()
+    pid = g.proc.pid
+    conns = []
+    waiting = None
+    try:
+        assert nofile_limits(pid) == (lim, lim), \
+            'ftpgate did not raise its soft RLIMIT_NOFILE to the hard limit: %r' % (
+                nofile_limits(pid),)
+        mark = g.log_mark()
+        # idle control connections (greeting only) until one is not served
+        for i in range(lim):
+            c = T.RawCtl('127.0.0.1', g.port, timeout=5)
+            try:
+                r = c.reply(2.0)
+            except AssertionError as e:
+                waiting = c
+                why = str(e)
+                break
+            conns.append(c)
+            assert r.startswith(b'220'), \
+                'connection %d of %d (limit %d, %d free at start): %r' % (
+                    i + 1, lim, lim, left, r)
+        assert waiting is not None, '%d sessions served with %d descriptors' % (len(conns), lim)
+        T.diag('limit %d (%d free after start-up): %d sessions served, the next one '
+               'not (%s)' % (lim, left, len(conns), why.splitlines()[0][:120]))
+        assert len(conns) == left // 2, \
+            '%d sessions with %d free descriptors: expected 2 per session' % (
+                len(conns), left)
+        # the connection waits in the backlog: not greeted, not refused, not closed
+        assert 'connection closed' not in why and 'reset' not in why.lower(), why
+        assert g.alive(), 'ftpgate died (status %s)' % g.proc.returncode
+        assert g.wait_log(r'site test: accept: Too many open files; pausing new '
+                          r'connections for 1 s', mark, 3), g.log_since(mark)[-3000:]
+        log = g.log_since(mark)
+        assert 'Too many open files' in log and 'pausing' in log, log[-3000:]
+        # not spinning: little CPU over 2 s, about one accept retry a second
+        pmark = g.log_mark()
+        cpu0 = cpu_seconds(pid)
+        time.sleep(2.0)
+        used = cpu_seconds(pid) - cpu0
+        pauses = g.log_since(pmark).count('pausing new connections')
+        T.diag('out of descriptors: %.2f s CPU in 2 s, %d pause messages' % (used, pauses))
+        assert used < 0.5, 'ftpgate used %.2f s of CPU in 2 s while out of descriptors' % used
+        assert pauses <= 5, '%d pause messages in 2 s' % pauses
+        assert waiting.pending(0.1) == b'', 'the waiting connection got something'
+        # sessions already open go on working
+        assert conns[0].cmd('NOOP') == noop_reply(), 'an open session broke'
+        raw_login(conns[-1])
+        assert conns[-1].cmd('NOOP') == noop_reply()
+        assert g.alive(), 'ftpgate died (status %s)' % g.proc.returncode
+        # descriptors come back: the waiting connection is accepted and greeted
+        for c in conns:
+            c.close()
+        conns = []
+        t0 = time.monotonic()
+        r = waiting.reply(4.0)
+        dt = time.monotonic() - t0
+        assert r.startswith(b'220'), 'the waiting connection got %r' % r
+        T.diag('waiting connection greeted %.2f s after the others closed' % dt)
+        waiting.close()
+        waiting = None
+        # and a normal client: login + download, within a few seconds
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                f = T.ftp_login(g.port, timeout=3)
+                h = hashlib.sha256()
+                f.retrbinary('RETR mid.bin', h.update)
+                assert h.hexdigest() == MID_SHA, 'download differs'
+                f.quit()
+                break
+            except (OSError, EOFError, ftplib.Error) as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError('no normal session within 5 s after the '
+                                         'descriptors came back: %r' % e)
+                time.sleep(0.2)
+        assert g.alive(), 'ftpgate died (status %s)' % g.proc.returncode
+        wait_all_ended(g, mark)
+        rc = g.stop()
+        assert rc == 0, 'exit status %s after SIGTERM' % rc
+    finally:
+        for c in conns + ([waiting] if waiting else []):
+            c.close()
+        g.stop()
+    still_serves()
+
+
 def c_healthy():
     assert G.alive(), 'ftpgate died'
     log = G.log()
@@ -780,5 +949,6 @@ t.case('backend RSTs data mid-RETR then 426: client gets 426, session usable',
 t.case('backend RSTs data mid-RETR then 226: client must get a 4xx',
        rst_case(b'226 Transfer complete.\r\n', None), 30)
 t.case('log escaping: ESC, CR, 8-bit bytes; no password', c_log_escaping, 20)
+t.case('out of descriptors slows accepting, does not kill the proxy', c_out_of_fds, 40)
 t.case('ftpgate alive, no sanitizer reports', c_healthy, 15)
 t.done()

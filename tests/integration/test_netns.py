@@ -12,7 +12,11 @@ at exit):
 No namespace has a default route, and the gateway does not forward, so the
 client can only reach the backend through ftpgate, and only if ftpgate
 announces its own client-side address (203.0.113.1) in PASV/EPSV replies
-while the backend announces its private 198.51.100.2.
+while the backend announces its private 198.51.100.2.  In active mode
+(PORT/EPRT 203.0.113.2) only ftpgate can open the data connection to the
+client, from 203.0.113.1; toward the backend it uses EPSV (backend_data_mode
+= passive) or PORT 198.51.100.1 (a second ftpgate, on port 2122, with
+backend_data_mode = active).
 
 Needs root (ip netns, veth).  Without it: "1..0 # SKIP reason"."""
 
@@ -20,6 +24,7 @@ import atexit
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -229,7 +234,7 @@ class NsGate:
     """ftpgate -f -c FILE inside the gateway namespace.  Has .log() and
     .conf so that ftptest's Tap dumps its log when a case fails."""
 
-    def __init__(self, text):
+    def __init__(self, text, port=FTP_PORT):
         self.dir = T.tmpdir('netns-ftpgate-')
         self.conf = os.path.join(self.dir, 'ftpgate.ini')
         with open(self.conf, 'w') as f:
@@ -241,7 +246,7 @@ class NsGate:
                                      stderr=self._logf)
         _my_procs.append(self.proc)
         T.started_gates.append(self)
-        wait_ns_listening(self.proc, FTP_PORT, 'ftpgate', self.log, 10)
+        wait_ns_listening(self.proc, port, 'ftpgate', self.log, 10)
 
     def log(self):
         return read_text(self.log_path)
@@ -459,6 +464,277 @@ def case_227_address():
         'backend address leaked to the client:\n%s' % err[-3000:]
 
 
+# --------------------------------------------------------------------------
+# active mode: a client with a public address opens the data port itself
+# (PORT/EPRT).  The backend has no route to 203.0.113.2, so only the proxy
+# can connect to it, from 203.0.113.1.  Toward the backend the proxy uses
+# backend_data_mode: passive (the default; the gate above) or active (a
+# second ftpgate; the backend connects to the proxy's 198.51.100.1).
+
+ACTIVE_GATE_PORT = 2122
+ACTIVE_GATE_PASV = (40200, 40300)
+ACTIVE_GATE_CONF = '''; written by test_netns.py: active toward the backend
+[global]
+log_level = debug
+
+[site:nat-active]
+listen = %s:%d
+backend = %s:%d
+passive_ports = %d-%d
+backend_data_mode = active
+data_timeout = 10
+connect_timeout = 5
+''' % (GATE_IP, ACTIVE_GATE_PORT, SERVER_IP, FTP_PORT,
+       ACTIVE_GATE_PASV[0], ACTIVE_GATE_PASV[1])
+
+_active_gate = []
+
+
+def active_gate():
+    """The backend_data_mode = active ftpgate, started on first use."""
+    if not _active_gate:
+        _active_gate.append(NsGate(ACTIVE_GATE_CONF, ACTIVE_GATE_PORT))
+    return _active_gate[0]
+
+
+# backend_data_mode -> (gate, its port)
+GATE_MODES = {
+    'passive': lambda: (G, FTP_PORT),
+    'active': lambda: (active_gate(), ACTIVE_GATE_PORT),
+}
+
+
+def server_log_mark():
+    return os.path.getsize(SRV.log_path)
+
+
+def server_log_since(mark):
+    with open(SRV.log_path, 'rb') as f:
+        f.seek(mark)
+        return f.read().decode('utf-8', 'replace')
+
+
+def check_backend_side(mark, mode, transfers):
+    """The backend set up `transfers` data connections the way
+    backend_data_mode says, EPSV/PASV (passive) or PORT 198,51,100,1,...
+    with a port from passive_ports (active), and never saw the client's
+    address."""
+    log = server_log_since(mark)
+    cmds = re.findall(r'<- (EPSV|PASV|PORT|EPRT)\b ?(\S*)', log)
+    if mode == 'passive':
+        assert cmds and all(c in ('EPSV', 'PASV') for c, _ in cmds), \
+            'backend_data_mode = passive, the backend got: %r' % cmds
+    else:
+        assert cmds and all(c == 'PORT' for c, _ in cmds), \
+            'backend_data_mode = active, the backend got: %r' % cmds
+        for _, arg in cmds:
+            assert arg.startswith('198,51,100,1,'), \
+                'PORT to the backend names %r, not 198.51.100.1' % arg
+            p = arg.split(',')
+            port = int(p[4]) * 256 + int(p[5])
+            assert ACTIVE_GATE_PASV[0] <= port <= ACTIVE_GATE_PASV[1], \
+                'PORT to the backend: port %d outside passive_ports' % port
+    assert len(cmds) == transfers, 'backend: %d data set-ups for %d transfers: %r' % (
+        len(cmds), transfers, cmds)
+    assert CLIENT_IP not in log and '203,0,113' not in log, \
+        "the client's address reached the backend:\n%s" % log[-3000:]
+
+
+# Python ftplib in active mode (set_pasv(False): PORT with the control
+# socket's own address), inside the client namespace: RETR, then STOR.
+FTPLIB_ACTIVE_SCRIPT = r'''
+import ftplib, hashlib, json, sys
+cfg = json.loads(sys.argv[1])
+dialog = []
+
+
+class F(ftplib.FTP):
+    def putcmd(self, line):
+        dialog.append('> ' + ('PASS ****' if line.startswith('PASS') else line))
+        super().putcmd(line)
+
+    def getmultiline(self):
+        r = super().getmultiline()
+        dialog.append('< ' + r)
+        return r
+
+
+out = {'dialog': dialog}
+try:
+    f = F()
+    f.connect(cfg['host'], cfg['port'], timeout=10)
+    f.login('u', 'p')
+    f.set_pasv(False)
+    f.voidcmd('TYPE I')
+    conn, _ = f.ntransfercmd('RETR file')
+    out['retr_peer'] = conn.getpeername()[0]
+    h = hashlib.sha256()
+    n = 0
+    with conn:
+        while True:
+            b = conn.recv(65536)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    out['retr_end'] = f.voidresp()
+    out['sha'] = h.hexdigest()
+    out['size'] = n
+    with open(cfg['upsrc'], 'rb') as src:
+        conn, _ = f.ntransfercmd('STOR ' + cfg['upname'])
+        out['stor_peer'] = conn.getpeername()[0]
+        with conn:
+            while True:
+                b = src.read(65536)
+                if not b:
+                    break
+                conn.sendall(b)
+    out['stor_end'] = f.voidresp()
+    f.quit()
+except BaseException:
+    sys.stderr.write('dialog: %s\n' % json.dumps(dialog))
+    raise
+print(json.dumps(out))
+'''
+
+# listens on argv[1] in the client ns, prints the port, then the address of
+# the first peer (or "timeout")
+LISTENER_SCRIPT = r'''
+import socket, sys
+s = socket.create_server((sys.argv[1], 0))
+s.settimeout(10)
+print(s.getsockname()[1], flush=True)
+try:
+    c, a = s.accept()
+    print(a[0], flush=True)
+    c.close()
+except socket.timeout:
+    print('timeout', flush=True)
+'''
+
+# connect from argv[3] to argv[1]:argv[2]: "connected" or "error ERRNO"
+CONNECT_SCRIPT = r'''
+import errno, socket, sys
+s = socket.socket()
+s.settimeout(3)
+s.bind((sys.argv[3], 0))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print('connected')
+except OSError as e:
+    print('error', errno.errorcode.get(e.errno, e.errno) if e.errno else type(e).__name__)
+'''
+
+
+def case_active_direct_fails():
+    """Without ftpgate active mode cannot work: the client cannot reach the
+    backend, and the data connection the backend would have to open toward
+    203.0.113.2 has no route, while the proxy reaches the same port."""
+    t0 = time.monotonic()
+    r = in_client([T.CURL, '-sS', '-v', '--max-time', '5', '-P', CLIENT_IP,
+                   'ftp://u:p@%s:%d/file' % (SERVER_IP, FTP_PORT),
+                   '-o', os.path.join(LOCAL, 'direct-active.out')], timeout=15, check=False)
+    dt = time.monotonic() - t0
+    assert r.returncode != 0, 'active curl straight to the backend worked'
+    assert dt < 8, 'direct active curl took %.1f s despite --max-time 5' % dt
+    assert not os.path.exists(os.path.join(LOCAL, 'direct-active.out')) or \
+        os.path.getsize(os.path.join(LOCAL, 'direct-active.out')) == 0, 'direct curl got data'
+    T.diag('direct active curl: exit %d after %.1f s: %s' % (
+        r.returncode, dt, (r.stderr.decode().strip().splitlines() or [''])[-1]))
+
+    lp = subprocess.Popen(nsexec(NS_C, ['/usr/bin/python3', '-c', LISTENER_SCRIPT, CLIENT_IP]),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    _my_procs.append(lp)
+    try:
+        rd, _, _ = select.select([lp.stdout], [], [], 10)
+        line = lp.stdout.readline().strip() if rd else b''
+        assert line.isdigit(), 'listener in the client ns did not start: %r' % line
+        port = line.decode()
+        # what the backend would have to do after "PORT 203,0,113,2,...": no route
+        out = run(nsexec(NS_S, ['/usr/bin/python3', '-c', CONNECT_SCRIPT, CLIENT_IP, port,
+                                SERVER_IP])).stdout.decode().strip()
+        assert out.startswith('error'), \
+            'the server ns connected to %s:%s: %r' % (CLIENT_IP, port, out)
+        T.diag('server ns -> %s:%s: %s' % (CLIENT_IP, port, out))
+        # the gateway, from its client-side address, reaches the same port
+        out = run(nsexec(NS_G, ['/usr/bin/python3', '-c', CONNECT_SCRIPT, CLIENT_IP, port,
+                                GATE_IP])).stdout.decode().strip()
+        assert out == 'connected', 'gateway ns -> %s:%s: %r' % (CLIENT_IP, port, out)
+        peer, _ = lp.communicate(timeout=12)
+        assert peer.decode().split() == [GATE_IP], 'the listener saw: %r' % peer
+    finally:
+        T._stop_proc(lp, 2.0)
+        if lp in _my_procs:
+            _my_procs.remove(lp)
+
+
+def curl_active_case(mode, how):
+    """curl in active mode through ftpgate with backend_data_mode = mode.
+    how: 'eprt' (-P 203.0.113.2: curl's default, EPRT) or 'port'
+    (-P - --disable-eprt: PORT with the control connection's address)."""
+    def fn():
+        gate, port = GATE_MODES[mode]()
+        out = os.path.join(LOCAL, 'active-%s-%s.out' % (mode, how))
+        args = ['-P', CLIENT_IP] if how == 'eprt' else ['-P', '-', '--disable-eprt']
+        smark = server_log_mark()
+        r = curl_client(args + ['ftp://u:p@%s:%d/file' % (GATE_IP, port), '-o', out])
+        err = r.stderr.decode('utf-8', 'replace')
+        if how == 'eprt':
+            m = re.search(r'> EPRT \|1\|([\d.]+)\|(\d+)\|', err)
+            assert m, 'curl -P %s did not send EPRT:\n%s' % (CLIENT_IP, err[-3000:])
+            assert m.group(1) == CLIENT_IP, 'EPRT names %s' % m.group(1)
+            assert '> PORT' not in err, 'curl fell back to PORT:\n%s' % err[-3000:]
+        else:
+            m = re.search(r'> PORT (\d+,\d+,\d+,\d+),\d+,\d+', err)
+            assert m, 'curl --disable-eprt did not send PORT:\n%s' % err[-3000:]
+            assert m.group(1) == '203,0,113,2', 'PORT names %s' % m.group(1)
+            assert '> EPRT' not in err, 'curl sent EPRT despite --disable-eprt'
+        want = '< 200 %s command successful.' % ('EPRT' if how == 'eprt' else 'PORT')
+        assert want in err, 'no "%s" reply:\n%s' % (want[2:], err[-3000:])
+        assert not re.search(r'> (EPSV|PASV)', err), 'curl went passive:\n%s' % err[-3000:]
+        got = T.sha256_file(out)
+        assert got == FILE_SHA, 'sha256 mismatch: %s != %s (size %d)' % (
+            got, FILE_SHA, os.path.getsize(out))
+        check_backend_side(smark, mode, 1)
+        assert gate.alive(), 'ftpgate exited with status %s' % gate.proc.returncode
+    return fn
+
+
+def ftplib_active_case(mode):
+    """ftplib set_pasv(False) RETR + STOR through ftpgate, backend_data_mode = mode."""
+    def fn():
+        gate, port = GATE_MODES[mode]()
+        upname = 'active-up-%s.bin' % mode
+        dest = os.path.join(ROOT, upname)
+        smark = server_log_mark()
+        r = in_client(['/usr/bin/python3', '-c', FTPLIB_ACTIVE_SCRIPT,
+                       json.dumps(dict(host=GATE_IP, port=port, upsrc=UPSRC,
+                                       upname=upname))])
+        res = json.loads(r.stdout.decode().strip().splitlines()[-1])
+        dialog = '\n'.join(res['dialog'])
+        ports = [d for d in res['dialog'] if d.startswith('> PORT ')]
+        assert len(ports) == 2 and all(d.startswith('> PORT 203,0,113,2,') for d in ports), \
+            'ftplib PORT commands:\n%s' % dialog
+        assert not re.search(r'> (EPSV|PASV|EPRT)', dialog), 'not active:\n' + dialog
+        assert dialog.count('< 200 PORT command successful.') == 2, dialog
+        assert res['size'] == FILE_MIB * T.MiB and res['sha'] == FILE_SHA, \
+            'ftplib active RETR: size %d sha %s' % (res['size'], res['sha'])
+        assert res['retr_end'].startswith('226') and res['stor_end'].startswith('226'), \
+            (res['retr_end'], res['stor_end'])
+        # the proxy connects to the client from the address the client connected to
+        assert res['retr_peer'] == GATE_IP and res['stor_peer'] == GATE_IP, \
+            'data connections came from %s / %s, not %s' % (
+                res['retr_peer'], res['stor_peer'], GATE_IP)
+        assert os.path.exists(dest), 'no uploaded file on the server'
+        got = T.sha256_file(dest)
+        assert got == UP_SHA, 'uploaded sha256 mismatch: %s != %s (size %d, want %d)' % (
+            got, UP_SHA, os.path.getsize(dest), os.path.getsize(UPSRC))
+        check_backend_side(smark, mode, 2)
+        assert gate.alive(), 'ftpgate exited with status %s' % gate.proc.returncode
+    return fn
+
+
 def case_gate_alive():
     assert G.alive(), 'ftpgate exited with status %s' % G.proc.returncode
 
@@ -471,6 +747,20 @@ CASES = [
     ('curl upload (-T) through ftpgate, sha256 on server', case_curl_upload),
     ('ftplib (trust_server_pasv_ipv4_address) RETR + NLST + LIST', case_ftplib),
     ('227 announces 203.0.113.1 and a port from passive_ports', case_227_address),
+    ('active direct: backend cannot route to 203.0.113.2 (curl -P fails, no route)',
+     case_active_direct_fails),
+    ('active: curl -P 203.0.113.2 (EPRT), backend passive, sha256',
+     curl_active_case('passive', 'eprt')),
+    ('active: curl -P - --disable-eprt (PORT), backend passive, sha256',
+     curl_active_case('passive', 'port')),
+    ('active: ftplib set_pasv(False) RETR + STOR, backend passive, sha256',
+     ftplib_active_case('passive')),
+    ('active: curl -P 203.0.113.2 (EPRT), backend_data_mode=active, sha256',
+     curl_active_case('active', 'eprt')),
+    ('active: curl -P - --disable-eprt (PORT), backend_data_mode=active, sha256',
+     curl_active_case('active', 'port')),
+    ('active: ftplib set_pasv(False) RETR + STOR, backend_data_mode=active, sha256',
+     ftplib_active_case('active')),
     ('ftpgate still running', case_gate_alive),
 ]
 
