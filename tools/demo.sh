@@ -52,9 +52,19 @@ trap cleanup EXIT INT TERM
 
 /usr/bin/python3 "$work/server.py" "$work/root" 2>"$work/server.log" &
 pids+=($!)
+sleep 1
+if ! kill -0 "${pids[0]}" 2>/dev/null; then
+	echo "demo FTP server did not start (is port 2121 taken?):" >&2
+	cat "$work/server.log" >&2
+	exit 1
+fi
 src/ftpgate -f -c "$work/ftpgate.ini" 2>&1 &
 pids+=($!)
 sleep 1
+if ! kill -0 "${pids[1]}" 2>/dev/null; then
+	echo "ftpgate did not start (see its message above; is port 2100 taken?)" >&2
+	exit 1
+fi
 
 cat <<MSG
 
