@@ -416,13 +416,16 @@ static void session_end(struct session *s, const char *fmt, ...)
 	dc_drop(s);
 	fwds_free(s);
 	blind_free(s);
+	char relayed[64] = "";
+	if (tls_is_passthrough(s->conf->tls))
+		snprintf(relayed, sizeof(relayed), "control relayed %llu bytes, ",
+		         (unsigned long long)s->ctrl_bytes);
 	log_info("%s: end: client %s backend %s user \"%s\" data up %llu down %llu bytes, "
-	         "control relayed %llu bytes, %.3f s: %s",
+	         "%s%.3f s: %s",
 	         s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
 	         addr_str((struct sockaddr *)&s->conf->backend, backend, sizeof(backend), 1),
 	         s->user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
-	         (unsigned long long)s->ctrl_bytes, (double)(now_ms() - s->start_ms) / 1000.0,
-	         reason);
+	         relayed, (double)(now_ms() - s->start_ms) / 1000.0, reason);
 	if (s->cbev)
 		bufferevent_disable(s->cbev, EV_READ | EV_WRITE);
 	if (s->bbev)
