@@ -18,7 +18,8 @@ unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
  * TLS passthrough: a data connection accepted on passive port `port` from
  * peer. Forwarded to the backend's same port if a live session of site has
  * that client address. Returns 0 (fd taken), -1 (no such session: the caller
- * refuses it) or -2 (could not forward; fd still the caller's).
+ * refuses it), -2 (could not forward) or -3 (the session has too many open);
+ * unless 0, the fd is still the caller's.
  */
 int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port);
 

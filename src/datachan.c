@@ -40,6 +40,7 @@ struct dc_end {
 	int fd;  /* connected (or connecting) socket */
 	int lfd; /* listening socket */
 	struct event *ev_rd, *ev_wr;
+	struct event *ev_retry; /* re-listen after running out of descriptors */
 	int rd_on, wr_on;
 	struct sockaddr_storage allowed;
 	uint16_t port; /* listening port, for logs */
@@ -86,6 +87,10 @@ static void side_wr_cb(evutil_socket_t fd, short what, void *arg);
 
 static void side_close(struct dc_end *s)
 {
+	if (s->ev_retry) {
+		event_free(s->ev_retry);
+		s->ev_retry = NULL;
+	}
 	if (s->bev) {
 		/* Owns the socket and the SSL. */
 		bufferevent_free(s->bev);
@@ -234,14 +239,26 @@ void datachan_free(struct datachan *dc)
 	free(dc);
 }
 
-static void bev_pump_begin(struct datachan *dc);
+static int bev_pump_begin(struct datachan *dc);
 
-static void pump_begin(struct datachan *dc)
+/* The stall timeout counts from now, not from when the pair was set up. */
+static void restart_timer(struct datachan *dc)
 {
-	if (dc->side[0].ssl || dc->side[1].ssl) {
-		bev_pump_begin(dc);
-		return;
+	if (dc->timer) {
+		struct timeval tv = {(time_t)dc->timeout_s, 0};
+		event_add(dc->timer, &tv);
 	}
+}
+
+/*
+ * Start moving bytes. Returns 0, or -1 when it failed: then the done
+ * callback has run and dc may be gone.
+ */
+static int pump_begin(struct datachan *dc)
+{
+	restart_timer(dc);
+	if (dc->side[0].ssl || dc->side[1].ssl)
+		return bev_pump_begin(dc);
 	dc->pumping = 1;
 	dc->progress_mark = 0;
 	for (int i = 0; i < 2; i++) {
@@ -250,23 +267,31 @@ static void pump_begin(struct datachan *dc)
 		s->ev_wr = event_new(dc->base, s->fd, EV_WRITE | EV_PERSIST, side_wr_cb, s);
 		if (!s->ev_rd || !s->ev_wr) {
 			dc_fail(dc, "out of memory");
-			return;
+			return -1;
 		}
 	}
 	set_rd(&dc->side[0], 1);
 	set_rd(&dc->side[1], 1);
+	return 0;
 }
 
 /* A side is up: start pumping if everything is ready, then tell the owner. */
 static void side_up(struct datachan *dc, struct dc_end *s)
 {
 	s->state = SIDE_UP;
-	if (dc->started && dc->side[0].state == SIDE_UP && dc->side[1].state == SIDE_UP) {
-		pump_begin(dc);
-		if (!dc->pumping)
-			return; /* failed and reported */
-	}
+	if (dc->started && dc->side[0].state == SIDE_UP && dc->side[1].state == SIDE_UP &&
+	    pump_begin(dc) < 0)
+		return; /* failed, reported, dc may be gone */
 	dc->cbs.side_ready(dc, s->idx, 1, NULL, dc->arg);
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct dc_end *s = arg;
+	(void)fd;
+	(void)what;
+	if (s->state == SIDE_LISTEN)
+		set_rd(s, 1);
 }
 
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
@@ -283,8 +308,16 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		if (fd < 0) {
 			if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
 				return;
-			log_warn("%s: accept on data port %u: %s", dc->tag, s->port,
+			/* Out of descriptors: the pending connection stays queued;
+			 * listen again in a second instead of spinning on it. */
+			log_warn("%s: accept on data port %u: %s; pausing 1 s", dc->tag, s->port,
 			         strerror(errno));
+			set_rd(s, 0);
+			if (!s->ev_retry)
+				s->ev_retry = evtimer_new(dc->base, accept_retry_cb, s);
+			struct timeval tv = {1, 0};
+			if (s->ev_retry)
+				evtimer_add(s->ev_retry, &tv);
 			return;
 		}
 		ftp_addr_unmap(&peer);
@@ -668,7 +701,7 @@ static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
 	dc_fail(dc, "%s data connection: %s", side_name[s->idx], e);
 }
 
-static void bev_pump_begin(struct datachan *dc)
+static int bev_pump_begin(struct datachan *dc)
 {
 	dc->pumping = 1;
 	dc->progress_mark = 0;
@@ -686,8 +719,12 @@ static void bev_pump_begin(struct datachan *dc)
 			s->hs_done = 1;
 		}
 		if (!s->bev) {
+			/* libevent has freed the SSL (and may have closed the
+			 * socket) on this failure: forget both, never twice. */
+			s->ssl = NULL;
+			s->fd = -1;
 			dc_fail(dc, "out of memory");
-			return;
+			return -1;
 		}
 		s->fd = -1; /* the bufferevent owns it now */
 		bufferevent_setcb(s->bev, bev_read_cb, bev_write_cb, bev_event_cb, s);
@@ -695,4 +732,5 @@ static void bev_pump_begin(struct datachan *dc)
 	}
 	for (int i = 0; i < 2; i++)
 		bufferevent_enable(dc->side[i].bev, EV_READ | EV_WRITE);
+	return 0;
 }

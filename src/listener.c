@@ -63,7 +63,11 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	for (size_t i = 0; i < site->n_listeners; i++)
-		evconnlistener_enable(site->listeners[i]);
+		if (site->listeners[i])
+			evconnlistener_enable(site->listeners[i]);
+	for (size_t i = 0; i < site->n_pt_ports; i++)
+		if (site->pt_ports[i].lev)
+			evconnlistener_enable(site->pt_ports[i].lev);
 }
 
 /* accept() failed: out of descriptors slows accepting down instead of spinning. */
@@ -76,7 +80,8 @@ static void error_cb(struct evconnlistener *lev, void *arg)
 	log_warn("site %s: accept: %s; pausing new connections for 1 s", site->conf->name,
 	         evutil_socket_error_to_string(err));
 	for (size_t i = 0; i < site->n_listeners; i++)
-		evconnlistener_disable(site->listeners[i]);
+		if (site->listeners[i])
+			evconnlistener_disable(site->listeners[i]);
 	struct timeval tv = {1, 0};
 	event_add(site->resume_accept, &tv);
 }
@@ -131,6 +136,22 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 	close(fd);
 }
 
+/* accept() on a passthrough data port failed: pause those ports too, never spin. */
+static void pt_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct pt_port *pp = arg;
+	struct site *site = pp->site;
+	(void)lev;
+
+	log_warn("site %s: accept on passthrough data port %u: %s; pausing 1 s", site->conf->name,
+	         pp->port, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	for (size_t i = 0; i < site->n_pt_ports; i++)
+		if (site->pt_ports[i].lev)
+			evconnlistener_disable(site->pt_ports[i].lev);
+	struct timeval tv = {1, 0};
+	event_add(site->resume_accept, &tv);
+}
+
 /* One passthrough data port listener on ss (address and port), or NULL (logged). */
 static struct evconnlistener *open_pt_port(struct site *site, const struct sockaddr_storage *ss)
 {
@@ -149,8 +170,10 @@ static struct evconnlistener *open_pt_port(struct site *site, const struct socka
 		goto fail;
 	struct evconnlistener *lev =
 	    evconnlistener_new(site->gw->base, pt_accept_cb, pp, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-	if (lev)
+	if (lev) {
+		evconnlistener_set_error_cb(lev, pt_error_cb);
 		return lev;
+	}
 fail:
 	log_error("site %s: cannot listen on passthrough data port %s: %s", site->conf->name,
 	          addr_str((const struct sockaddr *)ss, a, sizeof(a), 1), strerror(errno));
@@ -300,6 +323,7 @@ void listeners_move(struct ftpgate *gw, struct gen *from, struct gen *to)
 				if (got) {
 					pp->lev = got;
 					evconnlistener_set_cb(got, pt_accept_cb, pp);
+					evconnlistener_set_error_cb(got, pt_error_cb);
 				} else {
 					pp->lev = open_pt_port(site, &ss);
 				}

@@ -36,6 +36,7 @@
 #define OUT_HIGH 262144      /* stop reading the other side while output is this large */
 #define FLUSH_TIMEOUT 10     /* seconds to deliver a last reply before closing */
 #define FIFO_SIZE 8
+#define PT_FWD_MAX 8 /* passthrough data connections open at once per session */
 
 /* What the proxy expects the next backend reply to answer. */
 enum exp_kind {
@@ -118,6 +119,7 @@ struct session {
 	/* TLS. */
 	int client_tls;            /* the client control connection is TLS */
 	int auth_pending;          /* 234 sent: TLS starts once it is on the wire */
+	int client_throttled;      /* commands not read: the client is not reading replies */
 	int client_pbsz;           /* PBSZ seen */
 	int client_prot_p;         /* PROT P: client data connections are TLS */
 	unsigned char sid_ctx[16]; /* ties data-connection TLS sessions to this control one */
@@ -592,7 +594,8 @@ static void finish_transfer_reply(struct session *s)
 	}
 	evbuffer_free(s->held);
 	s->held = NULL;
-	count_transfer(s, res[0] == '2' ? XR_OK : XR_FAILED);
+	count_transfer(s, s->aborted ? XR_ABORTED : res[0] == '2' ? XR_OK : XR_FAILED);
+	s->aborted = 0;
 	log_info("%s: transfer %s: %s, %.3f s, data up %llu down %llu", s->tag, s->xfer_cmd, res,
 	         e ? (double)(now_ms() - e->start_ms) / 1000.0 : 0.0,
 	         (unsigned long long)s->xfer_up, (unsigned long long)s->xfer_down);
@@ -611,8 +614,8 @@ static void finish_transfer_reply(struct session *s)
 /*
  * Answer FEAT with what the proxy provides: the backend's features that pass
  * through a proxy unchanged, plus EPRT and EPSV, which the proxy always
- * handles itself. TLS (AUTH/PBSZ/PROT/CCC) is not offered by this version,
- * and LPRT/LPSV never are.
+ * handles itself. AUTH/PBSZ/PROT are listed when the site terminates TLS
+ * (the backend's own are dropped), LPRT/LPSV never are.
  */
 static void rewrite_feat(struct session *s, int code, struct evbuffer *rep)
 {
@@ -697,7 +700,14 @@ static void handle_setup_reply(struct session *s, const struct expect *e, int co
 	struct sockaddr_storage baddr;
 	uint16_t bport = 0;
 
-	if (e->sent == FTP_V_EPSV && (code == 500 || code == 501 || code == 502 || code == 504)) {
+	if (code < 400 && !s->dc) {
+		/* The pair timed out while the backend took its time: nothing to
+		 * announce any more. */
+		reply_client(s, "425 Can't open data connection: timed out.");
+		return;
+	}
+	if (e->sent == FTP_V_EPSV && s->dc &&
+	    (code == 500 || code == 501 || code == 502 || code == 504 || code == 522)) {
 		/* No EPSV on this backend: fall back to PASV for the rest of the session. */
 		s->backend_no_epsv = 1;
 		send_backend(s, "PASV");
@@ -706,7 +716,7 @@ static void handle_setup_reply(struct session *s, const struct expect *e, int co
 		n->client_verb = e->client_verb;
 		return;
 	}
-	if (code >= 400 || !s->dc) {
+	if (code >= 400) {
 		/* The backend refuses (not logged in, PORT not allowed, ...): that
 		 * answers the client too. */
 		dc_drop(s);
@@ -887,7 +897,8 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		relay_reply(s, rep);
 		s->transfer = 0;
 		log_info("%s: transfer %s: %d (data forwarded 1:1)", s->tag, s->xfer_cmd, code);
-		count_transfer(s, code / 100 == 2 ? XR_OK : XR_FAILED);
+		count_transfer(s, s->aborted ? XR_ABORTED : code / 100 == 2 ? XR_OK : XR_FAILED);
+		s->aborted = 0;
 		arm_idle(s);
 		break;
 	case EXP_BPROT:
@@ -982,7 +993,7 @@ static void process_backend(struct session *s)
 
 	if (s->dead || s->closing || !s->bbev)
 		return;
-	while (!s->dead && !s->closing && !s->held && s->bbev) {
+	while (!s->dead && !s->closing && !s->held && !s->pt_blind_pending && s->bbev) {
 		/* Fetched each time: a TLS upgrade replaces the bufferevent. */
 		struct evbuffer *in = bufferevent_get_input(s->bbev);
 		size_t eol_len = 0;
@@ -1288,10 +1299,8 @@ static struct bufferevent *bev_start_tls(struct session *s, struct bufferevent *
 	evutil_socket_t fd = bufferevent_getfd(old);
 	struct bufferevent *bev = bufferevent_openssl_socket_new(s->site->gw->base, fd, ssl, state,
 	                                                         BEV_OPT_CLOSE_ON_FREE);
-	if (!bev) {
-		SSL_free(ssl);
-		return NULL;
-	}
+	if (!bev)
+		return NULL; /* libevent freed ssl (BEV_OPT_CLOSE_ON_FREE) */
 	/* The socket now belongs to the TLS bufferevent. */
 	bufferevent_disable(old, EV_READ | EV_WRITE);
 	bufferevent_setfd(old, -1);
@@ -1421,6 +1430,11 @@ static void cmd_passthrough(struct session *s, const struct ftp_cmd *c)
 	case FTP_V_QUIT:
 		forward(s, c, EXP_QUIT);
 		break;
+	case FTP_V_ABOR:
+		if (s->transfer)
+			s->aborted = 1; /* one ABOR may overtake the transfer, not more */
+		forward(s, c, EXP_RELAY);
+		break;
 	case FTP_V_RETR:
 	case FTP_V_STOR:
 	case FTP_V_APPE:
@@ -1512,6 +1526,8 @@ static void handle_command(struct session *s, char *line, size_t n)
 		dc_drop(s);
 		s->epsv_all = 0;
 		s->user[0] = '\0';
+		s->logged_in = 0;
+		s->type_ascii = 0;
 		forward(s, &c, EXP_RELAY);
 		break;
 	default:
@@ -1545,8 +1561,15 @@ static void process_client(struct session *s)
 	if (s->dead || s->closing)
 		return;
 	for (;;) {
-		if (s->dead || s->closing || s->auth_pending)
+		if (s->dead || s->closing || s->auth_pending || s->pt_blind_pending || !s->cbev)
 			break;
+		if (evbuffer_get_length(bufferevent_get_output(s->cbev)) > OUT_HIGH) {
+			/* The client does not read its replies: read no more of its
+			 * commands until it does (client_write_cb resumes). */
+			bufferevent_disable(s->cbev, EV_READ);
+			s->client_throttled = 1;
+			break;
+		}
 		/* Fetched each time: AUTH TLS replaces the bufferevent. */
 		struct evbuffer *in = bufferevent_get_input(s->cbev);
 		if (evbuffer_get_length(in) == 0)
@@ -1702,6 +1725,14 @@ int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint
 			break;
 	if (!s)
 		return -1;
+	unsigned n = 0;
+	for (struct pt_fwd *o = s->fwds; o; o = o->next)
+		n++;
+	if (n >= PT_FWD_MAX) {
+		log_warn("%s: refused data connection to port %u: %u already open for this session",
+		         s->tag, port, n);
+		return -3;
+	}
 	struct pt_fwd *f = calloc(1, sizeof(*f));
 	if (!f)
 		return -1;
@@ -1773,8 +1804,10 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_abort(s, why);
 		return;
 	}
-	if (s->transfer) {
-		/* A long transfer is not idleness: the data pair has its own timeout. */
+	if (s->transfer && (s->dc || s->fwds)) {
+		/* A running transfer is not idleness: the data pair has its own
+		 * timeout. Once the pair is gone, the backend's final reply is
+		 * due like any other. */
 		arm_idle(s);
 		return;
 	}
@@ -1830,6 +1863,11 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 	 * its greeting must come after the connect event. */
 	if (s->bbev && s->backend_up)
 		bufferevent_enable(s->bbev, EV_READ);
+	if (s->client_throttled) {
+		s->client_throttled = 0;
+		bufferevent_enable(s->cbev, EV_READ);
+		process_client(s);
+	}
 }
 
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
