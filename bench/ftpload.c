@@ -20,6 +20,14 @@
  *       fewer or more than SIZE bytes arrive.
  *   ftpload put HOST PORT LOCALFILE REMOTEPATH
  *       One STOR of LOCALFILE (sendfile) as REMOTEPATH; same output.
+ *   ftpload tlsget HOST PORT PATH SIZE
+ *       Like get, over explicit FTPS: AUTH TLS, PBSZ 0, PROT P, login,
+ *       TYPE I, EPSV, RETR; the data connection's TLS handshake (after the
+ *       150) resumes the control connection's session (SSL_get1_session),
+ *       as vsftpd's require_ssl_reuse wants.  The server certificate is not
+ *       checked.  Same first line, plus " tls=VERSION cipher=NAME reused=0|1
+ *       close_notify=0|1" for the data connection.  Only in a build with
+ *       -DFTPLOAD_TLS (link -lssl -lcrypto).
  *
  * Exit status: 0 if no error, 1 if any error, 2 for bad usage.
  * Every socket has 60 s send/receive timeouts so a stuck peer cannot hang
@@ -45,6 +53,11 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef FTPLOAD_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define IO_TIMEOUT_S 60
 
@@ -149,10 +162,86 @@ static int write_all(int fd, const char *buf, size_t len)
 
 struct ctl {
 	int fd;
+	void *ssl; /* SSL * once AUTH TLS is through (tlsget), else NULL */
 	char buf[4096];
 	size_t off, len;
 	char line[512]; /* last line of the last reply, without CRLF */
 };
+
+#ifdef FTPLOAD_TLS
+static SSL_CTX *g_tls;
+static char g_tls_err[160]; /* last TLS error, for messages */
+
+static void tls_note_error(const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[120];
+	if (e)
+		ERR_error_string_n(e, buf, sizeof(buf));
+	else
+		snprintf(buf, sizeof(buf), "%s", errno ? strerror(errno) : "connection closed");
+	snprintf(g_tls_err, sizeof(g_tls_err), "%s: %s", what, buf);
+	ERR_clear_error();
+}
+
+/* SSL_read as recv(): >0 bytes, 0 at EOF (*clean says whether a close_notify
+ * came first), -1 on error (g_tls_err says which). */
+static ssize_t tls_recv(SSL *ssl, void *buf, size_t n, int *clean)
+{
+	int r = SSL_read(ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+	if (r > 0)
+		return r;
+	int e = SSL_get_error(ssl, r);
+	if (e == SSL_ERROR_ZERO_RETURN) {
+		if (clean)
+			*clean = 1;
+		return 0;
+	}
+	if (e == SSL_ERROR_SSL &&
+	    ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+		/* The peer closed the TCP connection without a close_notify. */
+		ERR_clear_error();
+		if (clean)
+			*clean = 0;
+		return 0;
+	}
+	if (e == SSL_ERROR_SYSCALL && errno == EINTR)
+		return -1;
+	tls_note_error("SSL_read");
+	errno = errno ? errno : EPROTO;
+	return -1;
+}
+#endif
+
+static ssize_t ctl_recv(struct ctl *c, void *buf, size_t n)
+{
+#ifdef FTPLOAD_TLS
+	if (c->ssl)
+		return tls_recv(c->ssl, buf, n, NULL);
+#endif
+	return recv(c->fd, buf, n, 0);
+}
+
+/* All of buf on the control connection (TLS once AUTH TLS is through). */
+static int ctl_send(struct ctl *c, const char *buf, size_t len)
+{
+#ifdef FTPLOAD_TLS
+	if (c->ssl) {
+		while (len > 0) {
+			int n = SSL_write(c->ssl, buf, (int)len);
+			if (n <= 0) {
+				tls_note_error("SSL_write");
+				errno = errno ? errno : EPROTO;
+				return -1;
+			}
+			buf += n;
+			len -= (size_t)n;
+		}
+		return 0;
+	}
+#endif
+	return write_all(c->fd, buf, len);
+}
 
 /* One line into c->line (truncated if long); 0 ok, -1 error/EOF (errno 0 = EOF). */
 static int read_line(struct ctl *c)
@@ -160,7 +249,7 @@ static int read_line(struct ctl *c)
 	size_t n = 0;
 	for (;;) {
 		if (c->off == c->len) {
-			ssize_t r = recv(c->fd, c->buf, sizeof(c->buf), 0);
+			ssize_t r = ctl_recv(c, c->buf, sizeof(c->buf));
 			if (r < 0 && errno == EINTR)
 				continue;
 			if (r <= 0) {
@@ -226,7 +315,7 @@ static int cmd(struct ctl *c, const char *verb, const char *arg, int want, const
 	int len = !verb ? 0
 		  : arg ? snprintf(buf, sizeof(buf), "%s %s\r\n", verb, arg)
 			: snprintf(buf, sizeof(buf), "%s\r\n", verb);
-	if (len > 0 && write_all(c->fd, buf, (size_t)len) < 0) {
+	if (len > 0 && ctl_send(c, buf, (size_t)len) < 0) {
 		snprintf(what, sizeof(what), "%s: send: %s", stage, strerror(errno));
 		record_error(what, "%s", strerror(errno));
 		return -1;
@@ -248,6 +337,7 @@ static int cmd(struct ctl *c, const char *verb, const char *arg, int want, const
 static int ctl_open(struct ctl *c)
 {
 	c->off = c->len = 0;
+	c->ssl = NULL;
 	c->fd = tcp_connect(&g_addr, g_addrlen);
 	if (c->fd < 0) {
 		char what[96];
@@ -274,7 +364,7 @@ static int ctl_open(struct ctl *c)
 static int ctl_login(struct ctl *c)
 {
 	/* 230 straight after USER (no password asked) is fine too. */
-	if (write_all(c->fd, "USER anonymous\r\n", 16) < 0) {
+	if (ctl_send(c, "USER anonymous\r\n", 16) < 0) {
 		record_error("USER: send", "%s", strerror(errno));
 		return -1;
 	}
@@ -303,9 +393,14 @@ static void ctl_quit(struct ctl *c, int check)
 	if (check)
 		cmd(c, "QUIT", NULL, 221, "QUIT");
 	else {
-		(void)write_all(c->fd, "QUIT\r\n", 6);
+		(void)ctl_send(c, "QUIT\r\n", 6);
 		(void)read_reply(c);
 	}
+#ifdef FTPLOAD_TLS
+	if (c->ssl)
+		SSL_free(c->ssl);
+	c->ssl = NULL;
+#endif
 	close(c->fd);
 	c->fd = -1;
 }
@@ -608,12 +703,151 @@ fail:
 	return 1;
 }
 
+#ifdef FTPLOAD_TLS
+/* TLS client handshake on a connected socket; session: resume it (or NULL). */
+static SSL *tls_connect(int fd, SSL_SESSION *session, const char *stage)
+{
+	char what[96];
+	SSL *ssl = SSL_new(g_tls);
+	if (!ssl || SSL_set_fd(ssl, fd) != 1 || (session && SSL_set_session(ssl, session) != 1)) {
+		tls_note_error("SSL_new");
+		snprintf(what, sizeof(what), "%s: TLS setup", stage);
+		record_error(what, "%s", g_tls_err);
+		SSL_free(ssl);
+		return NULL;
+	}
+	int r = SSL_connect(ssl);
+	if (r != 1) {
+		SSL_get_error(ssl, r);
+		tls_note_error("SSL_connect");
+		snprintf(what, sizeof(what), "%s: TLS handshake failed", stage);
+		record_error(what, "%s", g_tls_err);
+		SSL_free(ssl);
+		return NULL;
+	}
+	return ssl;
+}
+
+static void ctl_drop(struct ctl *c)
+{
+	if (c->ssl)
+		SSL_free(c->ssl);
+	c->ssl = NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+static int mode_tlsget(const char *path, int64_t size)
+{
+	struct ctl c;
+	SSL *dssl = NULL;
+	int dfd = -1;
+	char *buf = NULL;
+
+	g_tls = SSL_CTX_new(TLS_client_method());
+	if (!g_tls) {
+		fprintf(stderr, "ftpload: cannot create a TLS context\n");
+		return 1;
+	}
+	SSL_CTX_set_verify(g_tls, SSL_VERIFY_NONE, NULL); /* a self-signed test certificate */
+	/* Keep every new session (TLS 1.3 tickets come after the handshake):
+	 * SSL_get1_session() then gives the newest one. */
+	SSL_CTX_set_session_cache_mode(g_tls, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+
+	if (ctl_open(&c) < 0)
+		goto fail;
+	if (cmd(&c, "AUTH", "TLS", 234, "AUTH TLS") < 0)
+		goto fail_ctl;
+	if (c.off != c.len) {
+		record_error("AUTH TLS: data after the 234 reply", "%zu bytes", c.len - c.off);
+		goto fail_ctl;
+	}
+	c.ssl = tls_connect(c.fd, NULL, "control");
+	if (!c.ssl)
+		goto fail_ctl;
+	if (cmd(&c, "PBSZ", "0", 200, "PBSZ") < 0 || cmd(&c, "PROT", "P", 200, "PROT") < 0 ||
+	    ctl_login(&c) < 0 || cmd(&c, "TYPE", "I", 200, "TYPE") < 0)
+		goto fail_ctl;
+	dfd = open_data(&c);
+	if (dfd < 0)
+		goto fail_ctl;
+	size_t bufsize = 1 << 20;
+	buf = malloc(bufsize);
+	double t0 = now();
+	if (cmd(&c, "RETR", path, 150, "RETR") < 0)
+		goto fail_ctl;
+	/* The server starts the data connection's handshake after its 150
+	 * (vsftpd does); resume the control connection's newest session. */
+	SSL_SESSION *sess = SSL_get1_session(c.ssl);
+	dssl = tls_connect(dfd, sess, "data");
+	SSL_SESSION_free(sess);
+	if (!dssl)
+		goto fail_ctl;
+	int clean = 0;
+	int64_t got = 0;
+	for (;;) {
+		ssize_t n = tls_recv(dssl, buf, bufsize, &clean);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			record_error("data read: TLS", "after %lld bytes: %s", (long long)got,
+				     g_tls_err);
+			goto fail_ctl;
+		}
+		if (n == 0)
+			break;
+		got += n;
+	}
+	char version[32], cipher[64];
+	snprintf(version, sizeof(version), "%s", SSL_get_version(dssl));
+	snprintf(cipher, sizeof(cipher), "%s", SSL_get_cipher_name(dssl));
+	int reused = SSL_session_reused(dssl);
+	if (clean)
+		SSL_shutdown(dssl); /* answer the close_notify */
+	SSL_free(dssl);
+	dssl = NULL;
+	close(dfd);
+	dfd = -1;
+	if (cmd(&c, NULL, NULL, 226, "RETR completion") < 0)
+		goto fail_ctl;
+	double t1 = now();
+	free(buf);
+	ctl_quit(&c, 0);
+	printf("bytes=%lld seconds=%.4f MBps=%.1f tls=%s cipher=%s reused=%d close_notify=%d\n",
+	       (long long)got, t1 - t0, t1 > t0 ? got / (t1 - t0) / 1e6 : 0.0, version, cipher,
+	       reused, clean);
+	SSL_CTX_free(g_tls);
+	if (got != size) {
+		printf("error: got %lld bytes, want %lld\n", (long long)got, (long long)size);
+		return 1;
+	}
+	return 0;
+fail_ctl:
+	if (dssl)
+		SSL_free(dssl);
+	if (dfd >= 0)
+		close(dfd);
+	ctl_drop(&c);
+fail:
+	free(buf);
+	print_errors();
+	return 1;
+}
+#endif
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: ftpload sessions HOST PORT PATH SIZE THREADS SECONDS\n"
 			"       ftpload idle HOST PORT COUNT\n"
 			"       ftpload get HOST PORT PATH SIZE\n"
-			"       ftpload put HOST PORT LOCALFILE REMOTEPATH\n");
+			"       ftpload put HOST PORT LOCALFILE REMOTEPATH\n"
+			"       ftpload tlsget HOST PORT PATH SIZE%s\n",
+#ifdef FTPLOAD_TLS
+		"");
+#else
+		"   (not in this build: no -DFTPLOAD_TLS)");
+#endif
 	exit(2);
 }
 
@@ -648,6 +882,10 @@ int main(int argc, char **argv)
 		return mode_get(argv[4], atoll(argv[5]));
 	if (strcmp(mode, "put") == 0 && argc == 6)
 		return mode_put(argv[4], argv[5]);
+#ifdef FTPLOAD_TLS
+	if (strcmp(mode, "tlsget") == 0 && argc == 6)
+		return mode_tlsget(argv[4], atoll(argv[5]));
+#endif
 	usage();
 	return 2;
 }
