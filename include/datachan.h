@@ -69,6 +69,14 @@ int datachan_side_connected(const struct datachan *dc, enum dc_side side);
 void datachan_set_tls(struct datachan *dc, enum dc_side side, struct ssl_st *ssl, int server,
                       int require_reuse);
 
+/*
+ * Let a TLS-client side start its handshake. Set by datachan_set_tls on
+ * the backend side: the backend must have answered the transfer command
+ * (1xx) first, or some servers (pyftpdlib) reset a data connection whose
+ * ClientHello comes before they expect it.
+ */
+void datachan_tls_go(struct datachan *dc);
+
 /* Allow the pump to run once both sides are connected. */
 void datachan_start(struct datachan *dc);
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,8 +49,9 @@ struct dc_end {
 	SSL *ssl;
 	int tls_server;
 	int require_reuse;
-	int hs_done; /* TLS handshake complete (always 1 without TLS) */
-	struct bufferevent *bev;
+	int hs_done;          /* TLS handshake complete (always 1 without TLS) */
+	int want_rd, want_wr; /* TLS pump: what the last attempts waited for */
+	int hs_hold;          /* TLS client: do not start the handshake yet */
 };
 
 /* dir[0]: client -> backend, dir[1]: backend -> client. Source side of dir d is d. */
@@ -59,7 +61,8 @@ struct dc_dir {
 	size_t in_pipe;
 	int src_eof;
 	int done;
-	int finish_pending; /* EOF to pass on once the sink's handshake is done */
+	char *buf; /* TLS pump: bytes read from the source, not yet written */
+	size_t buf_off, buf_len;
 	uint64_t bytes;
 };
 
@@ -76,7 +79,7 @@ struct datachan {
 	int pumping;
 	uint64_t progress_mark;
 	int ticks_waiting;
-	char reason[160];
+	char reason[400];
 	uint64_t *refused; /* counter of strangers turned away, or NULL */
 };
 
@@ -90,13 +93,6 @@ static void side_close(struct dc_end *s)
 	if (s->ev_retry) {
 		event_free(s->ev_retry);
 		s->ev_retry = NULL;
-	}
-	if (s->bev) {
-		/* Owns the socket and the SSL. */
-		bufferevent_free(s->bev);
-		s->bev = NULL;
-		s->ssl = NULL;
-		s->fd = -1;
 	}
 	if (s->ssl) {
 		SSL_free(s->ssl);
@@ -117,6 +113,9 @@ static void side_close(struct dc_end *s)
 
 static void dir_close(struct dc_dir *d)
 {
+	free(d->buf);
+	d->buf = NULL;
+	d->buf_off = d->buf_len = 0;
 	if (d->pipe[0] >= 0)
 		close(d->pipe[0]);
 	if (d->pipe[1] >= 0)
@@ -239,7 +238,7 @@ void datachan_free(struct datachan *dc)
 	free(dc);
 }
 
-static int bev_pump_begin(struct datachan *dc);
+static int tls_pump_begin(struct datachan *dc);
 
 /* The stall timeout counts from now, not from when the pair was set up. */
 static void restart_timer(struct datachan *dc)
@@ -258,7 +257,7 @@ static int pump_begin(struct datachan *dc)
 {
 	restart_timer(dc);
 	if (dc->side[0].ssl || dc->side[1].ssl)
-		return bev_pump_begin(dc);
+		return tls_pump_begin(dc);
 	dc->pumping = 1;
 	dc->progress_mark = 0;
 	for (int i = 0; i < 2; i++) {
@@ -587,9 +586,18 @@ static void side_wr_cb(evutil_socket_t fd, short what, void *arg)
 	pump(s->dc, 1 - (int)s->idx);
 }
 
-/* ---- TLS pairs: bufferevents through OpenSSL ----------------------------------------------- */
+/* ---- TLS pairs: OpenSSL on the sockets, one buffer per direction ---------------------------- */
 
-#define DC_BEV_HIGH (256 * 1024)
+/*
+ * A pair with a TLS side cannot splice: bytes pass through user space. Each
+ * direction has one buffer, filled from its source (read(2) or SSL_read,
+ * record after record) and drained into its sink (write(2) or SSL_write,
+ * large writes cut into full 16 KiB records). One service routine runs on
+ * every event of either socket and moves what it can; OpenSSL's WANT_READ /
+ * WANT_WRITE decide which events to wait for next.
+ */
+#define DC_TLS_BUF (256 * 1024)
+#define DC_TLS_ROUNDS 16
 
 void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int server,
                       int require_reuse)
@@ -600,137 +608,301 @@ void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int serv
 	s->ssl = ssl;
 	s->tls_server = server;
 	s->require_reuse = require_reuse;
+	/* As a TLS client the proxy speaks first; wait for datachan_tls_go(). */
+	s->hs_hold = !server;
 }
 
-static void bev_finish_dir(struct datachan *dc, int d)
+void datachan_tls_go(struct datachan *dc)
 {
-	struct dc_end *dst = &dc->side[1 - d];
+	int held = 0;
+	for (int i = 0; i < 2; i++) {
+		held |= dc->side[i].hs_hold;
+		dc->side[i].hs_hold = 0;
+	}
+	/* Run from the loop, not from inside the caller's callback. */
+	if (held && dc->pumping && dc->side[0].ev_wr)
+		event_active(dc->side[0].ev_wr, EV_WRITE, 0);
+}
+
+enum io_result { IO_OK, IO_EOF, IO_WANT_READ, IO_WANT_WRITE, IO_ERROR };
+
+/* Record why an OpenSSL call failed, for dc->reason. */
+static enum io_result ssl_result(struct datachan *dc, struct dc_end *s, int r, const char *what)
+{
+	char e[200];
+	int err = SSL_get_error(s->ssl, r);
+	switch (err) {
+	case SSL_ERROR_WANT_READ:
+		return IO_WANT_READ;
+	case SSL_ERROR_WANT_WRITE:
+		return IO_WANT_WRITE;
+	case SSL_ERROR_ZERO_RETURN:
+		return IO_EOF;
+	case SSL_ERROR_SYSCALL:
+		if (errno == 0 || errno == EAGAIN)
+			return errno ? IO_WANT_READ : IO_EOF; /* EOF without close_notify */
+		snprintf(dc->reason, sizeof(dc->reason), "%s %s: %s", what, side_name[s->idx],
+		         strerror(errno));
+		break;
+	default:
+		tls_error_string(ERR_peek_last_error(), "TLS error", e, sizeof(e));
+		snprintf(dc->reason, sizeof(dc->reason), "%s %s data connection: %s", what,
+		         side_name[s->idx], e);
+		break;
+	}
+	ERR_clear_error();
+	return IO_ERROR;
+}
+
+static enum io_result end_read(struct datachan *dc, struct dc_end *s, char *buf, size_t len,
+                               size_t *got)
+{
+	if (s->ssl) {
+		int r = SSL_read(s->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+		if (r > 0) {
+			*got = (size_t)r;
+			return IO_OK;
+		}
+		return ssl_result(dc, s, r, "read from");
+	}
+	ssize_t r = read(s->fd, buf, len);
+	if (r > 0) {
+		*got = (size_t)r;
+		return IO_OK;
+	}
+	if (r == 0)
+		return IO_EOF;
+	if (errno == EAGAIN || errno == EINTR)
+		return IO_WANT_READ;
+	snprintf(dc->reason, sizeof(dc->reason), "read from %s: %s", side_name[s->idx],
+	         strerror(errno));
+	return IO_ERROR;
+}
+
+static enum io_result end_write(struct datachan *dc, struct dc_end *s, const char *buf, size_t len,
+                                size_t *put)
+{
+	if (s->ssl) {
+		int r = SSL_write(s->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+		if (r > 0) {
+			*put = (size_t)r;
+			return IO_OK;
+		}
+		return ssl_result(dc, s, r, "write to");
+	}
+	ssize_t r = send(s->fd, buf, len, MSG_NOSIGNAL);
+	if (r >= 0) {
+		*put = (size_t)r;
+		return IO_OK;
+	}
+	if (errno == EAGAIN || errno == EINTR)
+		return IO_WANT_WRITE;
+	snprintf(dc->reason, sizeof(dc->reason), "write to %s: %s", side_name[s->idx],
+	         strerror(errno));
+	return IO_ERROR;
+}
+
+static void want(struct dc_end *s, enum io_result r)
+{
+	if (r == IO_WANT_READ)
+		s->want_rd = 1;
+	else if (r == IO_WANT_WRITE)
+		s->want_wr = 1;
+}
+
+/* Returns 1 if it moved something, 0 if it must wait, -1 if the pair failed (reported). */
+static int tls_dir_step(struct datachan *dc, int d)
+{
 	struct dc_dir *dr = &dc->dir[d];
+	struct dc_end *src = &dc->side[d], *dst = &dc->side[1 - d];
+	int moved = 0;
+	enum io_result r;
 
-	if (dst->ssl && !dst->hs_done) {
-		/* Never send close_notify before the handshake is through. */
-		dr->finish_pending = 1;
-		return;
+	if (dr->done)
+		return 0;
+	/* Drain what is buffered. */
+	while (dr->buf_len > dr->buf_off && dst->hs_done) {
+		size_t put = 0;
+		r = end_write(dc, dst, dr->buf + dr->buf_off, dr->buf_len - dr->buf_off, &put);
+		if (r == IO_OK) {
+			dr->buf_off += put;
+			dr->bytes += put;
+			moved = 1;
+			continue;
+		}
+		if (r == IO_ERROR || r == IO_EOF) {
+			if (r == IO_EOF)
+				snprintf(dc->reason, sizeof(dc->reason),
+				         "%s closed the data connection", side_name[dst->idx]);
+			dc_finish(dc, 0);
+			return -1;
+		}
+		want(dst, r);
+		return moved;
 	}
-	dr->finish_pending = 0;
-	if (dst->ssl)
-		SSL_shutdown(dst->ssl); /* close_notify */
-	shutdown(bufferevent_getfd(dst->bev), SHUT_WR);
-	dr->done = 1;
-	if (dc->dir[0].done && dc->dir[1].done)
-		dc_finish(dc, 1);
-}
-
-static void bev_read_cb(struct bufferevent *bev, void *arg)
-{
-	struct dc_end *s = arg;
-	struct datachan *dc = s->dc;
-	struct dc_end *dst = &dc->side[1 - s->idx];
-	struct evbuffer *in = bufferevent_get_input(bev);
-	size_t n = evbuffer_get_length(in);
-
-	evbuffer_add_buffer(bufferevent_get_output(dst->bev), in);
-	dc->dir[s->idx].bytes += n;
-	if (evbuffer_get_length(bufferevent_get_output(dst->bev)) >= DC_BEV_HIGH)
-		bufferevent_disable(bev, EV_READ);
-}
-
-/* The output toward this side drained below the low mark. */
-static void bev_write_cb(struct bufferevent *bev, void *arg)
-{
-	struct dc_end *s = arg;
-	struct datachan *dc = s->dc;
-	int d = 1 - (int)s->idx; /* the direction that writes to s */
-
-	if (dc->dir[d].done)
-		return;
-	if (dc->dir[d].src_eof) {
-		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			bev_finish_dir(dc, d);
-		return;
+	if (dr->buf_len > dr->buf_off)
+		return moved; /* the sink's handshake is not through yet */
+	dr->buf_off = dr->buf_len = 0;
+	if (dr->src_eof) {
+		if (!dst->hs_done)
+			return moved; /* never close_notify before the handshake is through */
+		if (dst->ssl)
+			SSL_shutdown(dst->ssl); /* close_notify; best effort */
+		shutdown(dst->fd, SHUT_WR);
+		dr->done = 1;
+		free(dr->buf);
+		dr->buf = NULL;
+		return 1;
 	}
-	bufferevent_enable(dc->side[d].bev, EV_READ);
+	if (!src->hs_done)
+		return moved;
+	if (!dr->buf) {
+		dr->buf = malloc(DC_TLS_BUF);
+		if (!dr->buf) {
+			snprintf(dc->reason, sizeof(dc->reason), "out of memory");
+			dc_finish(dc, 0);
+			return -1;
+		}
+	}
+	/* Fill: several records per turn, so that writes are large. */
+	while (dr->buf_len < DC_TLS_BUF) {
+		size_t got = 0;
+		r = end_read(dc, src, dr->buf + dr->buf_len, DC_TLS_BUF - dr->buf_len, &got);
+		if (r == IO_OK) {
+			dr->buf_len += got;
+			moved = 1;
+			continue;
+		}
+		if (r == IO_EOF) {
+			dr->src_eof = 1;
+			moved = 1;
+			break;
+		}
+		if (r == IO_ERROR) {
+			dc_finish(dc, 0);
+			return -1;
+		}
+		want(src, r);
+		break;
+	}
+	return moved;
 }
 
-static void bev_event_cb(struct bufferevent *bev, short what, void *arg)
+/* Returns 1 if the handshake moved, 0 if it waits, -1 if the pair failed (reported). */
+static int tls_handshake_step(struct datachan *dc, struct dc_end *s)
 {
-	struct dc_end *s = arg;
-	struct datachan *dc = s->dc;
-	char e[256];
-
-	if (what & BEV_EVENT_CONNECTED) {
+	if (s->hs_done || s->hs_hold)
+		return 0;
+	int r = SSL_do_handshake(s->ssl);
+	if (r == 1) {
 		s->hs_done = 1;
 		if (s->tls_server && s->require_reuse && !SSL_session_reused(s->ssl)) {
-			dc_fail(dc,
-			        "the %s data connection did not resume the control connection's "
-			        "TLS session",
-			        side_name[s->idx]);
-			return;
+			snprintf(dc->reason, sizeof(dc->reason),
+			         "the %s data connection did not resume the control connection's "
+			         "TLS session",
+			         side_name[s->idx]);
+			dc_finish(dc, 0);
+			return -1;
 		}
-		/* An EOF that waited for this handshake can go on now. */
-		int d = 1 - (int)s->idx;
-		if (dc->dir[d].finish_pending &&
-		    evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			bev_finish_dir(dc, d);
-		return;
+		return 1;
 	}
-	if (what & BEV_EVENT_EOF) {
-		int d = (int)s->idx;
-		struct dc_end *dst = &dc->side[1 - d];
-		if (!s->hs_done && s->ssl) {
-			dc_fail(dc, "%s closed the data connection during the TLS handshake",
-			        side_name[s->idx]);
-			return;
-		}
-		dc->dir[d].src_eof = 1;
-		bufferevent_disable(bev, EV_READ);
-		if (!dc->dir[d].done && evbuffer_get_length(bufferevent_get_output(dst->bev)) == 0)
-			bev_finish_dir(dc, d);
-		return;
+	enum io_result res = ssl_result(dc, s, r, "handshake with");
+	if (res == IO_ERROR || res == IO_EOF) {
+		if (res == IO_EOF)
+			snprintf(dc->reason, sizeof(dc->reason),
+			         "%s closed the data connection during the TLS handshake",
+			         side_name[s->idx]);
+		dc_finish(dc, 0);
+		return -1;
 	}
-	unsigned long err = s->ssl ? bufferevent_get_openssl_error(bev) : 0;
-	if (err)
-		tls_error_string(err, "TLS error", e, sizeof(e));
-	else
-		snprintf(e, sizeof(e), "%s",
-		         EVUTIL_SOCKET_ERROR()
-		             ? evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR())
-		             : "connection error");
-	while ((err = bufferevent_get_openssl_error(bev)) != 0)
-		;
-	dc_fail(dc, "%s data connection: %s", side_name[s->idx], e);
+	want(s, res);
+	return 0;
 }
 
-static int bev_pump_begin(struct datachan *dc)
+/* Move what can be moved. Returns -1 if the pair finished or failed (dc is gone). */
+static int tls_service(struct datachan *dc)
+{
+	int round;
+
+	for (round = 0; round < DC_TLS_ROUNDS; round++) {
+		int moved = 0, r;
+		for (int i = 0; i < 2; i++)
+			dc->side[i].want_rd = dc->side[i].want_wr = 0;
+		for (int i = 0; i < 2; i++) {
+			if (dc->side[i].ssl && (r = tls_handshake_step(dc, &dc->side[i])) != 0) {
+				if (r < 0)
+					return -1; /* dc is gone */
+				moved = 1;
+			}
+		}
+		for (int d = 0; d < 2; d++) {
+			if ((r = tls_dir_step(dc, d)) < 0)
+				return -1; /* dc is gone */
+			moved |= r;
+		}
+		if (dc->dir[0].done && dc->dir[1].done) {
+			dc_finish(dc, 1);
+			return -1;
+		}
+		if (!moved)
+			break;
+	}
+	if (round == DC_TLS_ROUNDS) {
+		/* Budget used: come back from the loop instead of starving it. */
+		event_active(dc->side[0].ev_wr, EV_WRITE, 0);
+		return 0;
+	}
+	for (int i = 0; i < 2; i++) {
+		struct dc_end *s = &dc->side[i];
+		/* A side whose source direction is done still waits for reads
+		 * only if OpenSSL asked for them. */
+		set_rd(s, s->want_rd);
+		set_wr(s, s->want_wr);
+	}
+	return 0;
+}
+
+static void tls_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct dc_end *s = arg;
+	(void)fd;
+	(void)what;
+	tls_service(s->dc);
+}
+
+static int tls_pump_begin(struct datachan *dc)
 {
 	dc->pumping = 1;
 	dc->progress_mark = 0;
 	for (int i = 0; i < 2; i++) {
 		struct dc_end *s = &dc->side[i];
-		if (s->ssl) {
-			s->bev = bufferevent_openssl_socket_new(
-			    dc->base, s->fd, s->ssl,
-			    s->tls_server ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
-			    BEV_OPT_CLOSE_ON_FREE);
-			if (s->bev)
-				bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-		} else {
-			s->bev = bufferevent_socket_new(dc->base, s->fd, BEV_OPT_CLOSE_ON_FREE);
-			s->hs_done = 1;
-		}
-		if (!s->bev) {
-			/* libevent has freed the SSL (and may have closed the
-			 * socket) on this failure: forget both, never twice. */
-			s->ssl = NULL;
-			s->fd = -1;
-			dc_fail(dc, "out of memory");
+		s->ev_rd = event_new(dc->base, s->fd, EV_READ | EV_PERSIST, tls_event_cb, s);
+		s->ev_wr = event_new(dc->base, s->fd, EV_WRITE | EV_PERSIST, tls_event_cb, s);
+		if (!s->ev_rd || !s->ev_wr) {
+			snprintf(dc->reason, sizeof(dc->reason), "out of memory");
+			dc_finish(dc, 0);
 			return -1;
 		}
-		s->fd = -1; /* the bufferevent owns it now */
-		bufferevent_setcb(s->bev, bev_read_cb, bev_write_cb, bev_event_cb, s);
-		bufferevent_setwatermark(s->bev, EV_WRITE, DC_BEV_HIGH / 2, 0);
+		if (!s->ssl) {
+			s->hs_done = 1;
+			continue;
+		}
+		/* Data connections: keep OpenSSL's buffers (no malloc per
+		 * record), read whole socket buffers at once, and treat a TCP
+		 * close without close_notify as the end of the data. */
+		SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
+		SSL_set_read_ahead(s->ssl, 1);
+		SSL_set_options(s->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+		if (!SSL_set_fd(s->ssl, s->fd)) {
+			snprintf(dc->reason, sizeof(dc->reason), "TLS setup failed");
+			dc_finish(dc, 0);
+			return -1;
+		}
+		if (s->tls_server)
+			SSL_set_accept_state(s->ssl);
+		else
+			SSL_set_connect_state(s->ssl);
 	}
-	for (int i = 0; i < 2; i++)
-		bufferevent_enable(dc->side[i].bev, EV_READ | EV_WRITE);
-	return 0;
+	/* Start: the client side of a TLS handshake speaks first. */
+	return tls_service(dc);
 }

@@ -817,6 +817,8 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 			log_warn("%s: dropped an unexpected %d reply", s->tag, code);
 			return;
 		}
+		if (e->kind == EXP_TRANSFER && s->dc)
+			datachan_tls_go(s->dc); /* the backend is ready for the data handshake */
 		relay_reply(s, rep);
 		return;
 	}
