@@ -848,9 +848,13 @@ static int tls_service(struct datachan *dc)
 			break;
 	}
 	if (round == DC_TLS_ROUNDS) {
-		/* Budget used: come back from the loop instead of starving it. */
-		event_active(dc->side[0].ev_wr, EV_WRITE, 0);
-		return 0;
+		/* Budget used: come back from the loop instead of starving it.
+		 * Wait for everything that can make progress; the events are
+		 * level-triggered, so whatever is ready fires at once. */
+		for (int i = 0; i < 2; i++) {
+			dc->side[i].want_rd = 1;
+			dc->side[i].want_wr = dc->dir[1 - i].buf_len > dc->dir[1 - i].buf_off;
+		}
 	}
 	for (int i = 0; i < 2; i++) {
 		struct dc_end *s = &dc->side[i];
