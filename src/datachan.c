@@ -12,9 +12,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -45,7 +42,7 @@ struct dc_end {
 	int rd_on, wr_on;
 	struct sockaddr_storage allowed;
 	uint16_t port; /* listening port, for logs */
-	/* TLS sides (and, in a pair with any TLS side, every side) use a bufferevent. */
+	/* TLS pairs (any side with TLS): OpenSSL on the socket, see tls_service(). */
 	SSL *ssl;
 	int tls_server;
 	int require_reuse;
@@ -78,7 +75,6 @@ struct datachan {
 	int started;
 	int pumping;
 	uint64_t progress_mark;
-	int ticks_waiting;
 	char reason[400];
 	uint64_t *refused; /* counter of strangers turned away, or NULL */
 };
