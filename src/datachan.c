@@ -76,7 +76,8 @@ struct datachan {
 	int pumping;
 	uint64_t progress_mark;
 	char reason[400];
-	uint64_t *refused; /* counter of strangers turned away, or NULL */
+	struct event *kick; /* TLS pump: run again from the loop */
+	uint64_t *refused;  /* counter of strangers turned away, or NULL */
 };
 
 static const char *const side_name[] = {"client", "backend"};
@@ -129,6 +130,10 @@ static void dc_release(struct datachan *dc)
 	if (dc->timer) {
 		event_free(dc->timer);
 		dc->timer = NULL;
+	}
+	if (dc->kick) {
+		event_free(dc->kick);
+		dc->kick = NULL;
 	}
 }
 
@@ -852,14 +857,31 @@ static int tls_service(struct datachan *dc)
 			dc->side[i].want_wr = dc->dir[1 - i].buf_len > dc->dir[1 - i].buf_off;
 		}
 	}
+	int again = round == DC_TLS_ROUNDS;
 	for (int i = 0; i < 2; i++) {
 		struct dc_end *s = &dc->side[i];
-		/* A side whose source direction is done still waits for reads
-		 * only if OpenSSL asked for them. */
+		struct dc_dir *dr = &dc->dir[i];
 		set_rd(s, s->want_rd);
 		set_wr(s, s->want_wr);
+		/* With read-ahead, OpenSSL may hold records (or the close_notify)
+		 * that it already took off the socket: no socket event will
+		 * announce them, so come back for them. */
+		if (s->ssl && s->hs_done && !dr->src_eof && dr->buf_len == dr->buf_off &&
+		    SSL_has_pending(s->ssl))
+			again = 1;
+	}
+	if (again) {
+		struct timeval now = {0, 0};
+		evtimer_add(dc->kick, &now);
 	}
 	return 0;
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	tls_service(arg);
 }
 
 static void tls_event_cb(evutil_socket_t fd, short what, void *arg)
@@ -874,6 +896,12 @@ static int tls_pump_begin(struct datachan *dc)
 {
 	dc->pumping = 1;
 	dc->progress_mark = 0;
+	dc->kick = evtimer_new(dc->base, kick_cb, dc);
+	if (!dc->kick) {
+		snprintf(dc->reason, sizeof(dc->reason), "out of memory");
+		dc_finish(dc, 0);
+		return -1;
+	}
 	for (int i = 0; i < 2; i++) {
 		struct dc_end *s = &dc->side[i];
 		s->ev_rd = event_new(dc->base, s->fd, EV_READ | EV_PERSIST, tls_event_cb, s);
