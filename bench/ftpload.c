@@ -299,7 +299,7 @@ static int local_port(int fd)
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
 		return 0;
 	return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-					      : ((struct sockaddr_in *)&ss)->sin_port);
+	                                      : ((struct sockaddr_in *)&ss)->sin_port);
 }
 
 static const char *io_err(void)
@@ -313,8 +313,8 @@ static int cmd(struct ctl *c, const char *verb, const char *arg, int want, const
 {
 	char buf[600], what[96];
 	int len = !verb ? 0
-		  : arg ? snprintf(buf, sizeof(buf), "%s %s\r\n", verb, arg)
-			: snprintf(buf, sizeof(buf), "%s\r\n", verb);
+	          : arg ? snprintf(buf, sizeof(buf), "%s %s\r\n", verb, arg)
+	                : snprintf(buf, sizeof(buf), "%s\r\n", verb);
 	if (len > 0 && ctl_send(c, buf, (size_t)len) < 0) {
 		snprintf(what, sizeof(what), "%s: send: %s", stage, strerror(errno));
 		record_error(what, "%s", strerror(errno));
@@ -353,7 +353,7 @@ static int ctl_open(struct ctl *c)
 		else
 			snprintf(what, sizeof(what), "greeting: reply %d", code);
 		record_error(what, "\"%s\", control port %d", code == -1 ? io_err() : c->line,
-			     local_port(c->fd));
+		             local_port(c->fd));
 		close(c->fd);
 		c->fd = -1;
 		return -1;
@@ -378,7 +378,7 @@ static int ctl_login(struct ctl *c)
 		else
 			snprintf(what, sizeof(what), "USER: reply %d", code);
 		record_error(what, "\"%s\", control port %d", code == -1 ? io_err() : c->line,
-			     local_port(c->fd));
+		             local_port(c->fd));
 		return -1;
 	}
 	if (cmd(c, "PASS", "bench@example.com", 230, "PASS") < 0)
@@ -442,7 +442,8 @@ static int64_t drain(int fd, char *buf, size_t bufsize)
 		if (n < 0) {
 			char what[96];
 			snprintf(what, sizeof(what), "data read: %s", strerror(errno));
-			record_error(what, "after %lld bytes: %s", (long long)total, strerror(errno));
+			record_error(what, "after %lld bytes: %s", (long long)total,
+			             strerror(errno));
 			return -1;
 		}
 		if (n == 0)
@@ -503,7 +504,7 @@ static void *sess_thread(void *p)
 		}
 		if (got != a->size) {
 			record_error("RETR: wrong payload length", "%lld bytes, want %lld",
-				     (long long)got, (long long)a->size);
+			             (long long)got, (long long)a->size);
 			close(c.fd);
 			continue;
 		}
@@ -680,7 +681,8 @@ static int mode_put(const char *local, const char *remote)
 			continue;
 		if (n <= 0) {
 			char what[96];
-			snprintf(what, sizeof(what), "data write: %s", n < 0 ? strerror(errno) : "short");
+			snprintf(what, sizeof(what), "data write: %s",
+			         n < 0 ? strerror(errno) : "short");
 			record_error(what, "after %lld bytes", (long long)off);
 			close(dfd);
 			close(c.fd);
@@ -753,7 +755,8 @@ static int mode_tlsget(const char *path, int64_t size)
 	SSL_CTX_set_verify(g_tls, SSL_VERIFY_NONE, NULL); /* a self-signed test certificate */
 	/* Keep every new session (TLS 1.3 tickets come after the handshake):
 	 * SSL_get1_session() then gives the newest one. */
-	SSL_CTX_set_session_cache_mode(g_tls, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_set_session_cache_mode(g_tls,
+	                               SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 
 	if (ctl_open(&c) < 0)
 		goto fail;
@@ -792,7 +795,7 @@ static int mode_tlsget(const char *path, int64_t size)
 			continue;
 		if (n < 0) {
 			record_error("data read: TLS", "after %lld bytes: %s", (long long)got,
-				     g_tls_err);
+			             g_tls_err);
 			goto fail_ctl;
 		}
 		if (n == 0)
@@ -838,15 +841,16 @@ fail:
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ftpload sessions HOST PORT PATH SIZE THREADS SECONDS\n"
-			"       ftpload idle HOST PORT COUNT\n"
-			"       ftpload get HOST PORT PATH SIZE\n"
-			"       ftpload put HOST PORT LOCALFILE REMOTEPATH\n"
-			"       ftpload tlsget HOST PORT PATH SIZE%s\n",
+	fprintf(stderr,
+	        "usage: ftpload sessions HOST PORT PATH SIZE THREADS SECONDS\n"
+	        "       ftpload idle HOST PORT COUNT\n"
+	        "       ftpload get HOST PORT PATH SIZE\n"
+	        "       ftpload put HOST PORT LOCALFILE REMOTEPATH\n"
+	        "       ftpload tlsget HOST PORT PATH SIZE%s\n",
 #ifdef FTPLOAD_TLS
-		"");
+	        "");
 #else
-		"   (not in this build: no -DFTPLOAD_TLS)");
+	        "   (not in this build: no -DFTPLOAD_TLS)");
 #endif
 	exit(2);
 }
