@@ -58,7 +58,6 @@ struct expect {
 	enum exp_kind kind;
 	enum ftp_verb sent;        /* EXP_DATA_SETUP: what the proxy sent the backend */
 	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
-	uint64_t start_ms;         /* EXP_TRANSFER: for the transfer log line */
 };
 
 /* A data connection forwarded 1:1 to the backend's same port (passthrough). */
@@ -329,6 +328,19 @@ static void count_transfer(struct session *s, enum xfer_result r)
 		log_warn("%s: xferlog: %s", s->tag, strerror(errno));
 }
 
+/* The final reply of a transfer went to the client: count, log, and reset the transfer state. */
+static void transfer_end(struct session *s, int code)
+{
+	count_transfer(s, s->aborted ? XR_ABORTED : code / 100 == 2 ? XR_OK : XR_FAILED);
+	log_info("%s: transfer %s: %d, %.3f s, data up %llu down %llu", s->tag, s->xfer_cmd, code,
+	         (double)(now_ms() - s->xfer_start_ms) / 1000.0, (unsigned long long)s->xfer_up,
+	         (unsigned long long)s->xfer_down);
+	s->aborted = 0;
+	s->transfer = 0;
+	s->dc_done = 0;
+	arm_idle(s);
+}
+
 /* ---- teardown ------------------------------------------------------------------------------- */
 
 static void fwds_free(struct session *s)
@@ -498,9 +510,8 @@ static int data_ready_to_forward(const struct session *s)
 static void transfer_forward(struct session *s, const char *cmd)
 {
 	send_backend(s, "%s", cmd);
-	struct expect *e = fifo_push(s, EXP_TRANSFER);
-	e->start_ms = now_ms();
-	s->xfer_start_ms = e->start_ms;
+	fifo_push(s, EXP_TRANSFER);
+	s->xfer_start_ms = now_ms();
 	s->transfer = 1;
 	s->xfer_up = s->xfer_down = 0;
 	datachan_start(s->dc);
@@ -594,16 +605,9 @@ static void finish_transfer_reply(struct session *s)
 	}
 	evbuffer_free(s->held);
 	s->held = NULL;
-	count_transfer(s, s->aborted ? XR_ABORTED : res[0] == '2' ? XR_OK : XR_FAILED);
-	s->aborted = 0;
-	log_info("%s: transfer %s: %s, %.3f s, data up %llu down %llu", s->tag, s->xfer_cmd, res,
-	         e ? (double)(now_ms() - e->start_ms) / 1000.0 : 0.0,
-	         (unsigned long long)s->xfer_up, (unsigned long long)s->xfer_down);
-	s->transfer = 0;
-	s->dc_done = 0;
 	if (e)
 		fifo_pop(s);
-	arm_idle(s);
+	transfer_end(s, atoi(res));
 	drain_check(s);
 	process_backend(s);
 	process_client(s);
@@ -897,11 +901,7 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 	case EXP_PT_XFER:
 		fifo_pop(s);
 		relay_reply(s, rep);
-		s->transfer = 0;
-		log_info("%s: transfer %s: %d (data forwarded 1:1)", s->tag, s->xfer_cmd, code);
-		count_transfer(s, s->aborted ? XR_ABORTED : code / 100 == 2 ? XR_OK : XR_FAILED);
-		s->aborted = 0;
-		arm_idle(s);
+		transfer_end(s, code); /* data went through the 1:1 forwards */
 		break;
 	case EXP_BPROT:
 		fifo_pop(s);
@@ -945,13 +945,8 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 				fifo_pop(s);
 				fifo_pop(s);
 				relay_reply(s, rep);
-				count_transfer(s, XR_ABORTED);
-				log_info("%s: transfer %s: aborted (%d)", s->tag, s->xfer_cmd,
-				         code);
-				s->aborted = 0;
-				s->transfer = 0;
-				s->dc_done = 0;
-				arm_idle(s);
+				s->aborted = 1;
+				transfer_end(s, code);
 				break;
 			}
 		}
@@ -960,15 +955,7 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 			dc_drop(s);
 			fifo_pop(s);
 			relay_reply(s, rep);
-			log_info("%s: transfer %s: %d, data up %llu down %llu", s->tag, s->xfer_cmd,
-			         code, (unsigned long long)s->xfer_up,
-			         (unsigned long long)s->xfer_down);
-			count_transfer(s, s->aborted    ? XR_ABORTED
-			                  : code >= 400 ? XR_FAILED
-			                                : XR_OK);
-			s->aborted = 0;
-			s->transfer = 0;
-			arm_idle(s);
+			transfer_end(s, code);
 			break;
 		}
 		/* Success: hold it until the data pair has delivered every byte. */
@@ -1279,13 +1266,14 @@ static void cmd_abor(struct session *s, const struct ftp_cmd *c)
 	}
 	if (s->held) {
 		/* The backend had already finished: its reply goes out first. */
+		char res[4] = "";
+		evbuffer_copyout(s->held, res, 3);
 		relay_reply(s, s->held);
 		evbuffer_free(s->held);
 		s->held = NULL;
-		s->transfer = 0;
-		s->aborted = 0;
-		count_transfer(s, XR_ABORTED);
 		fifo_pop(s);
+		s->aborted = 1;
+		transfer_end(s, atoi(res));
 	}
 	forward(s, c, EXP_ABOR);
 }
@@ -1447,6 +1435,8 @@ static void cmd_passthrough(struct session *s, const struct ftp_cmd *c)
 		log_escape(s->xfer_cmd, sizeof(s->xfer_cmd), c->name, strlen(c->name));
 		forward(s, c, EXP_PT_XFER);
 		s->transfer = 1;
+		s->xfer_start_ms = now_ms();
+		s->xfer_up = s->xfer_down = 0;
 		break;
 	default:
 		/* PASV/EPSV pass unchanged: the backend announces public_address
