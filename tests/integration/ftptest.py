@@ -1242,3 +1242,48 @@ class ImplicitFTP_TLS(ReuseFTP_TLS):
         self.file = self.sock.makefile('r', encoding=self.encoding)
         self.welcome = self.getresp()
         return self.welcome
+
+
+# --- shared by test_hostile.py and test_regressions.py ---------------------
+
+def cpu_seconds(pid):
+    """utime + stime of pid in seconds (/proc/PID/stat fields 14, 15)."""
+    with open('/proc/%d/stat' % pid) as f:
+        stat = f.read()
+    fields = stat[stat.rindex(')') + 2:].split()    # fields[0] is field 3 (state)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+class LowFdGate(Ftpgate):
+    """Ftpgate started under RLIMIT_NOFILE soft:hard (prlimit execs
+    ftpgate, so .proc.pid is ftpgate's; without prlimit, setrlimit in the
+    child)."""
+
+    def __init__(self, config, soft, hard, timeout=10.0):
+        self.text = render_config(config)
+        self.dir = tmpdir('ftpgate-')
+        self.conf = os.path.join(self.dir, 'ftpgate.ini')
+        with open(self.conf, 'w') as f:
+            f.write(self.text)
+        self.ports = _listen_ports(self.text)
+        self.port = self.ports[0]
+        self.log_path = os.path.join(self.dir, 'ftpgate.log')
+        self._logf = open(self.log_path, 'wb')
+        cmd = [FTPGATE, '-f', '-c', self.conf]
+        pre = None
+        prlimit = shutil.which('prlimit')
+        if prlimit:
+            cmd = [prlimit, '--nofile=%d:%d' % (soft, hard), '--'] + cmd
+        else:
+            def pre():
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stderr=self._logf, preexec_fn=pre)
+        _procs.append(self.proc)
+        started_gates.append(self)
+        try:
+            wait_listening(self.proc, self.ports, timeout, 'ftpgate', self.log)
+        except BaseException:
+            self.stop()
+            raise

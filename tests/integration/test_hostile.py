@@ -11,11 +11,9 @@ import ftplib
 import hashlib
 import os
 import re
-import resource
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -761,37 +759,7 @@ PRLIMIT = shutil.which('prlimit')
 NOFILE = 40
 
 
-class LowFdGate(T.Ftpgate):
-    """T.Ftpgate started under RLIMIT_NOFILE soft:hard (prlimit execs
-    ftpgate, so .proc.pid is ftpgate's; without prlimit, setrlimit in the
-    child)."""
-
-    def __init__(self, config, soft, hard, timeout=10.0):
-        self.text = T.render_config(config)
-        self.dir = T.tmpdir('ftpgate-')
-        self.conf = os.path.join(self.dir, 'ftpgate.ini')
-        with open(self.conf, 'w') as f:
-            f.write(self.text)
-        self.ports = T._listen_ports(self.text)
-        self.port = self.ports[0]
-        self.log_path = os.path.join(self.dir, 'ftpgate.log')
-        self._logf = open(self.log_path, 'wb')
-        cmd = [T.FTPGATE, '-f', '-c', self.conf]
-        pre = None
-        if PRLIMIT:
-            cmd = [PRLIMIT, '--nofile=%d:%d' % (soft, hard), '--'] + cmd
-        else:
-            def pre():
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf, preexec_fn=pre)
-        T._procs.append(self.proc)
-        T.started_gates.append(self)
-        try:
-            T.wait_listening(self.proc, self.ports, timeout, 'ftpgate', self.log)
-        except BaseException:
-            self.stop()
-            raise
+LowFdGate = T.LowFdGate
 
 
 def nofile_limits(pid):
@@ -807,12 +775,7 @@ def open_fds(pid):
     return len(os.listdir('/proc/%d/fd' % pid))
 
 
-def cpu_seconds(pid):
-    """utime + stime of pid in seconds (/proc/PID/stat fields 14, 15)."""
-    with open('/proc/%d/stat' % pid) as f:
-        stat = f.read()
-    fields = stat[stat.rindex(')') + 2:].split()    # fields[0] is field 3 (state)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+cpu_seconds = T.cpu_seconds
 
 
 def low_fd_gate():

@@ -11,12 +11,10 @@ loopback, raw-socket clients.  TAP."""
 
 import os
 import re
-import resource
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -128,11 +126,7 @@ def rss(g):
     return T.vm_rss_kb(g.proc.pid) or 0
 
 
-def cpu_seconds(pid):
-    with open('/proc/%d/stat' % pid) as f:
-        stat = f.read()
-    fields = stat[stat.rindex(')') + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+cpu_seconds = T.cpu_seconds
 
 
 def open_fds(pid):
@@ -143,35 +137,7 @@ PRLIMIT = shutil.which('prlimit')
 NOFILE = 40
 
 
-class LowFdGate(T.Ftpgate):
-    """T.Ftpgate under RLIMIT_NOFILE soft:hard (as in test_hostile.py)."""
-
-    def __init__(self, config, soft, hard, timeout=10.0):
-        self.text = T.render_config(config)
-        self.dir = T.tmpdir('ftpgate-')
-        self.conf = os.path.join(self.dir, 'ftpgate.ini')
-        with open(self.conf, 'w') as f:
-            f.write(self.text)
-        self.ports = T._listen_ports(self.text)
-        self.port = self.ports[0]
-        self.log_path = os.path.join(self.dir, 'ftpgate.log')
-        self._logf = open(self.log_path, 'wb')
-        cmd = [T.FTPGATE, '-f', '-c', self.conf]
-        pre = None
-        if PRLIMIT:
-            cmd = [PRLIMIT, '--nofile=%d:%d' % (soft, hard), '--'] + cmd
-        else:
-            def pre():
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf, preexec_fn=pre)
-        T._procs.append(self.proc)
-        T.started_gates.append(self)
-        try:
-            T.wait_listening(self.proc, self.ports, timeout, 'ftpgate', self.log)
-        except BaseException:
-            self.stop()
-            raise
+LowFdGate = T.LowFdGate
 
 
 def close_all(socks):
