@@ -36,6 +36,7 @@ struct site {
 /* A passthrough passive port forwarded 1:1 to the backend. */
 struct pt_port {
 	struct site *site;
+	struct sockaddr_storage addr; /* listen address and port */
 	uint16_t port;
 	struct evconnlistener *lev;
 };

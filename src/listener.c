@@ -182,25 +182,61 @@ fail:
 	return NULL;
 }
 
-static int open_pt_ports(struct site *site)
+static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
+{
+	return ftp_addr_same_ip(a, b) && addr_port(a) == addr_port(b);
+}
+
+/* A passthrough port listener of `from` bound to ss, taken away from it, or NULL. */
+static struct evconnlistener *take_pt_port(struct gen *from, const struct sockaddr_storage *ss)
+{
+	for (size_t k = 0; from && k < from->n_sites; k++) {
+		struct site *os = &from->sites[k];
+		for (size_t m = 0; m < os->n_pt_ports; m++) {
+			struct pt_port *op = &os->pt_ports[m];
+			if (op->lev && same_addr((const struct sockaddr *)&op->addr,
+			                         (const struct sockaddr *)ss)) {
+				struct evconnlistener *lev = op->lev;
+				op->lev = NULL;
+				return lev;
+			}
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Listen on every passive port of a passthrough site, on every listen
+ * address, taking over the listeners `from` (a reload's old configuration,
+ * or NULL) already has. With strict, the first port that cannot be bound is
+ * an error (start-up); otherwise it is logged and skipped (reload).
+ */
+static int open_pt_ports(struct site *site, struct gen *from, int strict)
 {
 	const struct site_conf *sc = site->conf;
 	size_t n = (size_t)(sc->pasv_hi - sc->pasv_lo + 1) * sc->n_listen;
 
 	site->pt_ports = calloc(n, sizeof(*site->pt_ports));
-	if (!site->pt_ports)
+	if (!site->pt_ports) {
+		log_error("site %s: out of memory for passthrough ports", sc->name);
 		return -1;
+	}
 	for (size_t j = 0; j < sc->n_listen; j++) {
 		for (unsigned p = sc->pasv_lo; p <= sc->pasv_hi; p++) {
-			struct sockaddr_storage ss;
-			memcpy(&ss, &sc->listen[j], sizeof(ss));
-			addr_set_port((struct sockaddr *)&ss, (uint16_t)p);
 			struct pt_port *pp = &site->pt_ports[site->n_pt_ports];
+			memcpy(&pp->addr, &sc->listen[j], sizeof(pp->addr));
+			addr_set_port((struct sockaddr *)&pp->addr, (uint16_t)p);
 			pp->site = site;
 			pp->port = (uint16_t)p;
-			pp->lev = open_pt_port(site, &ss);
-			if (!pp->lev)
-				return -1;
+			pp->lev = take_pt_port(from, &pp->addr);
+			if (pp->lev) {
+				evconnlistener_set_cb(pp->lev, pt_accept_cb, pp);
+				evconnlistener_set_error_cb(pp->lev, pt_error_cb);
+			} else {
+				pp->lev = open_pt_port(site, &pp->addr);
+				if (!pp->lev && strict)
+					return -1;
+			}
 			site->n_pt_ports++;
 		}
 	}
@@ -219,7 +255,7 @@ int listeners_open(struct ftpgate *gw)
 		for (size_t j = 0; j < site->conf->n_listen; j++)
 			if (open_one(site, (const struct sockaddr *)&site->conf->listen[j]) < 0)
 				return -1;
-		if (tls_is_passthrough(site->conf->tls) && open_pt_ports(site) < 0)
+		if (tls_is_passthrough(site->conf->tls) && open_pt_ports(site, NULL, 1) < 0)
 			return -1;
 	}
 	return 0;
@@ -243,11 +279,6 @@ void listeners_close(struct ftpgate *gw)
 			event_free(site->resume_accept);
 		site->resume_accept = NULL;
 	}
-}
-
-static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
-{
-	return ftp_addr_same_ip(a, b) && addr_port(a) == addr_port(b);
 }
 
 void listeners_move(struct ftpgate *gw, struct gen *from, struct gen *to)
@@ -286,50 +317,7 @@ void listeners_move(struct ftpgate *gw, struct gen *from, struct gen *to)
 		if (!tls_is_passthrough(site->conf->tls))
 			continue;
 		/* Passthrough data ports: take over the same (address, port). */
-		const struct site_conf *sc = site->conf;
-		size_t n = (size_t)(sc->pasv_hi - sc->pasv_lo + 1) * sc->n_listen;
-		site->pt_ports = calloc(n, sizeof(*site->pt_ports));
-		if (!site->pt_ports) {
-			log_error("site %s: out of memory for passthrough ports", sc->name);
-			continue;
-		}
-		for (size_t j = 0; j < sc->n_listen; j++) {
-			for (unsigned p = sc->pasv_lo; p <= sc->pasv_hi; p++) {
-				struct sockaddr_storage ss;
-				memcpy(&ss, &sc->listen[j], sizeof(ss));
-				addr_set_port((struct sockaddr *)&ss, (uint16_t)p);
-				struct evconnlistener *got = NULL;
-				for (size_t k = 0; k < from->n_sites && !got; k++) {
-					struct site *os = &from->sites[k];
-					for (size_t m = 0; m < os->n_pt_ports; m++) {
-						struct pt_port *op = &os->pt_ports[m];
-						if (op->lev && op->port == p &&
-						    ftp_addr_same_ip(
-						        (struct sockaddr *)&ss,
-						        (struct sockaddr *)&os->conf
-						            ->listen[m /
-						                     (size_t)(os->conf->pasv_hi -
-						                              os->conf->pasv_lo +
-						                              1)])) {
-							got = op->lev;
-							op->lev = NULL;
-							break;
-						}
-					}
-				}
-				struct pt_port *pp = &site->pt_ports[site->n_pt_ports];
-				pp->site = site;
-				pp->port = (uint16_t)p;
-				if (got) {
-					pp->lev = got;
-					evconnlistener_set_cb(got, pt_accept_cb, pp);
-					evconnlistener_set_error_cb(got, pt_error_cb);
-				} else {
-					pp->lev = open_pt_port(site, &ss);
-				}
-				site->n_pt_ports++;
-			}
-		}
+		open_pt_ports(site, from, 0);
 	}
 	/* Whatever was not taken over closes now. */
 	struct ftpgate tmp;
