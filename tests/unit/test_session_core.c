@@ -1,0 +1,768 @@
+/*
+ * Unit tests for session_core (TAP): the control session's decisions,
+ * driven from scripts of events without a socket. A recording core_ops
+ * writes every action as one line of a transcript ("C:" to the client,
+ * "B:" to the backend, "data_new", "listen client", "end 226 ok", ...);
+ * each step checks the transcript it produced.
+ *
+ * The little loop in pump() stands in for the shell's framing: it offers
+ * the client's queued lines and the backend's queued replies to the core
+ * whenever the core says it takes them (pipelining, held replies).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "session_core.h"
+#include "tap.h"
+
+struct t {
+	struct core core;
+	struct site_conf conf;
+	char log[65536]; /* transcript since the last check */
+	size_t len;
+	char cin[8192]; /* client bytes not yet taken */
+	size_t cin_len;
+	char bin[8][1024]; /* backend replies not yet taken */
+	int bin_n;
+	uint64_t now;
+	uint64_t timer_ms;
+	uint16_t next_port;
+	int fail_listen, fail_connect, fail_new;
+	int closed;
+};
+
+static void rec(struct t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rec(struct t *t, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(t->log + t->len, sizeof(t->log) - t->len, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		t->len += (size_t)n;
+	if (t->len >= sizeof(t->log))
+		abort();
+}
+
+/* Each line of bytes (CRLF dropped) as "P:line\n". */
+static void rec_lines(struct t *t, char p, const char *buf, size_t len)
+{
+	size_t i = 0;
+	while (i < len) {
+		const char *nl = memchr(buf + i, '\n', len - i);
+		size_t n = nl ? (size_t)(nl - (buf + i)) : len - i;
+		size_t m = n && buf[i + n - 1] == '\r' ? n - 1 : n;
+		rec(t, "%c:%.*s\n", p, (int)m, buf + i);
+		i += n + (nl ? 1 : 0);
+	}
+}
+
+static void op_send_client(void *io, const char *buf, size_t len)
+{
+	rec_lines(io, 'C', buf, len);
+}
+static void op_send_backend(void *io, const char *buf, size_t len)
+{
+	rec_lines(io, 'B', buf, len);
+}
+static int op_data_new(void *io, int ctls, int btls)
+{
+	struct t *t = io;
+	if (t->fail_new) {
+		errno = ENOMEM;
+		return -1;
+	}
+	rec(t, "data_new %d %d\n", ctls, btls);
+	return 0;
+}
+static int op_data_listen(void *io, enum core_side side, struct sockaddr_storage *bound)
+{
+	struct t *t = io;
+	if (t->fail_listen) {
+		errno = EADDRINUSE;
+		return -1;
+	}
+	struct sockaddr_in *sin = (struct sockaddr_in *)bound;
+	memset(bound, 0, sizeof(*bound));
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = htonl(0x7f000001);
+	sin->sin_port = htons(t->next_port);
+	rec(t, "listen %s %u\n", side == CORE_CLIENT ? "client" : "backend", t->next_port++);
+	return 0;
+}
+static int op_data_connect(void *io, enum core_side side, const struct sockaddr *addr)
+{
+	struct t *t = io;
+	const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
+	if (t->fail_connect) {
+		errno = ECONNREFUSED;
+		return -1;
+	}
+	rec(t, "connect %s %u\n", side == CORE_CLIENT ? "client" : "backend", ntohs(sin->sin_port));
+	return 0;
+}
+static void op_data_start(void *io)
+{
+	rec(io, "start\n");
+}
+static void op_data_tls_go(void *io)
+{
+	rec(io, "tls_go\n");
+}
+static void op_data_drop(void *io)
+{
+	rec(io, "drop\n");
+}
+static void op_client_tls(void *io)
+{
+	rec(io, "client_tls\n");
+}
+static int op_backend_tls(void *io)
+{
+	rec(io, "backend_tls\n");
+	return 0;
+}
+static void op_blind(void *io)
+{
+	rec(io, "blind\n");
+}
+static void op_set_timer(void *io, uint64_t ms)
+{
+	((struct t *)io)->timer_ms = ms;
+}
+static void op_close(void *io, enum core_close how, const char *reason)
+{
+	struct t *t = io;
+	t->closed = 1;
+	rec(t, "close %s: %s\n", how == CORE_CLOSE_NOW ? "now" : "flush", reason);
+}
+static void op_transfer_end(void *io, int code, enum xfer_result r)
+{
+	static const char *const names[] = {"ok", "failed", "aborted"};
+	rec(io, "end %d %s\n", code, names[r]);
+}
+static uint64_t op_now(void *io)
+{
+	return ((struct t *)io)->now;
+}
+
+static const struct core_ops ops = {
+    op_send_client, op_send_backend, op_data_new,  op_data_listen,  op_data_connect,
+    op_data_start,  op_data_tls_go,  op_data_drop, op_client_tls,   op_backend_tls,
+    op_blind,       op_set_timer,    op_close,     op_transfer_end, op_now,
+};
+
+static void conf_default(struct site_conf *sc)
+{
+	memset(sc, 0, sizeof(*sc));
+	snprintf(sc->name, sizeof(sc->name), "t");
+	struct sockaddr_in *b = (struct sockaddr_in *)&sc->backend;
+	b->sin_family = AF_INET;
+	b->sin_addr.s_addr = htonl(0x7f000002);
+	b->sin_port = htons(2121);
+	sc->pasv_lo = 50000;
+	sc->pasv_hi = 50999;
+	sc->connect_timeout = 10;
+	sc->idle_timeout = 900;
+	sc->data_timeout = 60;
+	sc->login_timeout = 60;
+	sc->backend_data_mode = BDM_PASSIVE;
+	sc->tls_require_session_reuse = 1;
+}
+
+/* Offer queued client lines and backend replies to the core while it takes them. */
+static void pump(struct t *t)
+{
+	for (int progress = 1; progress;) {
+		progress = 0;
+		while (t->bin_n && core_wants_reply(&t->core)) {
+			char rep[1024];
+			snprintf(rep, sizeof(rep), "%s", t->bin[0]);
+			memmove(t->bin[0], t->bin[1], sizeof(t->bin[0]) * (size_t)(t->bin_n - 1));
+			t->bin_n--;
+			core_backend_reply(&t->core, atoi(rep), rep, strlen(rep));
+			progress = 1;
+		}
+		while (t->cin_len && core_may_take_command(&t->core, t->cin, t->cin_len)) {
+			char *lf = memchr(t->cin, '\n', t->cin_len);
+			if (!lf)
+				break;
+			size_t n = (size_t)(lf - t->cin) + 1;
+			char line[CORE_CMD_LINE_MAX + 1];
+			memcpy(line, t->cin, n);
+			memmove(t->cin, t->cin + n, t->cin_len - n);
+			t->cin_len -= n;
+			core_client_line(&t->core, line, n);
+			progress = 1;
+		}
+	}
+}
+
+static void client(struct t *t, const char *bytes)
+{
+	size_t n = strlen(bytes);
+	memcpy(t->cin + t->cin_len, bytes, n);
+	t->cin_len += n;
+	pump(t);
+}
+
+static void backend(struct t *t, const char *reply)
+{
+	snprintf(t->bin[t->bin_n++], sizeof(t->bin[0]), "%s", reply);
+	pump(t);
+}
+
+static void data_side(struct t *t, enum core_side side, int ok, const char *why)
+{
+	core_data_side(&t->core, side, ok, why);
+	pump(t);
+}
+
+static void data_done(struct t *t, int ok, const char *why)
+{
+	core_data_done(&t->core, ok, why);
+	pump(t);
+}
+
+/* The transcript since the last check must be exactly want. */
+#define expect(t, want, ...)                                                                       \
+	do {                                                                                       \
+		(t)->log[(t)->len] = '\0';                                                         \
+		is_str((t)->log, want, __VA_ARGS__);                                               \
+		(t)->len = 0;                                                                      \
+	} while (0)
+
+static void start(struct t *t, const struct site_conf *sc)
+{
+	memset(t, 0, sizeof(*t));
+	if (sc)
+		t->conf = *sc;
+	else
+		conf_default(&t->conf);
+	t->next_port = 50000;
+	t->now = 1000;
+	struct sockaddr_in cl = {.sin_family = AF_INET}, lo = {.sin_family = AF_INET};
+	cl.sin_addr.s_addr = htonl(0x7f000001);
+	lo.sin_addr.s_addr = htonl(0x7f000001);
+	core_init(&t->core, &t->conf, &ops, t, "t/1", (struct sockaddr *)&cl,
+	          (struct sockaddr *)&lo);
+	core_start(&t->core);
+	core_backend_connected(&t->core);
+}
+
+static void login(struct t *t)
+{
+	backend(t, "220 hello\r\n");
+	client(t, "USER u\r\n");
+	backend(t, "331 pass\r\n");
+	client(t, "PASS p\r\n");
+	backend(t, "230 in\r\n");
+	t->len = 0;
+}
+
+static void finish(struct t *t, const char *what)
+{
+	is_int(t->core.bad_transitions, 0, "%s: no transfer state transition outside the drawing",
+	       what);
+	core_free(&t->core);
+}
+
+/* PASV (EPSV to the backend) up to the client's 227. */
+static void pasv(struct t *t)
+{
+	client(t, "PASV\r\n");
+	backend(t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	t->len = 0;
+}
+
+static void test_login_and_pipelining(void)
+{
+	struct t t;
+	start(&t, NULL);
+	expect(&t, "", "nothing before the greeting");
+	client(&t, "USER u\r\n");
+	expect(&t, "", "a command waits for the backend's greeting");
+	backend(&t, "220 hello\r\n");
+	expect(&t, "C:220 hello\nB:USER u\n", "greeting relayed, then the waiting command");
+	backend(&t, "331 pass\r\n");
+	client(&t, "PASS p\r\nTYPE I\r\nSIZE f\r\n");
+	expect(&t, "C:331 pass\nB:PASS p\n", "pipelined commands go one at a time");
+	is_int(t.core.logged_in, 0, "not logged in before 230");
+	backend(&t, "230 in\r\n");
+	expect(&t, "C:230 in\nB:TYPE I\n", "the next pipelined command after the reply");
+	is_int(t.core.logged_in, 1, "logged in after 230");
+	backend(&t, "200 type\r\n");
+	backend(&t, "213 42\r\n");
+	expect(&t, "C:200 type\nB:SIZE f\nC:213 42\n", "replies in order");
+	backend(&t, "227 Entering Passive Mode (10,0,0,1,1,2)\r\n");
+	expect(&t, "", "a reply that answers nothing is dropped");
+	backend(&t, "421 going down\r\n");
+	expect(&t, "C:421 going down\nclose flush: backend closed the session (421)\n",
+	       "an unsolicited 421 is relayed and ends the session");
+	finish(&t, "login");
+}
+
+static void test_download(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+	client(&t, "PASV\r\n");
+	expect(&t, "data_new 0 0\nB:EPSV\n", "PASV: a pair, EPSV to the backend");
+	is_int(t.core.xs, XS_SETUP, "setup");
+	backend(&t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	expect(&t,
+	       "connect backend 40000\nlisten client 50000\n"
+	       "C:227 Entering Passive Mode (127,0,0,1,195,80).\n",
+	       "connect to the backend's port, listen, 227 with our port");
+	is_int(t.core.xs, XS_READY, "ready");
+	client(&t, "RETR f\r\n");
+	expect(&t, "", "RETR waits for the backend data connection");
+	is_int(t.core.xs, XS_CONNECTING, "connecting");
+	client(&t, "NOOP\r\n");
+	expect(&t, "", "the next command waits too");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	expect(&t, "B:RETR f\nstart\n", "RETR goes out once the backend side is up");
+	is_int(t.core.xs, XS_RUNNING, "running");
+	backend(&t, "150 opening\r\n");
+	expect(&t, "tls_go\nC:150 opening\n", "150 relayed");
+	backend(&t, "226 done\r\n");
+	expect(&t, "", "226 held while the data moves");
+	is_int(t.core.xs, XS_HELD, "held");
+	data_done(&t, 1, NULL);
+	expect(&t, "C:226 done\nend 226 ok\nB:NOOP\n",
+	       "226 released once every byte is delivered, then the next command");
+	is_int(t.core.xs, XS_IDLE, "idle");
+	backend(&t, "200 ok\r\n");
+	t.len = 0;
+
+	/* The data finishes before the backend's 226. */
+	pasv(&t);
+	client(&t, "RETR g\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	data_done(&t, 1, NULL);
+	is_int(t.core.xs, XS_DATA_DONE, "data done before the final reply");
+	t.len = 0;
+	backend(&t, "226 done\r\n");
+	expect(&t, "C:226 done\nend 226 ok\n", "226 relayed at once");
+
+	/* Incomplete data: the 226 becomes 426. */
+	pasv(&t);
+	client(&t, "RETR h\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	backend(&t, "226 done\r\n");
+	t.len = 0;
+	data_done(&t, 0, "write to client: Connection reset by peer");
+	expect(&t,
+	       "C:426 Connection closed; transfer aborted (write to client: Connection reset "
+	       "by peer).\nend 426 failed\n",
+	       "a 226 for data that did not arrive becomes 426");
+
+	/* The backend refuses the transfer. */
+	pasv(&t);
+	client(&t, "RETR missing\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	t.len = 0;
+	backend(&t, "550 no such file\r\n");
+	expect(&t, "C:550 no such file\ndrop\nend 550 failed\n", "550: pair dropped, relayed");
+
+	/* A data connection that fails before the command went out. */
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 0, "connect to backend data port: Connection refused");
+	expect(&t,
+	       "drop\nC:425 Can't open data connection: connect to backend data port: "
+	       "Connection refused.\n",
+	       "425 from the proxy, the backend never hears of the transfer");
+	client(&t, "RETR f\r\n");
+	expect(&t, "C:425 Use PASV or EPSV first.\n", "a transfer without a pair gets 425");
+	finish(&t, "download");
+}
+
+static void test_abor(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+
+	/* ABOR after PASV, before any transfer command. */
+	pasv(&t);
+	client(&t, "ABOR\r\n");
+	expect(&t, "drop\nB:ABOR\n", "ready: pair dropped, ABOR relayed");
+	backend(&t, "225 no transfer\r\n");
+	expect(&t, "C:225 no transfer\n", "its reply relayed");
+
+	/* ABOR while the command waits for the data connections. */
+	pasv(&t);
+	client(&t, "RETR f\r\nABOR\r\n");
+	expect(&t, "drop\nC:426 Connection closed; transfer aborted.\nB:ABOR\n",
+	       "connecting: ABOR overtakes, 426 from the proxy");
+	backend(&t, "225 no transfer\r\n");
+	expect(&t, "C:225 no transfer\n", "then the backend's answer to ABOR");
+
+	/* ABOR while the data is moving. */
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	t.len = 0;
+	client(&t, "ABOR\r\n");
+	expect(&t, "drop\nB:ABOR\n", "running: ABOR overtakes the transfer");
+	is_int(t.core.xs, XS_ABORTED, "aborted");
+	client(&t, "ABOR\r\n");
+	expect(&t, "", "a second ABOR waits");
+	backend(&t, "426 aborted\r\n");
+	expect(&t, "C:426 aborted\nend 426 aborted\n", "426 relayed, counted as aborted");
+	backend(&t, "226 abor ok\r\n");
+	expect(&t, "C:226 abor ok\nB:ABOR\n", "226 for ABOR, then the second ABOR goes out");
+	backend(&t, "225 nothing\r\n");
+	t.len = 0;
+
+	/* ABOR after the backend's 226 was held. */
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	backend(&t, "226 done\r\n");
+	t.len = 0;
+	client(&t, "ABOR\r\n");
+	expect(&t, "drop\nC:226 done\nend 226 aborted\nB:ABOR\n",
+	       "held: the held reply goes out first, then ABOR");
+	backend(&t, "225 no transfer\r\n");
+	expect(&t, "C:225 no transfer\n", "ABOR's reply");
+
+	/* ABOR after the data finished, before the final reply. */
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	data_done(&t, 1, NULL);
+	t.len = 0;
+	client(&t, "ABOR\r\n");
+	expect(&t, "B:ABOR\n", "data done: ABOR relayed");
+	backend(&t, "226 done\r\n");
+	backend(&t, "226 abor\r\n");
+	expect(&t, "C:226 done\nend 226 aborted\nC:226 abor\n", "both replies, in order");
+
+	/* pyftpdlib: one 225 answers the transfer command and the ABOR. */
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	t.len = 0;
+	client(&t, "ABOR\r\n");
+	backend(&t, "225 ABOR successful; data channel closed.\r\n");
+	expect(&t, "drop\nB:ABOR\nC:225 ABOR successful; data channel closed.\nend 225 aborted\n",
+	       "one 225 ends both");
+	is_int(t.core.fifo_len, 0, "nothing more expected");
+	client(&t, "NOOP\r\n");
+	expect(&t, "B:NOOP\n", "the stream is in step");
+	finish(&t, "abor");
+}
+
+static void test_backend_gone_mid_transfer(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	t.len = 0;
+	backend(&t, "421 shutting down\r\n");
+	expect(&t, "C:421 shutting down\ndrop\nend 421 failed\n",
+	       "421 instead of 226: the pair goes, the reply is relayed");
+	core_abort(&t.core, "backend closed the control connection");
+	expect(&t,
+	       "C:421 Service not available, closing control connection.\n"
+	       "close flush: backend closed the control connection\n",
+	       "the shell's abort: 421 and close after it is delivered");
+	client(&t, "NOOP\r\n");
+	expect(&t, "", "nothing after closing");
+	finish(&t, "421");
+}
+
+static void test_epsv_all_rein_feat(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+	client(&t, "EPSV ALL\r\n");
+	expect(&t, "C:200 EPSV ALL accepted.\n", "EPSV ALL answered by the proxy");
+	client(&t, "PASV\r\nPORT 127,0,0,1,200,1\r\nEPSV 2\r\nEPSV\r\n");
+	expect(&t,
+	       "C:503 PASV not allowed after EPSV ALL.\nC:503 PORT not allowed after EPSV "
+	       "ALL.\nC:522 Network protocol not supported, use (1)\ndata_new 0 0\nB:EPSV\n",
+	       "after EPSV ALL only EPSV");
+	backend(&t, "229 Entering Extended Passive Mode (|||40001|)\r\n");
+	expect(&t,
+	       "connect backend 40001\nlisten client 50000\n"
+	       "C:229 Entering Extended Passive Mode (|||50000|)\n",
+	       "229 with the proxy's port");
+	client(&t, "REIN\r\n");
+	expect(&t, "drop\nB:REIN\n", "REIN drops the pair");
+	backend(&t, "220 again\r\n");
+	is_int(t.core.logged_in, 0, "REIN: logged out");
+	is_int(t.core.epsv_all, 0, "REIN: EPSV ALL forgotten");
+	t.len = 0;
+	client(&t, "FEAT\r\n");
+	backend(&t, "211-Features:\r\n EPSV\r\n MDTM\r\n AUTH TLS\r\n SIZE\r\n211 End\r\n");
+	expect(&t, "B:FEAT\nC:211-Features:\nC: EPRT\nC: EPSV\nC: MDTM\nC: SIZE\nC:211 End\n",
+	       "FEAT lists what the proxy offers");
+	client(&t, "LPSV\r\n");
+	expect(&t, "C:502 LPSV is not supported; use EPSV, PASV, EPRT or PORT.\n", "LPSV 502");
+	client(&t, "QUIT\r\n");
+	backend(&t, "221 bye\r\n");
+	expect(&t, "B:QUIT\nC:221 bye\nclose flush: client quit\n", "QUIT");
+	finish(&t, "epsv all");
+}
+
+static void test_active(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+	client(&t, "PORT 10,0,0,1,200,1\r\n");
+	expect(&t, "C:504 PORT refused: the address must be your own.\n", "FTP bounce refused");
+	client(&t, "PORT 127,0,0,1,0,21\r\n");
+	expect(&t, "C:504 PORT refused: ports below 1024 are not allowed.\n", "privileged port");
+	client(&t, "PORT 127,0,0,1,200,1\r\n");
+	expect(&t, "data_new 0 0\nB:EPSV\n", "PORT: backend passive");
+	backend(&t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	expect(&t, "connect backend 40000\nC:200 PORT command successful.\n", "200 to PORT");
+	client(&t, "STOR f\r\n");
+	expect(&t, "connect client 51201\n", "STOR: connect to the client first");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	expect(&t, "", "still waiting for the client side");
+	data_side(&t, CORE_CLIENT, 1, NULL);
+	expect(&t, "B:STOR f\nstart\n", "STOR goes out once the client is reachable");
+	backend(&t, "150 ok\r\n");
+	data_done(&t, 1, NULL);
+	backend(&t, "226 ok\r\n");
+	t.len = 0;
+
+	/* Backend in active mode. */
+	struct site_conf sc;
+	conf_default(&sc);
+	sc.backend_data_mode = BDM_ACTIVE;
+	finish(&t, "active");
+	start(&t, &sc);
+	login(&t);
+	client(&t, "EPSV\r\n");
+	expect(&t, "data_new 0 0\nlisten backend 50000\nB:PORT 127,0,0,1,195,80\n",
+	       "backend active: listen, PORT to the backend");
+	backend(&t, "200 PORT ok\r\n");
+	expect(&t, "listen client 50001\nC:229 Entering Extended Passive Mode (|||50001|)\n",
+	       "then the client's 229");
+	client(&t, "LIST\r\n");
+	expect(&t, "B:LIST\nstart\n", "LIST goes out at once (the backend connects)");
+	finish(&t, "backend active");
+
+	/* EPSV refused by the backend: PASV from then on. */
+	start(&t, NULL);
+	login(&t);
+	client(&t, "EPSV\r\n");
+	backend(&t, "500 EPSV?\r\n");
+	expect(&t, "data_new 0 0\nB:EPSV\nB:PASV\n", "fallback to PASV");
+	backend(&t, "227 Entering Passive Mode (10,9,9,9,156,65)\r\n");
+	expect(&t,
+	       "connect backend 40001\nlisten client 50000\n"
+	       "C:229 Entering Extended Passive Mode (|||50000|)\n",
+	       "the 227's port, at the backend's control address");
+	client(&t, "PASV\r\n");
+	expect(&t, "drop\ndata_new 0 0\nB:PASV\n", "a new data command replaces the pair");
+	backend(&t, "227 Entering Passive Mode (999,1,1,1,1,1)\r\n");
+	expect(&t, "drop\nC:425 Can't open data connection: bad reply from the server.\n",
+	       "an unusable 227 gets 425");
+	t.fail_listen = 1;
+	client(&t, "PASV\r\n");
+	backend(&t, "227 Entering Passive Mode (10,9,9,9,156,65)\r\n");
+	expect(&t,
+	       "data_new 0 0\nB:PASV\nconnect backend 40001\ndrop\n"
+	       "C:425 Can't open passive connection: no free port.\n",
+	       "no free port: 425");
+	finish(&t, "epsv fallback");
+}
+
+static void test_timers(void)
+{
+	struct t t;
+	start(&t, NULL);
+	is_int(t.timer_ms, 10000, "connect timeout armed");
+	core_timer(&t.core);
+	expect(&t,
+	       "C:421 Service not available, closing control connection.\n"
+	       "close flush: backend 127.0.0.2:2121: no greeting within 10 s\n",
+	       "no greeting: 421");
+	finish(&t, "greeting timeout");
+
+	start(&t, NULL);
+	backend(&t, "220 hi\r\n");
+	is_int(t.timer_ms, 60000, "login timeout bounds the idle timer");
+	t.now += 60000;
+	t.len = 0;
+	core_timer(&t.core);
+	expect(&t,
+	       "C:421 Login timeout (60 seconds): closing control connection.\n"
+	       "close flush: login timeout\n",
+	       "login timeout");
+	finish(&t, "login timeout");
+
+	start(&t, NULL);
+	login(&t);
+	client(&t, "NOOP\r\n");
+	t.len = 0;
+	core_timer(&t.core);
+	expect(&t,
+	       "C:421 Service not available, closing control connection.\n"
+	       "close flush: backend did not reply within 900 s\n",
+	       "a silent backend: 421");
+	finish(&t, "silent backend");
+}
+
+static void test_tls(void)
+{
+	struct site_conf sc;
+	struct t t;
+	conf_default(&sc);
+	sc.tls = TLS_TERMINATE;
+	sc.require_tls = 1;
+	sc.require_data_tls = 1;
+	start(&t, &sc);
+	backend(&t, "220 hi\r\n");
+	t.len = 0;
+	client(&t, "USER u\r\n");
+	expect(&t, "C:530 TLS required: use AUTH TLS first.\n", "require_tls");
+	client(&t, "PBSZ 0\r\n");
+	expect(&t, "C:503 PBSZ requires AUTH TLS first.\n", "PBSZ before AUTH");
+	client(&t, "AUTH TLS\r\nUSER injected\r\n");
+	expect(&t, "C:234 AUTH TLS successful.\nclient_tls\n", "AUTH TLS: 234, then TLS");
+	is_int(core_may_take_command(&t.core, "USER injected\r\n", 15), 0,
+	       "nothing is taken in plaintext after AUTH");
+	t.cin_len = 0; /* the shell drops it when TLS starts */
+	core_client_tls_started(&t.core);
+	client(&t, "CCC\r\nPROT P\r\nPBSZ 0\r\nPROT C\r\nPROT E\r\nPROT P\r\n");
+	expect(&t,
+	       "C:534 CCC refused: the control connection stays protected.\nC:503 PBSZ first.\n"
+	       "C:200 PBSZ=0\nC:534 PROT C refused: data connections must be protected.\n"
+	       "C:536 PROT E is not supported; use P or C.\nC:200 Protection level set to "
+	       "Private.\n",
+	       "PBSZ/PROT answered by the proxy");
+	client(&t, "USER u\r\n");
+	backend(&t, "230 in\r\n");
+	t.len = 0;
+	client(&t, "EPSV\r\n");
+	expect(&t, "data_new 1 0\nB:EPSV\n", "PROT P: the client side of the pair is TLS");
+	finish(&t, "tls");
+
+	/* TLS toward the backend. */
+	conf_default(&sc);
+	sc.backend_tls = BTLS_ON;
+	sc.backend_data_protection = BPROT_PRIVATE;
+	start(&t, &sc);
+	backend(&t, "220 hi\r\n");
+	expect(&t, "B:AUTH TLS\n", "AUTH TLS to the backend before the client sees 220");
+	backend(&t, "234 go\r\n");
+	expect(&t, "backend_tls\nB:PBSZ 0\n", "TLS, then PBSZ");
+	backend(&t, "200 ok\r\n");
+	expect(&t, "C:220 hi\n", "then the greeting");
+	client(&t, "USER u\r\n");
+	backend(&t, "230 in\r\n");
+	t.len = 0;
+	client(&t, "PASV\r\n");
+	expect(&t, "data_new 0 1\nB:PROT P\nB:EPSV\n", "PROT P to the backend once");
+	backend(&t, "200 prot\r\n");
+	backend(&t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	t.len = 0;
+	backend(&t, "150 ok\r\n");
+	expect(&t, "tls_go\nC:150 ok\n", "the backend's data handshake starts after 1xx");
+	client(&t, "ABOR\r\n");
+	backend(&t, "426 aborted\r\n");
+	backend(&t, "226 ok\r\n");
+	t.len = 0;
+	client(&t, "PASV\r\n");
+	expect(&t, "data_new 0 1\nB:EPSV\n", "no second PROT");
+	finish(&t, "backend tls");
+}
+
+static void test_passthrough(void)
+{
+	struct site_conf sc;
+	struct t t;
+	conf_default(&sc);
+	sc.tls = TLS_PASSTHROUGH;
+	start(&t, &sc);
+	login(&t);
+	client(&t, "PORT 127,0,0,1,200,1\r\n");
+	expect(&t,
+	       "C:502 Active mode is not available through this proxy; use passive mode "
+	       "(PASV/EPSV).\n",
+	       "active mode refused");
+	client(&t, "PASV\r\n");
+	expect(&t, "B:PASV\n", "PASV relayed unchanged");
+	backend(&t, "227 Entering Passive Mode (203,0,113,1,195,80)\r\n");
+	expect(&t, "C:227 Entering Passive Mode (203,0,113,1,195,80)\n", "227 relayed");
+	client(&t, "RETR f\r\nABOR\r\n");
+	expect(&t, "B:RETR f\nB:ABOR\n", "ABOR overtakes a passthrough transfer");
+	backend(&t, "426 aborted\r\n");
+	backend(&t, "226 ok\r\n");
+	expect(&t, "C:426 aborted\nend 426 aborted\nC:226 ok\n", "replies in order");
+	client(&t, "AUTH TLS\r\n");
+	backend(&t, "234 go\r\n");
+	expect(&t, "B:AUTH TLS\nC:234 go\nblind\n", "after the backend's 234 the relay is blind");
+	is_int(core_may_take_command(&t.core, "NOOP\r\n", 6), 0, "no command is read after 234");
+	finish(&t, "passthrough");
+
+	sc.tls = TLS_PASSTHROUGH_IMPLICIT;
+	memset(&t, 0, sizeof(t));
+	start(&t, &sc);
+	expect(&t, "blind\n", "implicit passthrough: blind from the backend's connect on");
+	finish(&t, "passthrough implicit");
+}
+
+static void test_drain(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	t.len = 0;
+	core_drain(&t.core);
+	expect(&t, "", "a running transfer is not cut by a graceful stop");
+	backend(&t, "150 ok\r\n");
+	data_done(&t, 1, NULL);
+	backend(&t, "226 ok\r\n");
+	expect(&t,
+	       "tls_go\nC:150 ok\nC:226 ok\nend 226 ok\n"
+	       "C:421 Service shutting down, closing control connection.\n"
+	       "close flush: proxy shutting down\n",
+	       "the session ends once the transfer is done");
+	finish(&t, "drain");
+}
+
+int main(void)
+{
+	log_set_level(LOG_LVL_ERROR);
+	test_login_and_pipelining();
+	test_download();
+	test_abor();
+	test_backend_gone_mid_transfer();
+	test_epsv_all_rein_feat();
+	test_active();
+	test_timers();
+	test_tls();
+	test_passthrough();
+	test_drain();
+	return tap_done();
+}
