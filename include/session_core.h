@@ -98,6 +98,9 @@ struct core_ops {
 	int (*data_listen)(void *io, enum core_side side, struct sockaddr_storage *bound);
 	/* Connect the side to addr. */
 	int (*data_connect)(void *io, enum core_side side, const struct sockaddr *addr);
+	/* The client's protection changed since the pair was opened: TLS on
+	 * its client side or not, before any byte moves. */
+	int (*data_client_tls)(void *io, int on);
 	void (*data_start)(void *io);  /* let the pair move bytes once both sides are up */
 	void (*data_tls_go)(void *io); /* the backend answered 1xx: its data handshake may start */
 	void (*data_drop)(void *io);   /* close the pair now (no event follows) */
@@ -145,6 +148,7 @@ struct core {
 	enum xfer_state xs;
 	unsigned bad_transitions; /* transitions the drawing does not allow (a bug; logged) */
 	int pair;                 /* the shell holds a data pair for this session */
+	int pair_client_tls;      /* ... whose client side speaks TLS */
 	int client_active;        /* the client asked PORT/EPRT: connect to client_data_addr */
 	int backend_active;       /* the backend connects to the proxy (PORT/EPRT sent) */
 	int side_up[2];           /* data pair sides connected */

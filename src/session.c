@@ -397,6 +397,21 @@ static int op_data_connect(void *io, enum core_side side, const struct sockaddr 
 	return datachan_connect(s->dc, (enum dc_side)side, addr, src);
 }
 
+static int op_data_client_tls(void *io, int on)
+{
+	struct session *s = io;
+	SSL *ssl = NULL;
+	if (on) {
+		ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
+		if (!ssl) {
+			errno = ENOMEM;
+			return -1;
+		}
+	}
+	datachan_set_tls(s->dc, DC_CLIENT, ssl, 1, s->conf->tls_require_session_reuse);
+	return 0;
+}
+
 static void op_data_start(void *io)
 {
 	struct session *s = io;
@@ -497,6 +512,7 @@ static const struct core_ops session_ops = {
     .data_new = op_data_new,
     .data_listen = op_data_listen,
     .data_connect = op_data_connect,
+    .data_client_tls = op_data_client_tls,
     .data_start = op_data_start,
     .data_tls_go = op_data_tls_go,
     .data_drop = op_data_drop,

@@ -834,6 +834,7 @@ static int pair_open(struct core *c)
 		return -1;
 	}
 	c->pair = 1;
+	c->pair_client_tls = client_tls;
 	if (c->backend_tls_up && backend_tls != c->backend_prot_p) {
 		send_backend(c, "PROT %c", backend_tls ? 'P' : 'C');
 		fifo_push(c, EXP_BPROT);
@@ -929,6 +930,17 @@ static void cmd_transfer(struct core *c, const struct ftp_cmd *cmd)
 		xfer_cancel(c);
 		reply_client(c, "521 Data connections must be protected: use PROT P.");
 		return;
+	}
+	/* PBSZ/PROT may have come after PASV/PORT: the data connection gets
+	 * the protection in force now, never the one of when it was prepared. */
+	int want_tls = c->client_tls && c->client_prot_p;
+	if (want_tls != c->pair_client_tls) {
+		if (c->ops->data_client_tls(c->io, want_tls) < 0) {
+			xfer_cancel(c);
+			reply_client(c, "425 Can't open data connection: out of memory.");
+			return;
+		}
+		c->pair_client_tls = want_tls;
 	}
 	size_t n = cmd_line(cmd, raw, sizeof(raw));
 	log_escape(c->xfer_cmd, sizeof(c->xfer_cmd), raw, n);

@@ -530,6 +530,42 @@ def c10_require_data_tls():
         p.quit()
 
 
+def c10b_prot_after_pasv():
+    """PASV before PBSZ/PROT P: the data pair prepared in clear must not
+    carry the file in clear once PROT P is in force (issue 10.3)."""
+    with gate(SRV, **tls_site(require_data_tls='yes')) as g:
+        f = tls_login(g.port, prot=False)
+        assert f.sendcmd('TYPE I').startswith('200'), f.replies[-1]
+        _, port = ftplib.parse227(f.sendcmd('PASV'))
+        d = socket.create_connection(('127.0.0.1', port), timeout=10)
+        assert f.sendcmd('PBSZ 0').startswith('200'), f.replies[-1]
+        assert f.sendcmd('PROT P').startswith('200'), f.replies[-1]
+        f.putcmd('RETR mid.bin')
+        # A protected data connection waits for the client's ClientHello;
+        # a clear one starts sending the file at once.
+        d.settimeout(3)
+        try:
+            early = d.recv(65536)
+        except socket.timeout:
+            early = b''
+        assert not early, 'the proxy sent %d bytes in clear after PROT P: %r' % (
+            len(early), early[:16])
+        d.settimeout(20)
+        s = CTX.wrap_socket(d, server_hostname='127.0.0.1', session=f.sock.session)
+        r = f.getresp()
+        assert r.startswith('1'), r
+        data = bytearray()
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            data += b
+        s.close()
+        assert T.sha256_bytes(bytes(data)) == MID_SHA, '%d bytes' % len(data)
+        assert f.voidresp().startswith('226'), f.replies[-1]
+        f.quit()
+
+
 def c11_feat_ccc():
     with gate(SRV, **tls_site()) as g:
         with T.RawCtl('127.0.0.1', g.port) as c:
@@ -717,6 +753,8 @@ maybe('STARTTLS injection: plaintext after AUTH TLS dropped, not executed', c08_
 maybe('tls_require_session_reuse: stock FTP_TLS fails, resuming client works; =no allows',
       c09_session_reuse, 30)
 maybe('require_data_tls: PROT C -> 534, transfer without PROT P -> 521', c10_require_data_tls, 20)
+maybe('PASV before PROT P: the prepared data connection is protected too (no clear file)',
+      c10b_prot_after_pasv, 30)
 maybe('FEAT lists AUTH TLS/PBSZ/PROT, CCC -> 534; tls=off: not advertised, AUTH -> 502',
       c11_feat_ccc, 20)
 maybe('bad tls_cert/tls_key: ftpgate -t exits 1 with FILE:LINE: key: reason', c12_bad_config, 30)

@@ -106,6 +106,11 @@ static int op_data_connect(void *io, enum core_side side, const struct sockaddr 
 	rec(t, "connect %s %u\n", side == CORE_CLIENT ? "client" : "backend", ntohs(sin->sin_port));
 	return 0;
 }
+static int op_data_client_tls(void *io, int on)
+{
+	rec(io, "data_client_tls %d\n", on);
+	return 0;
+}
 static void op_data_start(void *io)
 {
 	rec(io, "start\n");
@@ -152,9 +157,22 @@ static uint64_t op_now(void *io)
 }
 
 static const struct core_ops ops = {
-    op_send_client, op_send_backend, op_data_new,  op_data_listen,  op_data_connect,
-    op_data_start,  op_data_tls_go,  op_data_drop, op_client_tls,   op_backend_tls,
-    op_blind,       op_set_timer,    op_close,     op_transfer_end, op_now,
+    .send_client = op_send_client,
+    .send_backend = op_send_backend,
+    .data_new = op_data_new,
+    .data_listen = op_data_listen,
+    .data_connect = op_data_connect,
+    .data_client_tls = op_data_client_tls,
+    .data_start = op_data_start,
+    .data_tls_go = op_data_tls_go,
+    .data_drop = op_data_drop,
+    .client_tls_after_flush = op_client_tls,
+    .backend_tls_start = op_backend_tls,
+    .go_blind_after_flush = op_blind,
+    .set_timer = op_set_timer,
+    .close = op_close,
+    .transfer_end = op_transfer_end,
+    .now_ms = op_now,
 };
 
 static void conf_default(struct site_conf *sc)
@@ -660,7 +678,38 @@ static void test_tls(void)
 	t.len = 0;
 	client(&t, "EPSV\r\n");
 	expect(&t, "data_new 1 0\nB:EPSV\n", "PROT P: the client side of the pair is TLS");
+	backend(&t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 ok\r\n");
+	data_done(&t, 1, NULL);
+	backend(&t, "226 ok\r\n");
 	finish(&t, "tls");
+
+	/* PASV in clear, then PBSZ/PROT P: the prepared pair is protected at RETR. */
+	conf_default(&sc);
+	sc.tls = TLS_TERMINATE;
+	start(&t, &sc);
+	login(&t);
+	client(&t, "AUTH TLS\r\n");
+	core_client_tls_started(&t.core);
+	client(&t, "PASV\r\n");
+	backend(&t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	client(&t, "PBSZ 0\r\nPROT P\r\n");
+	t.len = 0;
+	client(&t, "RETR f\r\n");
+	expect(&t, "data_client_tls 1\n", "PROT P after PASV: TLS on the prepared pair");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	client(&t, "ABOR\r\n");
+	backend(&t, "426 aborted\r\n");
+	backend(&t, "226 ok\r\n");
+	client(&t, "PASV\r\n");
+	backend(&t, "229 Entering Extended Passive Mode (|||40001|)\r\n");
+	client(&t, "PROT C\r\n");
+	t.len = 0;
+	client(&t, "RETR f\r\n");
+	expect(&t, "data_client_tls 0\n", "PROT C after PASV: the pair is clear");
+	finish(&t, "tls after pasv");
 
 	/* TLS toward the backend. */
 	conf_default(&sc);
