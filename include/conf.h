@@ -7,9 +7,11 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "util.h"
 
 #define CONF_MAX_LISTEN 16
 #define CONF_NAME_MAX 64
+#define CONF_MAX_TRUSTED 32
 
 enum backend_data_mode {
 	BDM_PASSIVE = 0, /* the proxy connects to the backend's passive port */
@@ -80,6 +82,13 @@ struct site_conf {
 	int backend_ca_line;
 	char backend_host[256]; /* as written in backend =, for certificate checks */
 	enum backend_prot backend_data_protection;
+
+	/* PROXY protocol (HAProxy's proxy-protocol.txt). */
+	unsigned proxy_protocol; /* 0 = off, else a mask of PP_ACCEPT_V1 / PP_ACCEPT_V2 */
+	int proxy_protocol_line;
+	struct cidr proxy_trusted[CONF_MAX_TRUSTED]; /* who may send the header */
+	size_t n_proxy_trusted;
+	int backend_proxy_protocol; /* 0 = off, 1 = v1, 2 = v2 toward the backend */
 };
 
 enum log_target { LOGT_DEFAULT = 0, LOGT_STDERR, LOGT_SYSLOG, LOGT_FILE };

@@ -13,6 +13,7 @@
 
 struct ftpgate;
 struct session;
+struct pp_wait;
 struct gen;
 struct metrics;
 struct xferlog;
@@ -64,6 +65,7 @@ struct ftpgate {
 	unsigned n_sessions;
 	uint64_t next_session_id;
 	struct session *sessions; /* every open session */
+	struct pp_wait *pp_waits; /* connections whose PROXY header is being read */
 	int draining;             /* shutting down: no new sessions */
 	struct metrics *metrics;
 	struct xferlog *xferlog;

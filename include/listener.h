@@ -8,6 +8,9 @@
 int listeners_open(struct ftpgate *gw);
 void listeners_close(struct ftpgate *gw);
 
+/* Close the connections whose PROXY protocol header is still being read (shutdown). */
+void listeners_close_pending(struct ftpgate *gw);
+
 /*
  * Reload: give the sites of `to` their listeners, taking over those of `from`
  * with the same address (no connection is refused in between), opening new

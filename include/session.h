@@ -8,8 +8,13 @@
 
 #include "ftpgate.h"
 
-/* Take ownership of an accepted client control socket. */
-void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen);
+/*
+ * Take ownership of an accepted client control socket. peer is the client
+ * (from a PROXY protocol header, or the socket's peer); dst the address it
+ * connected to as the header says, or NULL for the socket's own.
+ */
+void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
+                 const struct sockaddr *dst);
 
 /* Sessions of site whose client has the IP of ip. */
 unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);

@@ -45,8 +45,9 @@ struct session {
 	struct bufferevent *cbev; /* client control */
 	struct bufferevent *bbev; /* backend control */
 	struct sockaddr_storage client_addr;
-	struct event *timer;  /* connect / idle / flush timeout */
-	int closing;          /* delivering a last reply, then close */
+	struct sockaddr_storage client_dst; /* what the client connected to (PROXY header out) */
+	struct event *timer;                /* connect / idle / flush timeout */
+	int closing;                        /* delivering a last reply, then close */
 	int client_throttled; /* commands not read: the client is not reading replies */
 	int discarding;       /* client line too long: skip to the next LF */
 	int tls_after_flush;  /* start the client's TLS once the output is on the wire */

@@ -24,6 +24,22 @@ void addr_set_port(struct sockaddr *sa, uint16_t port);
 int addr_parse(const char *text, int default_port, int resolve, struct sockaddr_storage *ss,
                char *err, size_t errsize);
 
+/* An address prefix: 192.0.2.0/24, 2001:db8::/32, or one address (/32, /128). */
+struct cidr {
+	int family; /* AF_INET or AF_INET6 */
+	unsigned char addr[16];
+	unsigned prefix;
+};
+
+/*
+ * Parse "ADDR/LEN" or "ADDR" (numeric only; host bits must be zero).
+ * Returns 0, or -1 with why in err.
+ */
+int cidr_parse(const char *text, struct cidr *out, char *err, size_t errsize);
+
+/* 1 if sa's IP (IPv4-mapped IPv6 counts as IPv4) is inside c. */
+int cidr_match(const struct cidr *c, const struct sockaddr *sa);
+
 /* Uniform random integer in [0, n) from getrandom(2). */
 uint32_t rand_uniform(uint32_t n);
 

@@ -17,6 +17,7 @@
 #include <openssl/ssl.h>
 
 #include "conf.h"
+#include "proxyproto.h"
 #include "util.h"
 
 struct parse_ctx {
@@ -160,6 +161,57 @@ static int set_ports(struct parse_ctx *p, const char *key, const char *v, struct
 		return fail(p, key, "\"%s\": LOW is greater than HIGH", v);
 	s->pasv_lo = (uint16_t)lo;
 	s->pasv_hi = (uint16_t)hi;
+	return 1;
+}
+
+/* proxy_protocol, proxy_trusted, backend_proxy_protocol. */
+static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	char buf[1024], err[256];
+
+	if (strcmp(key, "proxy_protocol") == 0) {
+		static const struct {
+			const char *name;
+			unsigned mask;
+		} names[] = {
+		    {"off", 0}, {"v1", PP_ACCEPT_V1}, {"v2", PP_ACCEPT_V2}, {"any", PP_ACCEPT_ANY}};
+		s->proxy_protocol_line = p->line;
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			if (strcmp(v, names[i].name) == 0) {
+				s->proxy_protocol = names[i].mask;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of off, v1, v2, any", v);
+	}
+	if (strcmp(key, "backend_proxy_protocol") == 0) {
+		static const char *const names[] = {"off", "v1", "v2"};
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->backend_proxy_protocol = i;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of off, v1, v2", v);
+	}
+	/* proxy_trusted: a comma-separated list of prefixes. */
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	s->n_proxy_trusted = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		char *end = tok + strlen(tok);
+		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+			*--end = '\0';
+		if (s->n_proxy_trusted == CONF_MAX_TRUSTED)
+			return fail(p, key, "more than %d prefixes", CONF_MAX_TRUSTED);
+		if (cidr_parse(tok, &s->proxy_trusted[s->n_proxy_trusted], err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		s->n_proxy_trusted++;
+	}
+	if (s->n_proxy_trusted == 0)
+		return fail(p, key, "empty list (want PREFIX[, ...], e.g. 192.0.2.10/32)");
 	return 1;
 }
 
@@ -320,6 +372,9 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		s->max_sessions = (unsigned)x;
 		return 1;
 	}
+	if (strcmp(key, "proxy_protocol") == 0 || strcmp(key, "proxy_trusted") == 0 ||
+	    strcmp(key, "backend_proxy_protocol") == 0)
+		return proxy_key(p, s, key, v);
 	return fail(p, key, "unknown key in [%s]", p->section);
 }
 
@@ -578,6 +633,13 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 				    o->name);
 				goto bad;
 			}
+		}
+		if (s->proxy_protocol && s->n_proxy_trusted == 0) {
+			snprintf(err, errsize,
+			         "%s:%d: proxy_protocol: needs proxy_trusted in [site:%s] (the "
+			         "addresses of the balancers that may send the header)",
+			         path, s->proxy_protocol_line, s->name);
+			goto bad;
 		}
 		if (!s->has_backend) {
 			snprintf(err, errsize,

@@ -1,4 +1,8 @@
-/* listener: control listeners, accept, global and per-site session limits. */
+/*
+ * listener: control listeners, accept, global and per-site session limits,
+ * and the PROXY protocol header a balancer sends before anything else
+ * (struct pp_wait: one connection whose header is still being read).
+ */
 #include "config.h"
 
 #include <errno.h>
@@ -11,6 +15,7 @@
 #include "ftp_addr.h"
 #include "listener.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "session.h"
 #include "util.h"
 
@@ -24,14 +29,17 @@ static void refuse(evutil_socket_t fd, const char *why)
 	close(fd);
 }
 
-static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *peer,
-                      int peerlen, void *arg)
+/* A client may start a session: the limits, with its real address. */
+static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *peer,
+                  const struct sockaddr *dst)
 {
-	struct site *site = arg;
 	struct ftpgate *gw = site->gw;
 	char a[ADDR_STR_MAX];
-	(void)lev;
 
+	if (gw->draining) {
+		close(fd);
+		return;
+	}
 	if (gw->n_sessions >= gw->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
 		         site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
@@ -54,7 +62,165 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 		refuse(fd, "per-ip");
 		return;
 	}
-	session_new(site, fd, peer, peerlen);
+	session_new(site, fd, peer, (int)addr_len(peer), dst);
+}
+
+/* ---- PROXY protocol header ------------------------------------------------------------------ */
+
+/* A connection from a trusted balancer whose PROXY header is being read. */
+struct pp_wait {
+	struct pp_wait *next, *prev; /* in gw->pp_waits */
+	struct site *site;
+	evutil_socket_t fd;
+	struct event *ev; /* readable, or connect_timeout */
+	struct sockaddr_storage peer;
+	unsigned char buf[PP_MAX_HEADER];
+	size_t len;
+	size_t want; /* bytes the parser may read next without reading past the header */
+};
+
+static void pp_wait_free(struct pp_wait *w, int close_fd)
+{
+	struct ftpgate *gw = w->site->gw;
+	struct gen *gen = w->site->gen;
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		gw->pp_waits = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	if (w->ev)
+		event_free(w->ev);
+	if (close_fd)
+		close(w->fd);
+	free(w);
+	gen_release(gw, gen);
+}
+
+static void pp_refuse(struct pp_wait *w, const char *why)
+{
+	char a[ADDR_STR_MAX];
+	log_warn("site %s: closed %s: PROXY protocol: %s", w->site->conf->name,
+	         addr_str((struct sockaddr *)&w->peer, a, sizeof(a), 1), why);
+	w->site->stats.proxy_refused++;
+	pp_wait_free(w, 1);
+}
+
+static void pp_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pp_wait *w = arg;
+	struct pp_header h;
+
+	if (what & EV_TIMEOUT) {
+		pp_refuse(w, w->len ? "header incomplete within connect_timeout"
+		                    : "no header within connect_timeout");
+		return;
+	}
+	/* Read no byte past the header: what follows is the client's (FTP or TLS). */
+	ssize_t n = recv(fd, w->buf + w->len, w->want, 0);
+	if (n == 0) {
+		pp_refuse(w, w->len ? pp_strerror(PP_E_TRUNCATED) : "closed before the header");
+		return;
+	}
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return;
+		pp_refuse(w, strerror(errno));
+		return;
+	}
+	w->len += (size_t)n;
+	int rc = pp_parse(w->buf, w->len, w->site->conf->proxy_protocol, &h);
+	if (rc == 0) {
+		w->want = h.want;
+		return;
+	}
+	if (rc < 0) {
+		pp_refuse(w, pp_strerror(rc));
+		return;
+	}
+	struct site *site = w->site;
+	struct sockaddr_storage src, dst;
+	const struct sockaddr *dstp = NULL;
+	if (h.command == PP_CMD_PROXY && (h.family == AF_INET || h.family == AF_INET6)) {
+		memcpy(&src, &h.src, sizeof(src));
+		memcpy(&dst, &h.dst, sizeof(dst));
+		ftp_addr_unmap(&src);
+		ftp_addr_unmap(&dst);
+		dstp = (const struct sockaddr *)&dst;
+	} else {
+		/* LOCAL (the balancer's own health check) or no address: the
+		 * connection is the balancer's own. */
+		memcpy(&src, &w->peer, sizeof(src));
+	}
+	site->gen->refs++; /* w's reference goes with w */
+	pp_wait_free(w, 0);
+	admit(site, fd, (const struct sockaddr *)&src, dstp);
+	gen_release(site->gw, site->gen);
+}
+
+/* A connection to a proxy_protocol site: only trusted balancers may send a header. */
+static void pp_wait_start(struct site *site, evutil_socket_t fd, const struct sockaddr *peer)
+{
+	const struct site_conf *sc = site->conf;
+	struct pp_wait *w = calloc(1, sizeof(*w));
+	char a[ADDR_STR_MAX];
+
+	int trusted = 0;
+	for (size_t i = 0; i < sc->n_proxy_trusted && !trusted; i++)
+		trusted = cidr_match(&sc->proxy_trusted[i], peer);
+	if (!trusted) {
+		log_warn("site %s: closed %s: not in proxy_trusted (PROXY protocol site)", sc->name,
+		         addr_str(peer, a, sizeof(a), 1));
+		site->stats.proxy_refused++;
+		free(w);
+		close(fd);
+		return;
+	}
+	if (!w) {
+		close(fd);
+		return;
+	}
+	w->site = site;
+	w->fd = fd;
+	struct pp_header h0;
+	pp_parse(w->buf, 0, sc->proxy_protocol, &h0); /* how much to read first */
+	w->want = h0.want ? h0.want : 1;
+	memcpy(&w->peer, peer, addr_len(peer));
+	w->ev = event_new(site->gw->base, fd, EV_READ | EV_PERSIST, pp_read_cb, w);
+	struct timeval tv = {(time_t)sc->connect_timeout, 0};
+	if (!w->ev || event_add(w->ev, &tv) < 0) {
+		if (w->ev)
+			event_free(w->ev);
+		free(w);
+		close(fd);
+		return;
+	}
+	w->next = site->gw->pp_waits;
+	if (w->next)
+		w->next->prev = w;
+	site->gw->pp_waits = w;
+	site->gen->refs++;
+}
+
+void listeners_close_pending(struct ftpgate *gw)
+{
+	while (gw->pp_waits)
+		pp_wait_free(gw->pp_waits, 1);
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *peer,
+                      int peerlen, void *arg)
+{
+	struct site *site = arg;
+	struct sockaddr_storage p;
+	(void)lev;
+
+	memcpy(&p, peer, (size_t)peerlen < sizeof(p) ? (size_t)peerlen : sizeof(p));
+	ftp_addr_unmap(&p);
+	if (site->conf->proxy_protocol)
+		pp_wait_start(site, fd, (struct sockaddr *)&p);
+	else
+		admit(site, fd, (struct sockaddr *)&p, NULL);
 }
 
 static void resume_cb(evutil_socket_t fd, short what, void *arg)

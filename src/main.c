@@ -441,6 +441,7 @@ int main(int argc, char **argv)
 out:
 	if (gw->base) {
 		listeners_close(gw);
+		listeners_close_pending(gw);
 		sessions_close_all(gw);
 		extras_close(gw);
 	}

@@ -153,6 +153,7 @@ enum simple {
 	F_BACKEND_CONNECT_FAILURES,
 	F_TLS_HANDSHAKE_FAILURES,
 	F_DATA_REFUSED,
+	F_PROXY_REFUSED,
 	F_PASV_IN_USE,
 	F_PASV_FREE,
 };
@@ -171,6 +172,9 @@ static const struct {
                                   "TLS handshakes that failed, client or backend side."},
     [F_DATA_REFUSED] = {"ftpgate_data_connections_refused_total", "counter",
                         "Data connections refused because they came from a stranger."},
+    [F_PROXY_REFUSED] = {"ftpgate_proxy_protocol_refused_total", "counter",
+                         "Connections closed for a PROXY protocol header that was missing, "
+                         "malformed, slow, or from an address outside proxy_trusted."},
     [F_PASV_IN_USE] = {"ftpgate_passive_ports_in_use", "gauge",
                        "Passive ports listening or connected now."},
     [F_PASV_FREE] = {"ftpgate_passive_ports_free", "gauge",
@@ -193,6 +197,8 @@ static uint64_t simple_value(enum simple f, const struct metrics_site *s,
 		return st->tls_handshake_failures;
 	case F_DATA_REFUSED:
 		return st->data_refused;
+	case F_PROXY_REFUSED:
+		return st->proxy_refused;
 	case F_PASV_IN_USE:
 		return st->passive_ports_in_use;
 	case F_PASV_FREE:
@@ -269,6 +275,7 @@ int metrics_render(struct evbuffer *out, const struct metrics_site *sites, size_
 	render_simple(&o, F_BACKEND_CONNECT_FAILURES, sites, n);
 	render_simple(&o, F_TLS_HANDSHAKE_FAILURES, sites, n);
 	render_simple(&o, F_DATA_REFUSED, sites, n);
+	render_simple(&o, F_PROXY_REFUSED, sites, n);
 	render_simple(&o, F_PASV_IN_USE, sites, n);
 	render_simple(&o, F_PASV_FREE, sites, n);
 	return o.err ? -1 : 0;

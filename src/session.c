@@ -34,6 +34,7 @@
 #include "ftp_addr.h"
 #include "ftp_reply.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "session.h"
 #include "session_int.h"
 #include "tls.h"
@@ -755,6 +756,27 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
 	session_pump(arg);
 }
 
+/*
+ * backend_proxy_protocol: the header goes first on the fresh connection,
+ * before any FTP or TLS byte (so it is written at once, not queued behind
+ * a TLS bufferevent). Returns 0, or -1 when the session was aborted.
+ */
+static int send_proxy_header(struct session *s, evutil_socket_t fd)
+{
+	unsigned char hdr[PP_MAX_HEADER];
+	const struct sockaddr *src = (const struct sockaddr *)&s->client_addr;
+	const struct sockaddr *dst = (const struct sockaddr *)&s->client_dst;
+	int n = s->conf->backend_proxy_protocol == 1
+	            ? pp_emit_v1((char *)hdr, sizeof(hdr), src, dst)
+	            : pp_emit_v2(hdr, sizeof(hdr), src, dst);
+	/* A fresh connection's send buffer takes a hundred bytes at once. */
+	if (n < 0 || send(fd, hdr, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
+		core_abort(&s->core, "cannot send the PROXY protocol header to the backend");
+		return -1;
+	}
+	return 0;
+}
+
 static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
@@ -773,6 +795,9 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		}
 		int one = 1;
 		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (s->conf->backend_proxy_protocol &&
+		    send_proxy_header(s, bufferevent_getfd(bev)) < 0)
+			return;
 		bufferevent_enable(bev, EV_READ);
 		core_backend_connected(&s->core);
 		return;
@@ -812,7 +837,8 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- sessions ------------------------------------------------------------------------------- */
 
-void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen)
+void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
+                 const struct sockaddr *dst)
 {
 	struct ftpgate *gw = site->gw;
 	char c[ADDR_STR_MAX], l[ADDR_STR_MAX];
@@ -844,6 +870,8 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	len = sizeof(local);
 	getsockname(fd, (struct sockaddr *)&local, &len);
 	ftp_addr_unmap(&local);
+	memcpy(&s->client_dst, dst ? dst : (const struct sockaddr *)&local,
+	       addr_len(dst ? dst : (const struct sockaddr *)&local));
 	addr_set_port((struct sockaddr *)&local, 0);
 	core_init(&s->core, s->conf, &session_ops, s, s->tag, (struct sockaddr *)&s->client_addr,
 	          (struct sockaddr *)&local);

@@ -172,3 +172,82 @@ uint64_t now_ms(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+int cidr_parse(const char *text, struct cidr *out, char *err, size_t errsize)
+{
+	char buf[64];
+	const char *slash = strchr(text, '/');
+	size_t n = slash ? (size_t)(slash - text) : strlen(text);
+	unsigned long len;
+
+	memset(out, 0, sizeof(*out));
+	if (n == 0 || n >= sizeof(buf)) {
+		snprintf(err, errsize, "\"%s\" is not an address or ADDRESS/PREFIX", text);
+		return -1;
+	}
+	memcpy(buf, text, n);
+	buf[n] = '\0';
+	if (inet_pton(AF_INET, buf, out->addr) == 1) {
+		out->family = AF_INET;
+		len = 32;
+	} else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+		out->family = AF_INET6;
+		len = 128;
+	} else {
+		snprintf(err, errsize, "\"%s\" is not an IPv4 or IPv6 address", buf);
+		return -1;
+	}
+	unsigned long max = len;
+	if (slash) {
+		char *end;
+		errno = 0;
+		len = strtoul(slash + 1, &end, 10);
+		if (slash[1] < '0' || slash[1] > '9' || *end || errno || len > max) {
+			snprintf(err, errsize, "\"%s\": the prefix length must be 0-%lu", text,
+			         max);
+			return -1;
+		}
+	}
+	out->prefix = (unsigned)len;
+	for (unsigned i = out->prefix; i < max; i++) {
+		if (out->addr[i / 8] & (0x80 >> (i % 8))) {
+			snprintf(err, errsize,
+			         "\"%s\": bits set after the prefix (want %s/%u style)", text,
+			         out->family == AF_INET ? "192.0.2.0" : "2001:db8::", out->prefix);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int cidr_match(const struct cidr *c, const struct sockaddr *sa)
+{
+	const unsigned char *a;
+	if (sa->sa_family == AF_INET) {
+		if (c->family != AF_INET)
+			return 0;
+		a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+	} else if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *in6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (IN6_IS_ADDR_V4MAPPED(in6)) {
+			if (c->family != AF_INET)
+				return 0;
+			a = (const unsigned char *)in6 + 12;
+		} else {
+			if (c->family != AF_INET6)
+				return 0;
+			a = (const unsigned char *)in6;
+		}
+	} else {
+		return 0;
+	}
+	unsigned full = c->prefix / 8, rest = c->prefix % 8;
+	if (memcmp(a, c->addr, full) != 0)
+		return 0;
+	if (rest) {
+		unsigned char mask = (unsigned char)(0xff << (8 - rest));
+		if ((a[full] & mask) != (c->addr[full] & mask))
+			return 0;
+	}
+	return 1;
+}
