@@ -572,6 +572,8 @@ static void process_backend(struct session *s)
 	while (!s->dead && !s->closing && s->bbev && core_wants_reply(&s->core)) {
 		/* Fetched each time: a TLS upgrade replaces the bufferevent. */
 		struct evbuffer *in = bufferevent_get_input(s->bbev);
+		if (evbuffer_get_length(in) == 0)
+			break;
 		size_t eol_len = 0;
 		struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
 		if (p.pos < 0) {
