@@ -338,11 +338,16 @@ void core_data_side(struct core *c, enum core_side side, int ok, const char *rea
 			return;
 		}
 		pair_drop(c);
-		if (c->xs == XS_RUNNING) {
-			/* The command went out: its final reply becomes 426. */
+		if (c->xs == XS_RUNNING || c->xs == XS_HELD) {
+			/* The command went out: the pair failed, its final reply
+			 * becomes 426 (found by the random scripts: a backend that
+			 * answered before its data connection came up). */
 			c->data_ok = 0;
 			snprintf(c->data_reason, sizeof(c->data_reason), "%s", why);
-			xfer_set(c, XS_DATA_DONE);
+			if (c->xs == XS_HELD)
+				release_held(c);
+			else
+				xfer_set(c, XS_DATA_DONE);
 		} else if (c->xs == XS_READY) {
 			xfer_set(c, XS_IDLE); /* the next transfer command gets 425 */
 		}

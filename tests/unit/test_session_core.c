@@ -5,247 +5,12 @@
  * "B:" to the backend, "data_new", "listen client", "end 226 ok", ...);
  * each step checks the transcript it produced.
  *
- * The little loop in pump() stands in for the shell's framing: it offers
- * the client's queued lines and the backend's queued replies to the core
- * whenever the core says it takes them (pipelining, held replies).
+ * The harness (core_harness.h, shared with the session fuzzer) stands in
+ * for the shell's framing.
  */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
+#include "core_harness.h"
 #include "log.h"
-#include "session_core.h"
 #include "tap.h"
-
-struct t {
-	struct core core;
-	struct site_conf conf;
-	char log[65536]; /* transcript since the last check */
-	size_t len;
-	char cin[8192]; /* client bytes not yet taken */
-	size_t cin_len;
-	char bin[8][1024]; /* backend replies not yet taken */
-	int bin_n;
-	uint64_t now;
-	uint64_t timer_ms;
-	uint16_t next_port;
-	int fail_listen, fail_connect, fail_new;
-	int closed;
-};
-
-static void rec(struct t *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void rec(struct t *t, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(t->log + t->len, sizeof(t->log) - t->len, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		t->len += (size_t)n;
-	if (t->len >= sizeof(t->log))
-		abort();
-}
-
-/* Each line of bytes (CRLF dropped) as "P:line\n". */
-static void rec_lines(struct t *t, char p, const char *buf, size_t len)
-{
-	size_t i = 0;
-	while (i < len) {
-		const char *nl = memchr(buf + i, '\n', len - i);
-		size_t n = nl ? (size_t)(nl - (buf + i)) : len - i;
-		size_t m = n && buf[i + n - 1] == '\r' ? n - 1 : n;
-		rec(t, "%c:%.*s\n", p, (int)m, buf + i);
-		i += n + (nl ? 1 : 0);
-	}
-}
-
-static void op_send_client(void *io, const char *buf, size_t len)
-{
-	rec_lines(io, 'C', buf, len);
-}
-static void op_send_backend(void *io, const char *buf, size_t len)
-{
-	rec_lines(io, 'B', buf, len);
-}
-static int op_data_new(void *io, int ctls, int btls)
-{
-	struct t *t = io;
-	if (t->fail_new) {
-		errno = ENOMEM;
-		return -1;
-	}
-	rec(t, "data_new %d %d\n", ctls, btls);
-	return 0;
-}
-static int op_data_listen(void *io, enum core_side side, struct sockaddr_storage *bound)
-{
-	struct t *t = io;
-	if (t->fail_listen) {
-		errno = EADDRINUSE;
-		return -1;
-	}
-	struct sockaddr_in *sin = (struct sockaddr_in *)bound;
-	memset(bound, 0, sizeof(*bound));
-	sin->sin_family = AF_INET;
-	sin->sin_addr.s_addr = htonl(0x7f000001);
-	sin->sin_port = htons(t->next_port);
-	rec(t, "listen %s %u\n", side == CORE_CLIENT ? "client" : "backend", t->next_port++);
-	return 0;
-}
-static int op_data_connect(void *io, enum core_side side, const struct sockaddr *addr)
-{
-	struct t *t = io;
-	const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
-	if (t->fail_connect) {
-		errno = ECONNREFUSED;
-		return -1;
-	}
-	rec(t, "connect %s %u\n", side == CORE_CLIENT ? "client" : "backend", ntohs(sin->sin_port));
-	return 0;
-}
-static int op_data_client_tls(void *io, int on)
-{
-	rec(io, "data_client_tls %d\n", on);
-	return 0;
-}
-static void op_data_start(void *io)
-{
-	rec(io, "start\n");
-}
-static void op_data_tls_go(void *io)
-{
-	rec(io, "tls_go\n");
-}
-static void op_data_drop(void *io)
-{
-	rec(io, "drop\n");
-}
-static void op_client_tls(void *io)
-{
-	rec(io, "client_tls\n");
-}
-static int op_backend_tls(void *io)
-{
-	rec(io, "backend_tls\n");
-	return 0;
-}
-static void op_blind(void *io)
-{
-	rec(io, "blind\n");
-}
-static void op_set_timer(void *io, uint64_t ms)
-{
-	((struct t *)io)->timer_ms = ms;
-}
-static void op_close(void *io, enum core_close how, const char *reason)
-{
-	struct t *t = io;
-	t->closed = 1;
-	rec(t, "close %s: %s\n", how == CORE_CLOSE_NOW ? "now" : "flush", reason);
-}
-static void op_transfer_end(void *io, int code, enum xfer_result r)
-{
-	static const char *const names[] = {"ok", "failed", "aborted"};
-	rec(io, "end %d %s\n", code, names[r]);
-}
-static uint64_t op_now(void *io)
-{
-	return ((struct t *)io)->now;
-}
-
-static const struct core_ops ops = {
-    .send_client = op_send_client,
-    .send_backend = op_send_backend,
-    .data_new = op_data_new,
-    .data_listen = op_data_listen,
-    .data_connect = op_data_connect,
-    .data_client_tls = op_data_client_tls,
-    .data_start = op_data_start,
-    .data_tls_go = op_data_tls_go,
-    .data_drop = op_data_drop,
-    .client_tls_after_flush = op_client_tls,
-    .backend_tls_start = op_backend_tls,
-    .go_blind_after_flush = op_blind,
-    .set_timer = op_set_timer,
-    .close = op_close,
-    .transfer_end = op_transfer_end,
-    .now_ms = op_now,
-};
-
-static void conf_default(struct site_conf *sc)
-{
-	memset(sc, 0, sizeof(*sc));
-	snprintf(sc->name, sizeof(sc->name), "t");
-	struct sockaddr_in *b = (struct sockaddr_in *)&sc->backend;
-	b->sin_family = AF_INET;
-	b->sin_addr.s_addr = htonl(0x7f000002);
-	b->sin_port = htons(2121);
-	sc->pasv_lo = 50000;
-	sc->pasv_hi = 50999;
-	sc->connect_timeout = 10;
-	sc->idle_timeout = 900;
-	sc->data_timeout = 60;
-	sc->login_timeout = 60;
-	sc->backend_data_mode = BDM_PASSIVE;
-	sc->tls_require_session_reuse = 1;
-}
-
-/* Offer queued client lines and backend replies to the core while it takes them. */
-static void pump(struct t *t)
-{
-	for (int progress = 1; progress;) {
-		progress = 0;
-		while (t->bin_n && core_wants_reply(&t->core)) {
-			char rep[1024];
-			snprintf(rep, sizeof(rep), "%s", t->bin[0]);
-			memmove(t->bin[0], t->bin[1], sizeof(t->bin[0]) * (size_t)(t->bin_n - 1));
-			t->bin_n--;
-			core_backend_reply(&t->core, atoi(rep), rep, strlen(rep));
-			progress = 1;
-		}
-		while (t->cin_len && core_may_take_command(&t->core, t->cin, t->cin_len)) {
-			char *lf = memchr(t->cin, '\n', t->cin_len);
-			if (!lf)
-				break;
-			size_t n = (size_t)(lf - t->cin) + 1;
-			char line[CORE_CMD_LINE_MAX + 1];
-			memcpy(line, t->cin, n);
-			memmove(t->cin, t->cin + n, t->cin_len - n);
-			t->cin_len -= n;
-			core_client_line(&t->core, line, n);
-			progress = 1;
-		}
-	}
-}
-
-static void client(struct t *t, const char *bytes)
-{
-	size_t n = strlen(bytes);
-	memcpy(t->cin + t->cin_len, bytes, n);
-	t->cin_len += n;
-	pump(t);
-}
-
-static void backend(struct t *t, const char *reply)
-{
-	snprintf(t->bin[t->bin_n++], sizeof(t->bin[0]), "%s", reply);
-	pump(t);
-}
-
-static void data_side(struct t *t, enum core_side side, int ok, const char *why)
-{
-	core_data_side(&t->core, side, ok, why);
-	pump(t);
-}
-
-static void data_done(struct t *t, int ok, const char *why)
-{
-	core_data_done(&t->core, ok, why);
-	pump(t);
-}
 
 /* The transcript since the last check must be exactly want. */
 #define expect(t, want, ...)                                                                       \
@@ -254,24 +19,6 @@ static void data_done(struct t *t, int ok, const char *why)
 		is_str((t)->log, want, __VA_ARGS__);                                               \
 		(t)->len = 0;                                                                      \
 	} while (0)
-
-static void start(struct t *t, const struct site_conf *sc)
-{
-	memset(t, 0, sizeof(*t));
-	if (sc)
-		t->conf = *sc;
-	else
-		conf_default(&t->conf);
-	t->next_port = 50000;
-	t->now = 1000;
-	struct sockaddr_in cl = {.sin_family = AF_INET}, lo = {.sin_family = AF_INET};
-	cl.sin_addr.s_addr = htonl(0x7f000001);
-	lo.sin_addr.s_addr = htonl(0x7f000001);
-	core_init(&t->core, &t->conf, &ops, t, "t/1", (struct sockaddr *)&cl,
-	          (struct sockaddr *)&lo);
-	core_start(&t->core);
-	core_backend_connected(&t->core);
-}
 
 static void login(struct t *t)
 {
@@ -800,6 +547,84 @@ static void test_drain(void)
 	finish(&t, "drain");
 }
 
+static uint64_t rng = 0x9e3779b97f4a7c15u;
+static unsigned rnd(unsigned n)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (unsigned)(rng % n);
+}
+
+/*
+ * A random script that mostly follows real sessions (greeting, login, then
+ * data command, address, connections, transfer command, 1xx, data done,
+ * final reply, in cycles) with events replaced, dropped and ABOR inserted
+ * at random, so that every transfer state is reached with surprises in it.
+ * Events are (op, arg) byte pairs as script_run() reads them.
+ */
+static size_t gen_script(uint8_t *d, size_t size)
+{
+	static const uint8_t pre[][2] = {{3, 0}, {0, 0}, {3, 2}, {0, 1}, {3, 1}};
+	static const uint8_t data_cmd[] = {2, 3, 6, 7}, addr_rep[] = {8, 9, 11, 12},
+	                     xfer_cmd[] = {8, 9, 10}, prelim[] = {3, 4}, final[] = {5, 7, 14};
+	size_t o = 0;
+	d[o++] = (uint8_t)rnd(256);
+	d[o++] = (uint8_t)rnd(256);
+	for (size_t k = 0; k < sizeof(pre) / sizeof(pre[0]); k++) {
+		d[o++] = pre[k][0];
+		d[o++] = pre[k][1];
+	}
+	while (o + 4 <= size) {
+		uint8_t step[8][2] = {
+		    {0, data_cmd[rnd(4)]}, {3, addr_rep[rnd(4)]}, {6, (uint8_t)(2 | rnd(2))},
+		    {0, xfer_cmd[rnd(3)]}, {3, prelim[rnd(2)]},   {6, (uint8_t)(2 | rnd(2))},
+		    {7, (uint8_t)rnd(2)},  {3, final[rnd(3)]},
+		};
+		for (int k = 0; k < 8 && o + 4 <= size; k++) {
+			unsigned r = rnd(100);
+			if (r < 10)
+				continue; /* dropped */
+			if (r < 25) {     /* replaced by any event */
+				d[o++] = (uint8_t)rnd(256);
+				d[o++] = (uint8_t)rnd(256);
+				continue;
+			}
+			if (r < 35) { /* ABOR overtakes, its answer may follow */
+				d[o++] = 0;
+				d[o++] = 11;
+				if (rnd(2)) {
+					d[o++] = 3;
+					d[o++] = (uint8_t)(rnd(2) ? 5 : 6);
+				}
+			}
+			d[o++] = step[k][0];
+			d[o++] = step[k][1];
+		}
+	}
+	return o;
+}
+
+/* Random scripts of events: the invariants hold after every event. */
+static void test_random_scripts(void)
+{
+	unsigned reached[XS_COUNT] = {0};
+	char why[200] = "";
+	int bad = 0;
+	for (int k = 0; k < 20000 && !bad; k++) {
+		uint8_t d[400];
+		size_t n = gen_script(d, sizeof(d));
+		if (script_run(d, n, why, sizeof(why), reached) < 0) {
+			bad = 1;
+			printf("# script %d broke an invariant: %s\n", k, why);
+		}
+	}
+	ok(!bad, "20000 random scripts of events keep the core's invariants");
+	for (int x = 0; x < XS_COUNT; x++)
+		ok(reached[x] > 100, "random scripts reach state %s (%u times)",
+		   xfer_state_names[x], reached[x]);
+}
+
 int main(void)
 {
 	log_set_level(LOG_LVL_ERROR);
@@ -813,5 +638,6 @@ int main(void)
 	test_tls();
 	test_passthrough();
 	test_drain();
+	test_random_scripts();
 	return tap_done();
 }
