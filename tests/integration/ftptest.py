@@ -963,6 +963,15 @@ def make_tls_certs(d):
                 garbage=P('garbage.pem'))
 
 
+def make_self_signed(d):
+    """A self-signed P-256 certificate for 127.0.0.1 in d: (cert, key) paths."""
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    _openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+              '-nodes', '-keyout', key, '-out', cert, '-days', '30',
+              '-subj', '/CN=127.0.0.1'], d)
+    return cert, key
+
+
 _TLS_SERVER_SCRIPT = r'''
 import json, logging, sys
 cfg = json.loads(sys.argv[1])

@@ -324,16 +324,8 @@ def t_passthrough_allowed_keys():
                              'require_data_tls = yes', 'backend_tls = off'])
 
 
-def make_cert(d):
-    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
-    T._openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
-                '-nodes', '-keyout', key, '-out', cert, '-days', '30',
-                '-subj', '/CN=127.0.0.1'], d)
-    return cert, key
-
-
 def t_missing_cert_file():
-    cert, key = make_cert(T.tmpdir('cfgcert-'))
+    cert, key = T.make_self_signed(T.tmpdir('cfgcert-'))
     gone = os.path.join(WORK, 'no-such-cert.pem')
     lines = base_lines() + ['tls = terminate', 'tls_cert = ' + gone, 'tls_key = ' + key]
     check_bad(lines, len(lines) - 1, 'tls_cert', r'No such file')

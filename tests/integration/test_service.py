@@ -703,6 +703,48 @@ def c10_logfile_usr1():
     assert 'ftpgate stopped' in file_text(log), file_text(log)[-500:]
 
 
+def check_t(conf):
+    r = T.run_ftpgate(['-t', '-c', conf])
+    return r.returncode, r.stdout + r.stderr
+
+
+def c11_check_as_user():
+    """-t run as root checks what the proxy reopens as `user` after the drop:
+    the configuration and key files (reload), the log directory (SIGUSR1)."""
+    nobody = pwd.getpwnam('nobody')
+    d = T.tmpdir('ftpgate-asuser-')
+    os.chmod(d, 0o755)
+    cert, key = T.make_self_signed(d)
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o600)                     # root's own: nobody cannot read it
+    logdir = T.tmpdir('ftpgate-asuser-log-')  # 0700 root
+    conf = os.path.join(d, 'ftpgate.ini')
+    text = T.render_config(config({'user': 'nobody', 'log': os.path.join(logdir, 'g.log')},
+                                  tls='terminate', tls_cert=cert, tls_key=key))
+    with open(conf, 'w') as f:
+        f.write(text)
+    os.chmod(conf, 0o644)
+    key_line = text.splitlines().index('tls_key = ' + key) + 1
+    log_line = [i for i, l in enumerate(text.splitlines(), 1) if l.startswith('log =')][0]
+    rc, out = check_t(conf)
+    want = '%s:%d: tls_key:' % (conf, key_line)
+    assert rc == 1 and want in out and 'nobody' in out and 'chmod' in out, \
+        'key unreadable by nobody: -t exit %d, want %r, nobody, chmod in %r' % (rc, want, out)
+    os.chown(key, 0, nobody.pw_gid)
+    os.chmod(key, 0o640)                     # the README's recipe
+    rc, out = check_t(conf)
+    want = '%s:%d: log:' % (conf, log_line)
+    assert rc == 1 and want in out and logdir in out and 'nobody' in out, \
+        'log directory not searchable by nobody: -t exit %d, want %r in %r' % (rc, want, out)
+    os.chmod(logdir, 0o755)
+    rc, out = check_t(conf)
+    assert rc == 0, 'all readable by nobody: -t exit %d: %r' % (rc, out)
+    os.chmod(conf, 0o600)
+    rc, out = check_t(conf)
+    assert rc == 1 and conf in out and 'nobody' in out, \
+        'configuration unreadable by nobody: -t exit %d: %r' % (rc, out)
+
+
 if os.geteuid() == 0:
     t.case('user = nobody: uid/gid 65534, no groups, 64 MiB download', c01_privdrop, 40)
 else:
@@ -718,4 +760,9 @@ t.case('second SIGTERM exits at once', c07_second_sigterm, 30)
 t.case('metrics: counters, during and after transfers; 404; promtool', c08_metrics, 40)
 t.case('xferlog lines for RETR, STOR, aborted RETR, anonymous RETR', c09_xferlog, 40)
 t.case('log = file, SIGUSR1 reopens log and xferlog', c10_logfile_usr1, 30)
+if os.geteuid() == 0:
+    t.case('-t as root with user = nobody: key, config, log directory checked as nobody',
+           c11_check_as_user, 30)
+else:
+    t.skip('-t as root with user = nobody: files checked as nobody', 'not root')
 t.done()
