@@ -422,6 +422,8 @@ static void reload(struct app *app)
 		log_error("reload: %s; logging continues as before", err);
 	if (strcmp(old->conf->user, g->conf->user) != 0)
 		log_warn("reload: user changed; that takes a restart");
+	if (strcmp(old->conf->group, g->conf->group) != 0)
+		log_warn("reload: group changed; that takes a restart");
 	if (strcmp(old->conf->xferlog, g->conf->xferlog) != 0 ||
 	    old->conf->has_metrics != g->conf->has_metrics ||
 	    memcmp(&old->conf->metrics_listen, &g->conf->metrics_listen,

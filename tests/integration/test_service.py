@@ -745,6 +745,24 @@ def c11_check_as_user():
         'configuration unreadable by nobody: -t exit %d: %r' % (rc, out)
 
 
+def c12_reload_group():
+    """A changed group takes a restart, like user: the reload says so."""
+    conf_d = config({'group': 'nogroup'})
+    g = T.Ftpgate(conf_d)
+    try:
+        conf_d['global']['group'] = 'daemon'
+        write_config(g.conf, conf_d)
+        mark = g.log_mark()
+        os.kill(g.proc.pid, signal.SIGHUP)
+        assert g.wait_log(r'reloaded ', mark, 10), g.log_since(mark)
+        log = g.log_since(mark)
+        assert re.search(r'warn: .*group.*restart', log), \
+            'no warning that the group change takes a restart:\n' + log
+    finally:
+        rc = g.stop()
+    assert rc == 0, 'exit status %s' % rc
+
+
 if os.geteuid() == 0:
     t.case('user = nobody: uid/gid 65534, no groups, 64 MiB download', c01_privdrop, 40)
 else:
@@ -760,6 +778,7 @@ t.case('second SIGTERM exits at once', c07_second_sigterm, 30)
 t.case('metrics: counters, during and after transfers; 404; promtool', c08_metrics, 40)
 t.case('xferlog lines for RETR, STOR, aborted RETR, anonymous RETR', c09_xferlog, 40)
 t.case('log = file, SIGUSR1 reopens log and xferlog', c10_logfile_usr1, 30)
+t.case('SIGHUP with a changed group: warns that it takes a restart', c12_reload_group, 20)
 if os.geteuid() == 0:
     t.case('-t as root with user = nobody: key, config, log directory checked as nobody',
            c11_check_as_user, 30)
