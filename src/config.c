@@ -57,8 +57,8 @@ static void site_defaults(struct site_conf *s)
 	s->backend_data_mode = BDM_PASSIVE;
 	s->allow_foreign_address = 0;
 	s->tls = TLS_OFF;
-	snprintf(s->tls_cert, sizeof(s->tls_cert), "%s", SYSCONFDIR "/ftpgate/cert.pem");
-	snprintf(s->tls_key, sizeof(s->tls_key), "%s", SYSCONFDIR "/ftpgate/key.pem");
+	snprintf(s->tls_cert, sizeof(s->tls_cert), "%s", PKGSYSCONFDIR "/cert.pem");
+	snprintf(s->tls_key, sizeof(s->tls_key), "%s", PKGSYSCONFDIR "/key.pem");
 	s->tls_min_version = TLS1_2_VERSION;
 	s->tls_ciphers[0] = '\0';
 	s->require_tls = 0;

@@ -27,7 +27,7 @@
 #include "session.h"
 #include "tls.h"
 
-#define DEFAULT_CONF SYSCONFDIR "/ftpgate.ini"
+#define DEFAULT_CONF PKGSYSCONFDIR "/ftpgate.ini"
 
 struct app {
 	struct ftpgate gw;
