@@ -431,11 +431,12 @@ def _listen_ports(text):
 
 
 class Ftpgate:
-    """ftpgate -f -c <tempdir>/ftpgate.ini; stderr+stdout to a log file.
+    """ftpgate -f -c <tempdir>/ftpgate.ini (after the wrapper command, if
+    any, e.g. setpriv); stderr+stdout to a log file.
     .port (first listen port), .ports, .log(), .log_mark()/.log_since(),
     .alive(), .stop() (SIGTERM, SIGKILL after 5 s; returns exit status)."""
 
-    def __init__(self, config, wait=True, timeout=10.0, args=()):
+    def __init__(self, config, wait=True, timeout=10.0, args=(), wrapper=()):
         self.text = render_config(config)
         self.dir = tmpdir('ftpgate-')
         self.conf = os.path.join(self.dir, 'ftpgate.ini')
@@ -447,7 +448,7 @@ class Ftpgate:
         self._logf = open(self.log_path, 'wb')
         if not os.access(FTPGATE, os.X_OK):
             raise AssertionError('ftpgate binary not found: %s' % FTPGATE)
-        self.proc = subprocess.Popen([FTPGATE, '-f', '-c', self.conf] + list(args),
+        self.proc = subprocess.Popen(list(wrapper) + [FTPGATE, '-f', '-c', self.conf] + list(args),
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=self._logf)
         _procs.append(self.proc)

@@ -763,6 +763,80 @@ def c12_reload_group():
     assert rc == 0, 'exit status %s' % rc
 
 
+def unit_settings():
+    """The [Service] settings of the shipped unit: {key: [values]}."""
+    out = {}
+    with open(os.path.join(T.SRCDIR, 'etc', 'ftpgate.service.in')) as f:
+        for line in f:
+            k, eq, v = line.strip().partition('=')
+            if eq and not k.startswith('#'):
+                out.setdefault(k, []).append(v)
+    return out
+
+
+def rotate_like_logrotate(path):
+    """rename, then "create 0640": a new file with the old one's owner."""
+    st = os.stat(path)
+    os.rename(path, path + '.1')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, 0o640)
+    os.close(fd)
+
+
+def c13_unit_logs_after_drop():
+    """The shipped unit's settings with user = nobody: its capability
+    bounding set, NoNewPrivileges, UMask, and the log directory as
+    LogsDirectory= makes it for a unit without User= (root:root,
+    LogsDirectoryMode). The log and the xferlog, rotated as the logrotate
+    snippet does, are reopened on SIGUSR1 and get the new lines."""
+    setpriv = shutil.which('setpriv')
+    if not setpriv:
+        T.diag('setpriv (util-linux) not installed: skipped')
+        return
+    u = unit_settings()
+    caps = [c[len('CAP_'):].lower() for c in u['CapabilityBoundingSet'][0].split()]
+    wrapper = [setpriv, '--bounding-set', ','.join(['-all'] + ['+' + c for c in caps]),
+               '--inh-caps', '-all']
+    if u.get('NoNewPrivileges') == ['yes']:
+        wrapper.append('--no-new-privs')
+    wrapper.append('--')
+    logdir = T.tmpdir('ftpgate-unitlogs-')
+    os.chown(logdir, 0, 0)
+    os.chmod(logdir, int(u['LogsDirectoryMode'][0], 8))
+    log = os.path.join(logdir, 'ftpgate.log')
+    xl = os.path.join(logdir, 'xferlog')
+    old_umask = os.umask(int(u['UMask'][0], 8))
+    try:
+        g = T.Ftpgate(config({'user': 'nobody', 'log': log, 'xferlog': xl}), wrapper=wrapper)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert wait_for(lambda: 'running as user nobody' in file_text(log), 5), \
+            'no "running as user nobody" in %s: %r' % (log, file_text(log))
+        T.diag('CapBnd of ftpgate: %s' % proc_status(g.proc.pid)['CapBnd'])
+        f = login(g.port)
+        assert T.retr_bytes(f, 'mid.bin')
+        f.quit()
+        assert wait_for(lambda: file_text(xl).count('\n') == 1, 5), file_text(xl)
+        rotate_like_logrotate(log)
+        rotate_like_logrotate(xl)
+        os.kill(g.proc.pid, signal.SIGUSR1)
+        ok = wait_for(lambda: 'reopened' in file_text(log), 5)
+        assert ok, 'no "reopened" in the new %s after SIGUSR1; the old one ends:\n%s' % (
+            log, file_text(log + '.1')[-1500:])
+        f = login(g.port)
+        assert T.retr_bytes(f, 'mid.bin')
+        f.quit()
+        assert wait_for(lambda: 'end:' in file_text(log), 5), file_text(log)
+        assert wait_for(lambda: file_text(xl).count('\n') == 1, 5), \
+            'new xferlog: %r; old: %r' % (file_text(xl), file_text(xl + '.1'))
+        assert g.alive(), 'ftpgate died'
+    finally:
+        rc = g.stop()
+    assert rc == 0, 'exit status %s' % rc
+
+
 if os.geteuid() == 0:
     t.case('user = nobody: uid/gid 65534, no groups, 64 MiB download', c01_privdrop, 40)
 else:
@@ -784,4 +858,9 @@ if os.geteuid() == 0:
            c11_check_as_user, 30)
 else:
     t.skip('-t as root with user = nobody: files checked as nobody', 'not root')
+if os.geteuid() == 0:
+    t.case('the unit\'s capabilities and log directory, user = nobody: log and xferlog '
+           'rotated, SIGUSR1, new files get the lines', c13_unit_logs_after_drop, 30)
+else:
+    t.skip('the unit\'s capabilities and log directory: SIGUSR1 after the drop', 'not root')
 t.done()
