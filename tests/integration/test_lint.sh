@@ -6,6 +6,7 @@
 #     directory holding a copy of the binary and a small ftpgate.ini, with
 #     systemd-analyze verify: exit 0 and no message at all (it only warns,
 #     exit 0, about an unknown key or a bad value);
+#   - README.md's Layout table names every src/*.c;
 #   - one layout: the binary's default -c, its default tls_cert and the built
 #     unit's -c in one directory;
 #   - make install into a DESTDIR twice: an edited ftpgate.ini is kept.
@@ -109,6 +110,16 @@ $(cat "$tmp/ftpgate.service")"
 		fi
 	fi
 fi
+
+# ---- the README's layout table names every source file
+name="README.md: the Layout table names every src/*.c"
+layout=$(sed -n '/^## Layout/,/^## /p' "$srcdir/README.md")
+missing=
+for f in "$srcdir"/src/*.c; do
+	f=src/${f##*/}
+	printf '%s\n' "$layout" | grep -qF "\`$f\`" || missing="$missing $f"
+done
+if [ -z "$missing" ]; then ok "$name"; else notok "$name" "missing:$missing"; fi
 
 # ---- one layout: the binary's default -c, its default tls_cert and the
 # built unit's -c are in one directory
