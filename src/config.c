@@ -690,24 +690,26 @@ static int check_binds(const struct conf *c, char *err, size_t errsize)
 		const struct site_conf *s = &c->sites[i];
 		for (size_t j = 0; j < s->n_listen; j++) {
 			unsigned port = addr_port((const struct sockaddr *)&s->listen[j]);
-			b[n++] =
-			    (struct bind){&s->listen[j], port,
-			                  port,          s,
-			                  "listen",      s->listen_line ? s->listen_line : s->line};
-			if (tls_is_passthrough(s->tls))
-				b[n++] = (struct bind){
-				    &s->listen[j],
-				    s->pasv_lo,
-				    s->pasv_hi,
-				    s,
-				    "passive_ports",
-				    s->passive_ports_line ? s->passive_ports_line : s->line};
+			b[n].addr = &s->listen[j];
+			b[n].lo = b[n].hi = port;
+			b[n].site = s;
+			b[n].key = "listen";
+			b[n++].line = s->listen_line ? s->listen_line : s->line;
+			if (!tls_is_passthrough(s->tls))
+				continue;
+			b[n].addr = &s->listen[j];
+			b[n].lo = s->pasv_lo;
+			b[n].hi = s->pasv_hi;
+			b[n].site = s;
+			b[n].key = "passive_ports";
+			b[n++].line = s->passive_ports_line ? s->passive_ports_line : s->line;
 		}
 	}
 	if (c->has_metrics) {
-		unsigned port = addr_port((const struct sockaddr *)&c->metrics_listen);
-		b[n++] = (struct bind){&c->metrics_listen, port,           port, NULL,
-		                       "metrics_listen",   c->metrics_line};
+		b[n].addr = &c->metrics_listen;
+		b[n].lo = b[n].hi = addr_port((const struct sockaddr *)&c->metrics_listen);
+		b[n].key = "metrics_listen";
+		b[n++].line = c->metrics_line;
 	}
 	int rc = 0;
 	for (size_t j = 1; j < n && rc == 0; j++) {
@@ -718,7 +720,8 @@ static int check_binds(const struct conf *c, char *err, size_t errsize)
 			const struct bind *x = b[i].line > b[j].line ? &b[i] : &b[j];
 			const struct bind *y = x == &b[i] ? &b[j] : &b[i];
 			char xs[CONF_NAME_MAX + 160], ys[CONF_NAME_MAX + 160];
-			if (x->line == y->line && x->key == y->key)
+			if (x->line == y->line && x->key == y->key &&
+			    memcmp(x->addr, y->addr, sizeof(*x->addr)) == 0)
 				snprintf(err, errsize, "%s:%d: %s: %s given twice", c->path,
 				         x->line, x->key, bind_str(x, xs, sizeof(xs)));
 			else
