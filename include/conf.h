@@ -48,6 +48,7 @@ struct site_conf {
 	int line; /* line of the section's first key, for later errors */
 	struct sockaddr_storage listen[CONF_MAX_LISTEN];
 	size_t n_listen;
+	int listen_line; /* 0 = the default */
 	struct sockaddr_storage backend;
 	int has_backend;
 	struct sockaddr_storage public_address;
@@ -102,6 +103,7 @@ struct conf {
 	int user_line, group_line;
 	enum log_target log;
 	char log_file[CONF_PATH_MAX];
+	int log_line, xferlog_line;
 	int log_facility;            /* syslog facility (LOG_DAEMON, LOG_LOCAL0, ...) */
 	char xferlog[CONF_PATH_MAX]; /* "" = no transfer log */
 	struct sockaddr_storage metrics_listen;

@@ -17,6 +17,7 @@
 #include <openssl/ssl.h>
 
 #include "conf.h"
+#include "ftp_addr.h"
 #include "proxyproto.h"
 #include "util.h"
 
@@ -30,6 +31,13 @@ struct parse_ctx {
 	struct site_conf *cur; /* current [site:NAME], or NULL in [global] */
 	int have_section;
 	char section[CONF_NAME_MAX + 8];
+	int global_line; /* line of [global], 0 before it */
+	/* Keys of the current section with their lines: each key once. */
+	struct {
+		char key[32];
+		int line;
+	} seen[48];
+	size_t n_seen;
 };
 
 static void site_defaults(struct site_conf *s)
@@ -50,8 +58,8 @@ static void site_defaults(struct site_conf *s)
 	s->backend_data_mode = BDM_PASSIVE;
 	s->allow_foreign_address = 0;
 	s->tls = TLS_OFF;
-	snprintf(s->tls_cert, sizeof(s->tls_cert), "%s", SYSCONFDIR "/ftpgate/cert.pem");
-	snprintf(s->tls_key, sizeof(s->tls_key), "%s", SYSCONFDIR "/ftpgate/key.pem");
+	snprintf(s->tls_cert, sizeof(s->tls_cert), "%s", PKGSYSCONFDIR "/cert.pem");
+	snprintf(s->tls_key, sizeof(s->tls_key), "%s", PKGSYSCONFDIR "/key.pem");
 	s->tls_min_version = TLS1_2_VERSION;
 	s->tls_ciphers[0] = '\0';
 	s->require_tls = 0;
@@ -63,21 +71,38 @@ static void site_defaults(struct site_conf *s)
 	s->backend_data_protection = BPROT_PRIVATE;
 }
 
-static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
+static void vfail_at(struct parse_ctx *p, int line, const char *key, const char *fmt, va_list ap)
 {
 	if (p->err[0] == '\0') {
 		char msg[384];
-		va_list ap;
-		va_start(ap, fmt);
 		vsnprintf(msg, sizeof(msg), fmt, ap);
-		va_end(ap);
-		p->err_line = p->line;
+		p->err_line = line;
 		snprintf(p->err, sizeof(p->err), "%s: %s", key, msg);
 	}
+}
+
+static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail_at(struct parse_ctx *p, int line, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The error of the line being parsed. */
+static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vfail_at(p, p->line, key, fmt, ap);
+	va_end(ap);
 	return 0; /* inih: error */
+}
+
+/* An error found later than its line (checks across keys). */
+static void fail_at(struct parse_ctx *p, int line, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vfail_at(p, line, key, fmt, ap);
+	va_end(ap);
 }
 
 /* Unsigned integer in [lo, hi], digits only. */
@@ -220,8 +245,10 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	char err[256];
 	unsigned long x;
 
-	if (strcmp(key, "listen") == 0)
+	if (strcmp(key, "listen") == 0) {
+		s->listen_line = p->line;
 		return set_listen(p, key, v, s);
+	}
 	if (strcmp(key, "backend") == 0) {
 		if (addr_parse(v, 21, 1, &s->backend, err, sizeof(err)) < 0)
 			return fail(p, key, "%s", err);
@@ -415,6 +442,7 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 			if (strlen(v) >= CONF_PATH_MAX)
 				return fail(p, key, "path too long");
 			p->conf->log = LOGT_FILE;
+			p->conf->log_line = p->line;
 			snprintf(p->conf->log_file, sizeof(p->conf->log_file), "%s", v);
 		} else {
 			return fail(p, key, "\"%s\" is not stderr, syslog or an absolute file path",
@@ -441,6 +469,7 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 		if (v[0] != '/' || strlen(v) >= CONF_PATH_MAX)
 			return fail(p, key, "\"%s\" is not an absolute file path", v);
 		snprintf(p->conf->xferlog, sizeof(p->conf->xferlog), "%s", v);
+		p->conf->xferlog_line = p->line;
 		return 1;
 	}
 	if (strcmp(key, "metrics_listen") == 0) {
@@ -456,16 +485,83 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 	return fail(p, key, "unknown key in [global]");
 }
 
+/* Line of key in the current section, or 0 if it has not been given. */
+static int seen_line(const struct parse_ctx *p, const char *key)
+{
+	for (size_t i = 0; i < p->n_seen; i++)
+		if (strcmp(p->seen[i].key, key) == 0)
+			return p->seen[i].line;
+	return 0;
+}
+
+static void seen_add(struct parse_ctx *p, const char *key)
+{
+	if (p->n_seen < sizeof(p->seen) / sizeof(p->seen[0]) &&
+	    strlen(key) < sizeof(p->seen[0].key)) {
+		snprintf(p->seen[p->n_seen].key, sizeof(p->seen[0].key), "%s", key);
+		p->seen[p->n_seen++].line = p->line;
+	}
+}
+
+/*
+ * Checks across the keys of the section that just ended. A passthrough site
+ * relays the client's TLS to the backend untouched: keys that configure the
+ * proxy's own TLS cannot work there. (require_tls and require_data_tls are
+ * enforced on what the proxy sees before AUTH and stay allowed.)
+ */
+static void end_section(struct parse_ctx *p)
+{
+	static const char nokey[] = "a passthrough site holds no key: clients get the "
+	                            "backend's certificate";
+	static const char noterm[] = "a passthrough site does not terminate TLS: the "
+	                             "backend's TLS settings apply";
+	static const struct {
+		const char *key, *why;
+	} refused[] = {
+	    {"tls_cert", nokey},
+	    {"tls_key", nokey},
+	    {"tls_min_version", noterm},
+	    {"tls_ciphers", noterm},
+	    {"tls_require_session_reuse", noterm},
+	    {"backend_tls", "the client's TLS goes through to the backend; the proxy does not "
+	                    "speak TLS to the backend itself"},
+	};
+	const struct site_conf *s = p->cur;
+
+	if (!s || !tls_is_passthrough(s->tls))
+		return;
+	for (size_t i = 0; i < p->n_seen; i++) {
+		for (size_t k = 0; k < sizeof(refused) / sizeof(refused[0]); k++) {
+			if (strcmp(p->seen[i].key, refused[k].key) != 0)
+				continue;
+			if (strcmp(refused[k].key, "backend_tls") == 0 &&
+			    s->backend_tls == BTLS_OFF)
+				continue;
+			fail_at(p, p->seen[i].line, refused[k].key, "not with tls = %s: %s",
+			        s->tls == TLS_PASSTHROUGH ? "passthrough" : "passthrough_implicit",
+			        refused[k].why);
+			return;
+		}
+	}
+}
+
 /* A "[name]" line (seen by our reader, so that empty sections count too). */
 static void begin_section(struct parse_ctx *p, const char *name)
 {
 	struct conf *c = p->conf;
 
+	end_section(p);
+	p->n_seen = 0;
 	snprintf(p->section, sizeof(p->section), "%s", name);
 	p->have_section = 1;
 	p->cur = NULL;
-	if (strcmp(name, "global") == 0)
+	if (strcmp(name, "global") == 0) {
+		if (p->global_line)
+			fail(p, name, "duplicate section (first at line %d)", p->global_line);
+		else
+			p->global_line = p->line;
 		return;
+	}
 	if (strncmp(name, "site:", 5) != 0) {
 		fail(p, name, "unknown section (want [global] or [site:NAME])");
 		return;
@@ -502,48 +598,86 @@ static int handler(void *user, const char *section, const char *key, const char 
 		return fail(p, key, "key outside any section (want [global] or [site:NAME] first)");
 	if (value[0] == '\0')
 		return fail(p, key, "empty value");
+	int first = seen_line(p, key);
+	if (first)
+		return fail(p, key, "given twice in [%s] (first at line %d)", p->section, first);
+	int ok;
 	if (strcmp(p->section, "global") == 0)
-		return global_key(p, key, value);
-	if (!p->cur)
+		ok = global_key(p, key, value);
+	else if (!p->cur)
 		return 0; /* the section is bad and already reported */
-	return site_key(p, p->cur, key, value);
+	else
+		ok = site_key(p, p->cur, key, value);
+	if (ok)
+		seen_add(p, key);
+	return ok;
+}
+
+/*
+ * Comments and indentation, before inih sees a line: a ';' or '#' at the
+ * start of the line or after a space or tab starts a comment; leading blanks
+ * are removed, so that inih never takes a line for the continuation of the
+ * previous value. Returns 1 for an indented line that is neither a key nor a
+ * section (what inih would have appended to the previous value), else 0.
+ */
+static int clean_line(char *s)
+{
+	for (char *c = s; *c; c++) {
+		if ((*c == ';' || *c == '#') && (c == s || c[-1] == ' ' || c[-1] == '\t')) {
+			*c = '\0';
+			break;
+		}
+	}
+	size_t lead = strspn(s, " \t");
+	memmove(s, s + lead, strlen(s + lead) + 1);
+	size_t text = strcspn(s, "\r\n");
+	return lead > 0 && text > 0 && s[0] != '[' && !memchr(s, '=', text);
 }
 
 /* Section headers are tracked here, as inih parses them, so that empty and
- * unknown sections are reported with their own line. */
+ * unknown sections are reported with their own line. str is cleaned already. */
 static void track_header(struct parse_ctx *p, const char *str)
 {
-	const char *h = str;
-	while (*h == ' ' || *h == '\t')
-		h++;
-	if (h == str && (unsigned char)h[0] == 0xEF && (unsigned char)h[1] == 0xBB &&
-	    (unsigned char)h[2] == 0xBF && p->line == 1)
-		h += 3; /* UTF-8 BOM */
-	if (*h == '[') {
-		const char *end = strchr(h + 1, ']');
-		if (end) {
-			char name[CONF_NAME_MAX + 8];
-			size_t len = (size_t)(end - h - 1);
-			if (len >= sizeof(name))
-				len = sizeof(name) - 1;
-			memcpy(name, h + 1, len);
-			name[len] = '\0';
-			begin_section(p, name);
-		}
+	if (str[0] != '[')
+		return;
+	const char *end = strchr(str + 1, ']');
+	if (end) {
+		char name[CONF_NAME_MAX + 8];
+		size_t len = (size_t)(end - str - 1);
+		if (len >= sizeof(name))
+			len = sizeof(name) - 1;
+		memcpy(name, str + 1, len);
+		name[len] = '\0';
+		begin_section(p, name);
 	}
 }
 
-/* inih reader: fgets that counts lines and flags over-long ones. */
+/* inih reader: fgets that counts lines, flags over-long ones, and cleans
+ * comments and indentation (clean_line). */
 static char *reader(char *str, int num, void *stream)
 {
 	struct parse_ctx *p = stream;
 	if (!fgets(str, num, p->fp))
 		return NULL;
 	size_t n = strlen(str);
-	if (n > 0 && str[n - 1] == '\n') {
+	if ((n > 0 && str[n - 1] == '\n') || feof(p->fp)) {
 		p->line++;
+		if (p->line == 1 && (unsigned char)str[0] == 0xEF &&
+		    (unsigned char)str[1] == 0xBB && (unsigned char)str[2] == 0xBF)
+			memmove(str, str + 3, n - 2); /* UTF-8 BOM */
+		if (clean_line(str)) {
+			char text[48];
+			size_t len = strcspn(str, "\r\n");
+			snprintf(text, sizeof(text), "%.*s%s", (int)(len < 40 ? len : 40), str,
+			         len > 40 ? "..." : "");
+			fail(p, "continuation line",
+			     "\"%s\" is not KEY = VALUE (a value cannot continue on an indented "
+			     "line)",
+			     text);
+			str[0] = '\0';
+		}
 		track_header(p, str);
-	} else if (!feof(p->fp)) {
+	} else {
 		/* Over-long line: report it and skip its remainder. */
 		p->line++;
 		if (!p->long_line)
@@ -552,11 +686,111 @@ static char *reader(char *str, int num, void *stream)
 		while ((ch = fgetc(p->fp)) != EOF && ch != '\n')
 			;
 		str[0] = '\0';
-	} else {
-		p->line++;
-		track_header(p, str);
 	}
 	return str;
+}
+
+/* Something the proxy binds: a listen address, metrics_listen, or the
+ * passive ports a passthrough site forwards on one of its listen addresses. */
+struct bind {
+	const struct sockaddr_storage *addr;
+	unsigned lo, hi;              /* ports */
+	const struct site_conf *site; /* NULL for metrics_listen */
+	const char *key;
+	int line;
+};
+
+static int addr_is_any(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+/* Both cannot be bound at once (IPv6 sockets are IPV6_V6ONLY). */
+static int binds_clash(const struct bind *a, const struct bind *b)
+{
+	return a->addr->ss_family == b->addr->ss_family && a->lo <= b->hi && b->lo <= a->hi &&
+	       (ftp_addr_same_ip((const struct sockaddr *)a->addr,
+	                         (const struct sockaddr *)b->addr) ||
+	        addr_is_any(a->addr) || addr_is_any(b->addr));
+}
+
+static const char *bind_str(const struct bind *b, char *buf, size_t size)
+{
+	char a[ADDR_STR_MAX];
+	addr_str((const struct sockaddr *)b->addr, a, sizeof(a), b->lo == b->hi);
+	if (b->lo != b->hi)
+		snprintf(buf, size, "%s ports %u-%u of [site:%s] (passthrough)", a, b->lo, b->hi,
+		         b->site->name);
+	else if (b->site)
+		snprintf(buf, size, "%s of [site:%s]", a, b->site->name);
+	else
+		snprintf(buf, size, "%s", a);
+	return buf;
+}
+
+/* Two things bound to one address would pass -t and fail at bind: refuse. */
+static int check_binds(const struct conf *c, char *err, size_t errsize)
+{
+	size_t max = 1, n = 0;
+	for (size_t i = 0; i < c->n_sites; i++)
+		max += c->sites[i].n_listen * 2;
+	struct bind *b = calloc(max, sizeof(*b));
+	if (!b) {
+		snprintf(err, errsize, "%s: out of memory", c->path);
+		return -1;
+	}
+	for (size_t i = 0; i < c->n_sites; i++) {
+		const struct site_conf *s = &c->sites[i];
+		for (size_t j = 0; j < s->n_listen; j++) {
+			unsigned port = addr_port((const struct sockaddr *)&s->listen[j]);
+			b[n].addr = &s->listen[j];
+			b[n].lo = b[n].hi = port;
+			b[n].site = s;
+			b[n].key = "listen";
+			b[n++].line = s->listen_line ? s->listen_line : s->line;
+			if (!tls_is_passthrough(s->tls))
+				continue;
+			b[n].addr = &s->listen[j];
+			b[n].lo = s->pasv_lo;
+			b[n].hi = s->pasv_hi;
+			b[n].site = s;
+			b[n].key = "passive_ports";
+			b[n++].line = s->passive_ports_line ? s->passive_ports_line : s->line;
+		}
+	}
+	if (c->has_metrics) {
+		b[n].addr = &c->metrics_listen;
+		b[n].lo = b[n].hi = addr_port((const struct sockaddr *)&c->metrics_listen);
+		b[n].key = "metrics_listen";
+		b[n++].line = c->metrics_line;
+	}
+	int rc = 0;
+	for (size_t j = 1; j < n && rc == 0; j++) {
+		for (size_t i = 0; i < j; i++) {
+			if (!binds_clash(&b[i], &b[j]))
+				continue;
+			/* Reported at the later line, naming the earlier. */
+			const struct bind *x = b[i].line > b[j].line ? &b[i] : &b[j];
+			const struct bind *y = x == &b[i] ? &b[j] : &b[i];
+			char xs[CONF_NAME_MAX + 160], ys[CONF_NAME_MAX + 160];
+			if (x->line == y->line && x->key == y->key &&
+			    memcmp(x->addr, y->addr, sizeof(*x->addr)) == 0)
+				snprintf(err, errsize, "%s:%d: %s: %s given twice", c->path,
+				         x->line, x->key, bind_str(x, xs, sizeof(xs)));
+			else
+				snprintf(err, errsize,
+				         "%s:%d: %s: %s clashes with %s %s (line %d): both cannot "
+				         "be bound",
+				         c->path, x->line, x->key, bind_str(x, xs, sizeof(xs)),
+				         y->key, bind_str(y, ys, sizeof(ys)), y->line);
+			rc = -1;
+			break;
+		}
+	}
+	free(b);
+	return rc;
 }
 
 struct conf *conf_load(const char *path, char *err, size_t errsize)
@@ -586,7 +820,14 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 
 	int rc = ini_parse_stream(reader, &p, handler, &p);
 	fclose(p.fp);
+	end_section(&p);
 
+	/* The first error in the file wins. */
+	if (rc > 0 && (!p.err[0] || rc < p.err_line) && (!p.long_line || rc < p.long_line)) {
+		snprintf(err, errsize, "%s:%d: syntax error (want KEY = VALUE or [SECTION])", path,
+		         rc);
+		goto bad;
+	}
 	if (p.long_line && (!p.err[0] || p.long_line < p.err_line)) {
 		snprintf(err, errsize, "%s:%d: line too long (at most %d characters)", path,
 		         p.long_line, INI_MAX_LINE - 2);
@@ -648,6 +889,8 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 			goto bad;
 		}
 	}
+	if (check_binds(c, err, errsize) < 0)
+		goto bad;
 	return c;
 bad:
 	conf_free(c);

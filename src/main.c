@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -25,7 +27,7 @@
 #include "session.h"
 #include "tls.h"
 
-#define DEFAULT_CONF SYSCONFDIR "/ftpgate.ini"
+#define DEFAULT_CONF PKGSYSCONFDIR "/ftpgate.ini"
 
 struct app {
 	struct ftpgate gw;
@@ -138,9 +140,50 @@ static int open_logs(const struct conf *c, int foreground, char *err, size_t err
 	return log_open(c->log_level, target, c->log_file, c->log_facility, err, errsize);
 }
 
+/* The uid and gid [global] user/group name (c->user set). */
+static int user_ids(const struct conf *c, uid_t *uid, gid_t *gid, char *err, size_t errsize)
+{
+	struct passwd *pw = getpwnam(c->user);
+	if (!pw) {
+		snprintf(err, errsize, "user %s: no such user", c->user);
+		return -1;
+	}
+	*uid = pw->pw_uid;
+	*gid = pw->pw_gid;
+	if (c->group[0]) {
+		struct group *gr = getgrnam(c->group);
+		if (!gr) {
+			snprintf(err, errsize, "group %s: no such group", c->group);
+			return -1;
+		}
+		*gid = gr->gr_gid;
+	}
+	return 0;
+}
+
+/* Become uid/gid with no supplementary groups, for good. */
+static int become(const struct conf *c, uid_t uid, gid_t gid, char *err, size_t errsize)
+{
+	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+		snprintf(err, errsize, "cannot drop privileges to %s: %s", c->user,
+		         strerror(errno));
+		return -1;
+	}
+	/* Checked: there must be no way back. */
+	if (setuid(0) == 0 || geteuid() == 0 || (getegid() == 0 && gid != 0)) {
+		snprintf(err, errsize, "privileges could not be dropped for good");
+		return -1;
+	}
+	return 0;
+}
+
 /* Drop root to [global] user/group, once the listeners are bound. */
 static int drop_privileges(const struct conf *c)
 {
+	char err[256];
+	uid_t uid;
+	gid_t gid;
+
 	if (geteuid() != 0) {
 		if (c->user[0])
 			log_warn("not started as root: user = %s ignored", c->user);
@@ -150,32 +193,137 @@ static int drop_privileges(const struct conf *c)
 		log_warn("running as root: set [global] user to drop privileges after binding");
 		return 0;
 	}
-	struct passwd *pw = getpwnam(c->user);
-	if (!pw) {
-		log_error("user %s: no such user", c->user);
+	if (user_ids(c, &uid, &gid, err, sizeof(err)) < 0 ||
+	    become(c, uid, gid, err, sizeof(err)) < 0) {
+		log_error("%s", err);
 		return -1;
 	}
-	gid_t gid = pw->pw_gid;
-	if (c->group[0]) {
-		struct group *gr = getgrnam(c->group);
-		if (!gr) {
-			log_error("group %s: no such group", c->group);
-			return -1;
-		}
-		gid = gr->gr_gid;
-	}
-	if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
-		log_error("cannot drop privileges to %s: %s", c->user, strerror(errno));
-		return -1;
-	}
-	/* Checked: there must be no way back. */
-	if (setuid(0) == 0 || geteuid() == 0 || (getegid() == 0 && gid != 0)) {
-		log_error("privileges could not be dropped for good");
-		return -1;
-	}
-	log_info("running as user %s (uid %u, gid %u)", c->user, (unsigned)pw->pw_uid,
-	         (unsigned)gid);
+	log_info("running as user %s (uid %u, gid %u)", c->user, (unsigned)uid, (unsigned)gid);
 	return 0;
+}
+
+/* -t as the user: one file the proxy opens again after the drop. */
+struct user_file {
+	const char *key; /* NULL: the configuration file itself */
+	int line;        /* 0: a default */
+	const char *path;
+	int dir; /* 1: only its directory must be searchable (a log file) */
+};
+
+static int check_user_file(const struct conf *c, const struct user_file *f, const char *grp)
+{
+	char dir[CONF_PATH_MAX];
+	const char *what = f->path;
+	int rc;
+
+	if (f->dir) {
+		snprintf(dir, sizeof(dir), "%s", f->path);
+		char *slash = strrchr(dir, '/');
+		if (slash)
+			slash[slash == dir ? 1 : 0] = '\0';
+		what = dir;
+		rc = access(dir, X_OK);
+	} else {
+		int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+		rc = fd < 0 ? -1 : 0;
+		if (fd >= 0)
+			close(fd);
+	}
+	if (rc == 0)
+		return 0;
+	const char *e = strerror(errno);
+	if (!f->key)
+		fprintf(stderr,
+		        "%s: user %s cannot read it: %s; a reload reads it as that user "
+		        "(chgrp %s %s && chmod g+r %s)\n",
+		        c->path, c->user, e, grp, what, what);
+	else if (f->dir)
+		fprintf(stderr,
+		        "%s:%d: %s: user %s cannot search the directory \"%s\": %s; reopening "
+		        "the file on SIGUSR1 and on reload would fail (chgrp %s %s && chmod g+x "
+		        "%s)\n",
+		        c->path, f->line, f->key, c->user, what, e, grp, what, what);
+	else if (f->line)
+		fprintf(stderr,
+		        "%s:%d: %s: user %s cannot read \"%s\": %s; a reload reads it as that user "
+		        "(chgrp %s %s && chmod g+r %s)\n",
+		        c->path, f->line, f->key, c->user, what, e, grp, what, what);
+	else
+		fprintf(stderr,
+		        "%s: %s: user %s cannot read \"%s\" (the default): %s; a reload reads it "
+		        "as that user (chgrp %s %s && chmod g+r %s)\n",
+		        c->path, f->key, c->user, what, e, grp, what, what);
+	return -1;
+}
+
+/*
+ * ftpgate -t as root with [global] user: after the privilege drop the proxy
+ * reads the configuration, keys and CA files again on every reload, and
+ * reopens its log files on SIGUSR1. Check them in a child that drops exactly
+ * as the proxy does. Returns 0, or -1 with the reasons on stderr.
+ */
+static int check_as_user(const struct conf *c)
+{
+	char err[256];
+	uid_t uid;
+	gid_t gid;
+
+	if (geteuid() != 0 || !c->user[0])
+		return 0;
+	if (user_ids(c, &uid, &gid, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: %s\n", c->path, err);
+		return -1;
+	}
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	if (pid < 0) {
+		fprintf(stderr, "%s: cannot check files as user %s: fork: %s\n", c->path, c->user,
+		        strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		char grp[64];
+		struct group *gr = getgrgid(gid);
+		snprintf(grp, sizeof(grp), "%s", gr ? gr->gr_name : c->user);
+		if (become(c, uid, gid, err, sizeof(err)) < 0) {
+			fprintf(stderr, "%s: cannot check files as user %s: %s\n", c->path, c->user,
+			        err);
+			_exit(1);
+		}
+		int bad = check_user_file(c, &(struct user_file){NULL, 0, c->path, 0}, grp);
+		for (size_t i = 0; i < c->n_sites; i++) {
+			const struct site_conf *s = &c->sites[i];
+			if (s->tls == TLS_TERMINATE || s->tls == TLS_IMPLICIT) {
+				bad |= check_user_file(c,
+				                       &(struct user_file){"tls_cert",
+				                                           s->tls_cert_line,
+				                                           s->tls_cert, 0},
+				                       grp);
+				bad |= check_user_file(
+				    c,
+				    &(struct user_file){"tls_key", s->tls_key_line, s->tls_key, 0},
+				    grp);
+			}
+			if (s->backend_tls != BTLS_OFF && s->backend_tls_verify && s->backend_ca[0])
+				bad |= check_user_file(c,
+				                       &(struct user_file){"backend_ca",
+				                                           s->backend_ca_line,
+				                                           s->backend_ca, 0},
+				                       grp);
+		}
+		if (c->log == LOGT_FILE)
+			bad |= check_user_file(
+			    c, &(struct user_file){"log", c->log_line, c->log_file, 1}, grp);
+		if (c->xferlog[0])
+			bad |= check_user_file(
+			    c, &(struct user_file){"xferlog", c->xferlog_line, c->xferlog, 1}, grp);
+		_exit(bad ? 1 : 0);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
 /* Metrics: every site of the current configuration, with the sessions of older ones. */
@@ -274,6 +422,8 @@ static void reload(struct app *app)
 		log_error("reload: %s; logging continues as before", err);
 	if (strcmp(old->conf->user, g->conf->user) != 0)
 		log_warn("reload: user changed; that takes a restart");
+	if (strcmp(old->conf->group, g->conf->group) != 0)
+		log_warn("reload: group changed; that takes a restart");
 	if (strcmp(old->conf->xferlog, g->conf->xferlog) != 0 ||
 	    old->conf->has_metrics != g->conf->has_metrics ||
 	    memcmp(&old->conf->metrics_listen, &g->conf->metrics_listen,
@@ -379,6 +529,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check) {
+		if (check_as_user(g->conf) < 0) {
+			gen_free(g);
+			return 1;
+		}
 		printf("%s: configuration ok (%zu site%s)\n", app.path, g->n_sites,
 		       g->n_sites == 1 ? "" : "s");
 		gen_free(g);

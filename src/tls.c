@@ -37,6 +37,32 @@ static int openssl_fail(char *err, size_t errsize, const char *path, int line, c
 	return -1;
 }
 
+/*
+ * A file (certificate, key, CA) that could not be loaded: the system's reason
+ * (errno) when OpenSSL failed to open or read it, else OpenSSL's, with the
+ * path and the site. line 0: the path is the default.
+ */
+static int file_fail(char *err, size_t errsize, const char *path, const struct site_conf *sc,
+                     int line, const char *key, const char *what, const char *file)
+{
+	char e[256] = "";
+	unsigned long code, last = 0;
+	while ((code = ERR_get_error()) != 0) {
+		if (ERR_GET_LIB(code) == ERR_LIB_SYS && !e[0])
+			snprintf(e, sizeof(e), "%s", strerror(ERR_GET_REASON(code)));
+		last = code;
+	}
+	if (!e[0])
+		tls_error_string(last, "unknown error", e, sizeof(e));
+	if (line)
+		snprintf(err, errsize, "%s:%d: %s: %s \"%s\" of [site:%s]: %s", path, line, key,
+		         what, file, sc->name, e);
+	else
+		snprintf(err, errsize, "%s: %s: %s \"%s\" of [site:%s] (the default; set %s): %s",
+		         path, key, what, file, sc->name, key, e);
+	return -1;
+}
+
 /* A backend session ticket / session arrived: keep it for data connections. */
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
@@ -75,10 +101,8 @@ int tls_site_init(const struct site_conf *sc, const char *path, SSL_CTX **server
 		SSL_CTX_sess_set_cache_size(ctx, 20000);
 		SSL_CTX_set_timeout(ctx, 86400);
 		if (SSL_CTX_use_certificate_chain_file(ctx, sc->tls_cert) != 1) {
-			char what[CONF_PATH_MAX + 64];
-			snprintf(what, sizeof(what), "cannot load certificate chain \"%s\"",
-			         sc->tls_cert);
-			openssl_fail(err, errsize, path, sc->tls_cert_line, "tls_cert", what);
+			file_fail(err, errsize, path, sc, sc->tls_cert_line, "tls_cert",
+			          "cannot load certificate chain", sc->tls_cert);
 			goto fail;
 		}
 		if (SSL_CTX_use_PrivateKey_file(ctx, sc->tls_key, SSL_FILETYPE_PEM) != 1) {
@@ -87,9 +111,8 @@ int tls_site_init(const struct site_conf *sc, const char *path, SSL_CTX **server
 				             "the key does not match the certificate");
 				goto fail;
 			}
-			char what[CONF_PATH_MAX + 64];
-			snprintf(what, sizeof(what), "cannot load private key \"%s\"", sc->tls_key);
-			openssl_fail(err, errsize, path, sc->tls_key_line, "tls_key", what);
+			file_fail(err, errsize, path, sc, sc->tls_key_line, "tls_key",
+			          "cannot load private key", sc->tls_key);
 			goto fail;
 		}
 		if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -124,11 +147,9 @@ int tls_site_init(const struct site_conf *sc, const char *path, SSL_CTX **server
 			SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 			if (sc->backend_ca[0]) {
 				if (SSL_CTX_load_verify_locations(ctx, sc->backend_ca, NULL) != 1) {
-					char what[CONF_PATH_MAX + 64];
-					snprintf(what, sizeof(what), "cannot load CA file \"%s\"",
-					         sc->backend_ca);
-					openssl_fail(err, errsize, path, sc->backend_ca_line,
-					             "backend_ca", what);
+					file_fail(err, errsize, path, sc, sc->backend_ca_line,
+					          "backend_ca", "cannot load CA file",
+					          sc->backend_ca);
 					goto fail;
 				}
 			} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {

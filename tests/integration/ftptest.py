@@ -244,9 +244,10 @@ def _listening_ports_of(pid):
         if m:
             inodes.add(m.group(1))
     ports = set()
-    for tab in ('/proc/net/tcp', '/proc/net/tcp6'):
+    for tab in ('tcp', 'tcp6'):
         try:
-            with open(tab) as f:
+            # pid's own view: right also for a process in another network namespace
+            with open('/proc/%d/net/%s' % (pid, tab)) as f:
                 next(f)
                 for line in f:
                     fl = line.split()
@@ -431,11 +432,12 @@ def _listen_ports(text):
 
 
 class Ftpgate:
-    """ftpgate -f -c <tempdir>/ftpgate.ini; stderr+stdout to a log file.
+    """ftpgate -f -c <tempdir>/ftpgate.ini (after the wrapper command, if
+    any, e.g. setpriv); stderr+stdout to a log file.
     .port (first listen port), .ports, .log(), .log_mark()/.log_since(),
     .alive(), .stop() (SIGTERM, SIGKILL after 5 s; returns exit status)."""
 
-    def __init__(self, config, wait=True, timeout=10.0, args=()):
+    def __init__(self, config, wait=True, timeout=10.0, args=(), wrapper=()):
         self.text = render_config(config)
         self.dir = tmpdir('ftpgate-')
         self.conf = os.path.join(self.dir, 'ftpgate.ini')
@@ -447,7 +449,7 @@ class Ftpgate:
         self._logf = open(self.log_path, 'wb')
         if not os.access(FTPGATE, os.X_OK):
             raise AssertionError('ftpgate binary not found: %s' % FTPGATE)
-        self.proc = subprocess.Popen([FTPGATE, '-f', '-c', self.conf] + list(args),
+        self.proc = subprocess.Popen(list(wrapper) + [FTPGATE, '-f', '-c', self.conf] + list(args),
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=self._logf)
         _procs.append(self.proc)
@@ -963,6 +965,15 @@ def make_tls_certs(d):
                 garbage=P('garbage.pem'))
 
 
+def make_self_signed(d):
+    """A self-signed P-256 certificate for 127.0.0.1 in d: (cert, key) paths."""
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    _openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
+              '-nodes', '-keyout', key, '-out', cert, '-days', '30',
+              '-subj', '/CN=127.0.0.1'], d)
+    return cert, key
+
+
 _TLS_SERVER_SCRIPT = r'''
 import json, logging, sys
 cfg = json.loads(sys.argv[1])
@@ -1091,11 +1102,14 @@ class VsftpdServer:
     cert/key: explicit FTPS forced for anonymous control and data
     (require_ssl_reuse=YES unless ssl_reuse=False).  extra: more
     'key=value' lines.  .port, .addr(), .log(), .stop().  Run as root,
-    sessions run as user ftp; otherwise run_as_launching_user=YES."""
+    sessions run as user ftp; otherwise run_as_launching_user=YES.
+    host, port, pasv_address: other than 127.0.0.1, a free port and host;
+    ns: run in that network namespace (ip netns exec)."""
 
     def __init__(self, cert=None, key=None, pasv_ports=None, ssl_reuse=True,
-                 active=True, extra=()):
-        self.host = '127.0.0.1'
+                 active=True, extra=(), host='127.0.0.1', port=None, pasv_address=None,
+                 ns=None):
+        self.host = host
         self.proc = None
         self.dir = tmpdir('vsftpd-')
         os.chmod(self.dir, 0o755)
@@ -1113,17 +1127,17 @@ class VsftpdServer:
         if pasv_ports is None:
             pasv_ports = port_range(100)
         self.pasv_ports = pasv_ports
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = os.path.join(self.dir, 'vsftpd.log')
         self.xfer_log = os.path.join(self.dir, 'vsftpd-protocol.log')
-        conf = ['listen=YES', 'listen_ipv6=NO', 'listen_address=127.0.0.1',
+        conf = ['listen=YES', 'listen_ipv6=NO', 'listen_address=%s' % host,
                 'listen_port=%d' % self.port, 'background=NO',
                 'seccomp_sandbox=NO', 'isolate=NO', 'isolate_network=NO',
                 'secure_chroot_dir=%s' % empty,
                 'anonymous_enable=YES', 'local_enable=NO', 'no_anon_password=YES',
                 'anon_root=%s' % self.root, 'write_enable=YES', 'anon_upload_enable=YES',
                 'anon_umask=022', 'anon_other_write_enable=YES',
-                'pasv_enable=YES', 'pasv_address=127.0.0.1',
+                'pasv_enable=YES', 'pasv_address=%s' % (pasv_address or host),
                 'pasv_min_port=%d' % pasv_ports[0], 'pasv_max_port=%d' % pasv_ports[1],
                 'port_enable=%s' % ('YES' if active else 'NO'),
                 'connect_from_port_20=NO', 'max_clients=0', 'max_per_ip=0',
@@ -1148,7 +1162,10 @@ class VsftpdServer:
             f.write('\n'.join(conf) + '\n')
         os.chmod(self.conf, 0o644)
         self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([VSFTPD, self.conf], stdin=subprocess.DEVNULL,
+        cmd = [VSFTPD, self.conf]
+        if ns:
+            cmd = [shutil.which('ip') or '/usr/sbin/ip', 'netns', 'exec', ns] + cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=self._logf, stderr=self._logf,
                                      start_new_session=True)
         _procs.append(self.proc)

@@ -214,6 +214,129 @@ def t_valid_serves():
         srv.stop()
 
 
+
+def check_ok(lines):
+    path = write(lines)
+    r = T.run_ftpgate(['-t', '-c', path])
+    assert r.returncode == 0, 'good config refused\n' + show(r)
+    return path
+
+
+def site_lines(name, listen, ports):
+    return ['', '[site:%s]' % name, 'listen = %s' % listen, 'backend = 127.0.0.1:21',
+            'passive_ports = %s' % ports]
+
+
+def listen_of(lines):
+    return [l for l in lines if l.startswith('listen')][0].split('=', 1)[1].strip()
+
+
+def t_inline_comments():
+    """'#' and ';' after a space end the value, as the docs say."""
+    lines = base_lines()
+    lines[2] = 'log_level = info   # chatty'
+    lines[5] = '[site:test]  ; the only site'
+    lines[6] += ' # primary'
+    lines[7] += '\t; the server'
+    lines[8] += ' #range'
+    lines[9] = 'data_timeout = 60 ; seconds'
+    check_ok(lines)
+
+
+def t_hash_inside_value():
+    """A '#' that follows no space is part of the value."""
+    lines = base_lines()
+    lines[6] += '#primary'
+    check_bad(lines, 7, 'listen', r'bad port')
+
+
+def t_indented_key():
+    """An indented line is a key of its own, not a continuation of the
+    previous value."""
+    lines, n = insert(base_lines(), 8, '  max_sessions = lots')
+    check_bad(lines, n, 'max_sessions', r'lots')
+    lines, n = insert(base_lines(), 8, '\tmax_sessions = 5')
+    check_ok(lines)
+
+
+def t_continuation_line():
+    """A line that would continue a value is refused at its own line."""
+    lines, n = insert(base_lines(), 8, '    backup.example.org:21')
+    path = write(lines)
+    r = T.run_ftpgate(['-t', '-c', path])
+    assert r.returncode != 0, 'continuation line accepted\n' + show(r)
+    assert '%s:%d:' % (path, n) in r.stderr, show(r)
+    assert re.search(r'continu', r.stderr), show(r)
+
+
+def t_duplicate_key():
+    lines, n = insert(base_lines(), 7, 'listen = 127.0.0.1:%d' % T.free_port())
+    check_bad(lines, n, 'listen', r'\b7\b')
+    lines, n = insert(base_lines(), 3, 'log_level = debug')
+    check_bad(lines, n, 'log_level', r'\b3\b')
+
+
+def t_duplicate_global():
+    lines = base_lines() + ['', '[global]', 'max_sessions = 5']
+    path = write(lines)
+    r = T.run_ftpgate(['-t', '-c', path])
+    assert r.returncode != 0, 'second [global] accepted\n' + show(r)
+    assert '%s:%d:' % (path, len(lines) - 1) in r.stderr, show(r)
+    assert re.search(r'\b2\b', r.stderr.split(path, 1)[1]), show(r)
+
+
+def t_same_listen_two_sites():
+    lines = base_lines()
+    mine = listen_of(lines)
+    port = mine.rsplit(':', 1)[1]
+    two = lines + site_lines('two', mine, '40100-40199')
+    check_bad(two, len(two) - 2, 'listen', r'site:test')
+    two = lines + site_lines('two', '0.0.0.0:' + port, '40100-40199')
+    check_bad(two, len(two) - 2, 'listen', r'site:test')
+    lines2, n = replace(lines, 'listen', '%s, 127.0.0.1:%s' % (mine, port))
+    check_bad(lines2, n, 'listen', r'twice')
+    lines2, n = insert(lines, 4, 'metrics_listen = ' + mine)
+    path = write(lines2)
+    r = T.run_ftpgate(['-t', '-c', path])
+    assert r.returncode != 0, 'metrics_listen on a site address accepted\n' + show(r)
+    assert 'metrics_listen' in r.stderr and 'site:test' in r.stderr, show(r)
+    # other addresses, or another family, on the same port are fine
+    check_ok(lines + site_lines('two', '127.0.0.2:' + port, '40100-40199'))
+    if T.ipv6_loopback_ok():
+        check_ok(lines + site_lines('two', '[::1]:' + port, '40100-40199'))
+
+
+def t_passthrough_refused_keys():
+    """Keys a passthrough site cannot honour are refused, wherever they stand."""
+    for key, value in (('tls_cert', '/etc/ssl/x.pem'), ('tls_key', '/etc/ssl/x.key'),
+                       ('backend_tls', 'on'), ('tls_min_version', '1.3'),
+                       ('tls_ciphers', 'HIGH'), ('tls_require_session_reuse', 'yes')):
+        for mode in ('passthrough', 'passthrough_implicit'):
+            lines = base_lines() + ['tls = ' + mode, '%s = %s' % (key, value)]
+            check_bad(lines, len(lines), key, r'passthrough')
+        lines = base_lines() + ['%s = %s' % (key, value), 'tls = passthrough']
+        check_bad(lines, len(lines) - 1, key, r'passthrough')
+
+
+def t_passthrough_allowed_keys():
+    """require_tls and require_data_tls stay allowed with passthrough."""
+    check_ok(base_lines() + ['tls = passthrough', 'require_tls = yes',
+                             'require_data_tls = yes', 'backend_tls = off'])
+
+
+def t_missing_cert_file():
+    cert, key = T.make_self_signed(T.tmpdir('cfgcert-'))
+    gone = os.path.join(WORK, 'no-such-cert.pem')
+    lines = base_lines() + ['tls = terminate', 'tls_cert = ' + gone, 'tls_key = ' + key]
+    check_bad(lines, len(lines) - 1, 'tls_cert', r'No such file')
+    r = T.run_ftpgate(['-t', '-c', write(lines)])
+    assert gone in r.stderr and 'site:test' in r.stderr, show(r)
+    lines = base_lines() + ['tls = terminate', 'tls_cert = ' + cert, 'tls_key = ' + gone]
+    check_bad(lines, len(lines), 'tls_key', r'No such file')
+    r = T.run_ftpgate(['-t', '-c', write(lines)])
+    assert gone in r.stderr and 'site:test' in r.stderr, show(r)
+
+
 t.case('-t accepts the shipped etc/ftpgate.ini', t_example, 15)
 t.case('-t accepts the base test config', t_base_ok, 15)
 t.case('-V prints a version', t_version, 15)
@@ -240,4 +363,17 @@ t.case('no site section', t_no_site, 15)
 t.case('nonexistent config file', t_missing_file, 15)
 t.case('-f with a bad config fails at start-up', t_start_bad_fails, 15)
 t.case('valid config starts and relays the greeting', t_valid_serves, 30)
+t.case('inline # and ; comments after values', t_inline_comments, 15)
+t.case('# without a space before it is part of the value', t_hash_inside_value, 15)
+t.case('an indented line is a key, not a continuation', t_indented_key, 15)
+t.case('a continuation line is refused at its line', t_continuation_line, 15)
+t.case('the same key twice in a section: both lines named', t_duplicate_key, 15)
+t.case('a second [global] section is refused', t_duplicate_global, 15)
+t.case('two sites (or metrics_listen) on one listen address: -t refuses',
+       t_same_listen_two_sites, 15)
+t.case('passthrough with tls_cert, tls_key, backend_tls, ...: refused with the reason',
+       t_passthrough_refused_keys, 30)
+t.case('passthrough with require_tls, require_data_tls: accepted',
+       t_passthrough_allowed_keys, 15)
+t.case('missing tls_cert / tls_key file: No such file, path and site', t_missing_cert_file, 30)
 t.done()

@@ -2,12 +2,17 @@
 # Lint of the shipped service files (TAP):
 #   - the man pages, with mandoc -T lint -W warning (groff -ww -z -man if
 #     mandoc is missing): no message at all;
-#   - etc/ftpgate.service.in with @sbindir@/@sysconfdir@ substituted to a temp
+#   - etc/ftpgate.service.in with @sbindir@/@pkgsysconfdir@ substituted to a temp
 #     directory holding a copy of the binary and a small ftpgate.ini, with
 #     systemd-analyze verify: exit 0 and no message at all (it only warns,
-#     exit 0, about an unknown key or a bad value).
+#     exit 0, about an unknown key or a bad value);
+#   - README.md's Layout table names every src/*.c;
+#   - one layout: the binary's default -c, its default tls_cert and the built
+#     unit's -c in one directory;
+#   - make install into a DESTDIR twice: an edited ftpgate.ini is kept.
 # Environment: FTPGATE_SRCDIR (default: the repo root), FTPGATE (the binary,
-# default $FTPGATE_SRCDIR/src/ftpgate).
+# default $FTPGATE_SRCDIR/src/ftpgate), FTPGATE_BUILDDIR (default: the
+# binary's ..), MAKE.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 srcdir=${FTPGATE_SRCDIR:-$(cd "$here/../.." && pwd)}
@@ -70,7 +75,7 @@ else
 	listen = 127.0.0.1:2121
 	backend = 127.0.0.1:21
 	EOF
-	sed -e "s|@sbindir@|$tmp|g" -e "s|@sysconfdir@|$tmp|g" "$unit_in" >"$tmp/ftpgate.service"
+	sed -e "s|@sbindir@|$tmp|g" -e "s|@pkgsysconfdir@|$tmp|g" "$unit_in" >"$tmp/ftpgate.service"
 	if grep -q '@[a-z_]*@' "$tmp/ftpgate.service"; then
 		notok "$name" "placeholders left after substitution:
 $(grep -n '@[a-z_]*@' "$tmp/ftpgate.service")"
@@ -104,6 +109,77 @@ $(cat "$tmp/ftpgate.service")"
 				"exit $rc: $out"
 		fi
 	fi
+fi
+
+# ---- the README's layout table names every source file
+name="README.md: the Layout table names every src/*.c"
+layout=$(sed -n '/^## Layout/,/^## /p' "$srcdir/README.md")
+missing=
+for f in "$srcdir"/src/*.c; do
+	f=src/${f##*/}
+	printf '%s\n' "$layout" | grep -qF "\`$f\`" || missing="$missing $f"
+done
+if [ -z "$missing" ]; then ok "$name"; else notok "$name" "missing:$missing"; fi
+
+# ---- one layout: the binary's default -c, its default tls_cert and the
+# built unit's -c are in one directory
+name="one configuration directory: default -c, default tls_cert, the unit's -c"
+if [ ! -x "$bin" ]; then
+	notok "$name" "ftpgate binary not found: $bin"
+else
+	conf=$("$bin" -h | sed -n 's/.*configuration file (default \(.*\))$/\1/p')
+	printf '[site:a]\nlisten = 127.0.0.1:2121\nbackend = 127.0.0.1:21\ntls = terminate\n' \
+		>"$tmp/deftls.ini"
+	out=$("$bin" -t -c "$tmp/deftls.ini" 2>&1)
+	cert=$(printf '%s\n' "$out" | sed -n 's/.*tls_cert: [^"]*"\([^"]*\)".*/\1/p')
+	unit=$(dirname "$bin")/../etc/ftpgate.service
+	unit_conf=
+	[ -f "$unit" ] && unit_conf=$(sed -n 's/^ExecStart=.* -c //p' "$unit")
+	if [ -n "$conf" ] && [ -n "$cert" ] && [ "$(dirname "$conf")" = "$(dirname "$cert")" ] &&
+		{ [ ! -f "$unit" ] || [ "$unit_conf" = "$conf" ]; }; then
+		ok "$name ($(dirname "$conf"))"
+	else
+		notok "$name" "default -c: '$conf'; default tls_cert: '$cert' (from: $out);
+unit $unit: -c '$unit_conf'"
+	fi
+fi
+
+# ---- make install keeps an operator's ftpgate.ini; uninstall keeps it too
+name="make install twice: an edited ftpgate.ini is kept, the example installed beside it"
+builddir=${FTPGATE_BUILDDIR:-$(cd "$(dirname "$bin")/.." && pwd)}
+if [ ! -f "$builddir/Makefile" ]; then
+	skip "$name" "no Makefile in $builddir"
+else
+	dest=$tmp/dest
+	mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL ${MAKE:-make} -s -C "$builddir" \
+		DESTDIR="$dest" "$@" >"$tmp/make.out" 2>&1; }
+	conf=$("$bin" -h | sed -n 's/.*configuration file (default \(.*\))$/\1/p')
+	ini=$dest$conf
+	why=
+	if ! mk install; then
+		why="first make install failed: $(cat "$tmp/make.out")"
+	elif [ ! -f "$ini" ] || [ ! -f "$ini.example" ]; then
+		why="after a fresh install: want $ini and $ini.example; have:
+$(find "$dest" -name 'ftpgate.ini*')"
+	elif ! cmp -s "$ini" "$srcdir/etc/ftpgate.ini"; then
+		why="fresh install: $ini is not the example"
+	else
+		echo '; edited by the operator' >>"$ini"
+		cp "$ini" "$tmp/edited.ini"
+		if ! mk install; then
+			why="second make install failed: $(cat "$tmp/make.out")"
+		elif ! cmp -s "$ini" "$tmp/edited.ini"; then
+			why="second make install overwrote the edited $ini"
+		elif ! cmp -s "$ini.example" "$srcdir/etc/ftpgate.ini"; then
+			why="$ini.example is not the example"
+		elif ! mk uninstall; then
+			why="make uninstall failed: $(cat "$tmp/make.out")"
+		elif ! cmp -s "$ini" "$tmp/edited.ini" || [ -e "$ini.example" ]; then
+			why="make uninstall: want the edited $ini kept and the example removed; have:
+$(find "$dest" -name 'ftpgate.ini*')"
+		fi
+	fi
+	if [ -z "$why" ]; then ok "$name"; else notok "$name" "$why"; fi
 fi
 
 echo "1..$n"

@@ -188,6 +188,10 @@ def make_topology():
         run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
     # the gateway must not route between its two networks
     run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
+    # README recipe 4's sysctl: no connection the gateway opens (active mode)
+    # takes one of the ports the passthrough recipe binds
+    run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 50000-50999 > '
+                      '/proc/sys/net/ipv4/ip_local_reserved_ports']))
     return None
 
 
@@ -206,42 +210,52 @@ def ns_addr_ready(ns, addr, timeout=5.0):
 # --------------------------------------------------------------------------
 # processes in namespaces
 
-class NsBackend:
-    """pyftpdlib (ftptest's server script) inside the server namespace."""
+def stop_mine(proc):
+    T._stop_proc(proc, 2.0)
+    if proc in _my_procs:
+        _my_procs.remove(proc)
 
-    def __init__(self, root):
+
+class NsBackend:
+    """pyftpdlib (ftptest's server script) inside a namespace (default: the
+    server's)."""
+
+    def __init__(self, root, ns=NS_S, host=SERVER_IP, port=FTP_PORT, pasv=SERVER_PASV):
         self.dir = T.tmpdir('netns-pyftpd-')
         self.root = root
         script = os.path.join(self.dir, 'server.py')
         with open(script, 'w') as f:
             f.write(T._SERVER_SCRIPT)
-        cfg = dict(root=root, host=SERVER_IP, port=FTP_PORT,
+        cfg = dict(root=root, host=host, port=port,
                    banner='ftptest-netns-backend ready', timeout=30,
-                   pasv=list(SERVER_PASV), masquerade=None, no_epsv=False)
+                   pasv=list(pasv), masquerade=None, no_epsv=False)
         self.log_path = os.path.join(self.dir, 'server.log')
         self._logf = open(self.log_path, 'wb')
         self.proc = subprocess.Popen(
-            nsexec(NS_S, [T.SERVER_PYTHON, script, json.dumps(cfg)]),
+            nsexec(ns, [T.SERVER_PYTHON, script, json.dumps(cfg)]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._logf)
         _my_procs.append(self.proc)
-        wait_ns_listening(self.proc, FTP_PORT, 'pyftpdlib', self.log, 15)
+        wait_ns_listening(self.proc, port, 'pyftpdlib', self.log, 15)
 
     def log(self):
         return read_text(self.log_path)
+
+    def stop(self):
+        stop_mine(self.proc)
 
 
 class NsGate:
     """ftpgate -f -c FILE inside the gateway namespace.  Has .log() and
     .conf so that ftptest's Tap dumps its log when a case fails."""
 
-    def __init__(self, text, port=FTP_PORT):
+    def __init__(self, text, port=FTP_PORT, ns=NS_G):
         self.dir = T.tmpdir('netns-ftpgate-')
         self.conf = os.path.join(self.dir, 'ftpgate.ini')
         with open(self.conf, 'w') as f:
             f.write(text)
         self.log_path = os.path.join(self.dir, 'ftpgate.log')
         self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(nsexec(NS_G, [T.FTPGATE, '-f', '-c', self.conf]),
+        self.proc = subprocess.Popen(nsexec(ns, [T.FTPGATE, '-f', '-c', self.conf]),
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=self._logf)
         _my_procs.append(self.proc)
@@ -253,6 +267,9 @@ class NsGate:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def stop(self):
+        stop_mine(self.proc)
 
 
 # --------------------------------------------------------------------------
@@ -739,6 +756,234 @@ def case_gate_alive():
     assert G.alive(), 'ftpgate exited with status %s' % G.proc.returncode
 
 
+# --------------------------------------------------------------------------
+# The README's recipes: each ini block runs as it stands (only certificate
+# paths change) in the topology its text describes.
+
+RECIPE_HOST = 'ftp.example.org'
+RECIPE_ROOT = T.tmpdir('netns-recipe-root-')
+os.chmod(RECIPE_ROOT, 0o777)
+shutil.copy(FILE, os.path.join(RECIPE_ROOT, 'file'))
+
+
+def recipe_ini(n):
+    """The ini block of recipe n in README.md."""
+    with open(os.path.join(T.SRCDIR, 'README.md')) as f:
+        text = f.read()
+    part = text.split('\n## Recipes\n', 1)[1].split('\n## ', 1)[0]
+    sect = re.search(r'\n### %d\. .*?\n```ini\n(.*?)```' % n, part, re.S)
+    assert sect, 'no ini block in README recipe %d' % n
+    return sect.group(1)
+
+
+def recipe_gate(n, port=21, ns=NS_G, subst=()):
+    text = recipe_ini(n)
+    for a, b in subst:
+        assert a in text, '%r not in recipe %d:\n%s' % (a, n, text)
+        text = text.replace(a, b)
+    r = T.run_ftpgate(['-t', '-c', write_tmp('recipe%d.ini' % n, text)])
+    assert r.returncode == 0, 'recipe %d: -t: %s' % (n, r.stdout + r.stderr)
+    return NsGate('[global]\nlog_level = debug\n\n' + text, port, ns)
+
+
+def write_tmp(name, text):
+    path = os.path.join(T.tmpdir('netns-recipe-'), name)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def curl_in(ns, args, want_sha=FILE_SHA, timeout=CMD_TIMEOUT):
+    """curl -v in ns downloading to a temp file; returns its stderr text."""
+    out = os.path.join(T.tmpdir('netns-recipe-out-'), 'out')
+    r = run(nsexec(ns, [T.CURL, '-sS', '-v', '--max-time', str(timeout - 5)] + list(args) +
+                   ['-o', out]), timeout=timeout, check=False)
+    err = r.stderr.decode('utf-8', 'replace')
+    assert r.returncode == 0, 'curl exit %d:\n%s' % (r.returncode, err[-3000:])
+    got = T.sha256_file(out)
+    assert got == want_sha, 'sha256 %s, want %s (%d bytes)' % (got, want_sha,
+                                                                os.path.getsize(out))
+    return err
+
+
+def pasv_227(err):
+    m = re.search(r'< 227 .*\((\d+,\d+,\d+,\d+),(\d+),(\d+)\)', err)
+    assert m, 'no 227 in curl -v output:\n' + err[-3000:]
+    return m.group(1).replace(',', '.'), int(m.group(2)) * 256 + int(m.group(3))
+
+
+# Recipe 1: client (its own ns) -- provider NAT (1:1: 203.0.113.10 <->
+# 192.0.2.10, a security group opening 21 and 50000-50999) -- the VM, with
+# the FTP server on 127.0.0.1:2121 and ftpgate on :21.
+NS_K = 'fgk-%d' % PID
+NS_N = 'fgn-%d' % PID
+NS_V = 'fgv-%d' % PID
+ELASTIC_IP = '203.0.113.10'
+VM_IP = '192.0.2.10'
+NFT = shutil.which('nft') or '/usr/sbin/nft'
+NAT_RULES = '''
+table ip provider {
+    chain pre { type nat hook prerouting priority -100; ip daddr %s dnat to %s; }
+    chain post { type nat hook postrouting priority 100; ip saddr %s snat to %s; }
+    chain securitygroup {
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        ip daddr %s tcp dport { 21, 50000-50999 } accept
+        ip saddr %s accept
+    }
+}
+''' % (ELASTIC_IP, VM_IP, VM_IP, ELASTIC_IP, VM_IP, VM_IP)
+
+
+def make_nat_topology():
+    for ns in (NS_K, NS_N, NS_V):
+        if os.path.exists('/run/netns/' + ns):
+            run([IP, 'netns', 'del', ns], check=False)
+        run([IP, 'netns', 'add', ns])
+        _created_ns.append(ns)
+    run([IP, '-n', NS_N, 'link', 'add', 'name', 'internet', 'type', 'veth',
+         'peer', 'name', 'eth0', 'netns', NS_K])
+    run([IP, '-n', NS_N, 'link', 'add', 'name', 'tovm', 'type', 'veth',
+         'peer', 'name', 'eth0', 'netns', NS_V])
+    for ns, dev, addr in ((NS_K, 'eth0', CLIENT_IP + '/24'),
+                          (NS_N, 'internet', GATE_IP + '/24'),
+                          (NS_N, 'internet', ELASTIC_IP + '/32'),
+                          (NS_N, 'tovm', '192.0.2.1/24'),
+                          (NS_V, 'eth0', VM_IP + '/24')):
+        run([IP, '-n', ns, 'addr', 'add', addr, 'dev', dev])
+        run([IP, '-n', ns, 'link', 'set', 'dev', dev, 'up'])
+    for ns in (NS_K, NS_N, NS_V):
+        run([IP, '-n', ns, 'link', 'set', 'dev', 'lo', 'up'])
+    run([IP, '-n', NS_V, 'route', 'add', 'default', 'via', '192.0.2.1'])
+    run(nsexec(NS_N, ['/bin/sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward']))
+    rules = write_tmp('nat.nft', NAT_RULES)
+    run(nsexec(NS_N, [NFT, '-f', rules]))
+    for ns, a in ((NS_K, CLIENT_IP), (NS_V, VM_IP)):
+        assert ns_addr_ready(ns, a), 'address %s in %s still tentative' % (a, ns)
+
+
+def case_recipe_nat_vm():
+    if not os.access(NFT, os.X_OK):
+        T.diag('SKIP: nft (Debian package nftables) not installed: no 1:1 NAT to build')
+        return
+    make_nat_topology()
+    srv = NsBackend(RECIPE_ROOT, ns=NS_V, host='127.0.0.1', port=2121, pasv=(40000, 40999))
+    gate = recipe_gate(1, ns=NS_V)
+    try:
+        url = 'ftp://u:p@%s/file' % ELASTIC_IP
+        # no route from the client to the VM's private network
+        r = run(nsexec(NS_K, [IP, 'route', 'get', VM_IP]), check=False)
+        assert r.returncode != 0, 'client has a route to %s' % VM_IP
+        err = curl_in(NS_K, ['--disable-epsv', '--no-ftp-skip-pasv-ip', url])
+        host, port = pasv_227(err)
+        assert host == ELASTIC_IP and 50000 <= port <= 50999, \
+            '227 announces %s:%d, want %s and 50000-50999' % (host, port, ELASTIC_IP)
+        curl_in(NS_K, [url])   # EPSV
+        up = os.path.join(RECIPE_ROOT, 'nat-up.bin')
+        run(nsexec(NS_K, [T.CURL, '-sS', '--max-time', '15', '-T', UPSRC,
+                          'ftp://u:p@%s/nat-up.bin' % ELASTIC_IP]))
+        assert T.sha256_file(up) == UP_SHA, 'upload through the NAT differs'
+        assert gate.alive(), 'ftpgate exited'
+    finally:
+        gate.stop()
+        srv.stop()
+
+
+def with_lan_backend(fn):
+    """fn with a plain pyftpdlib on 198.51.100.2:21 (passive 41000-41099)."""
+    def wrapped():
+        srv = NsBackend(RECIPE_ROOT, port=21, pasv=(41000, 41099))
+        try:
+            fn()
+        except AssertionError as e:
+            tail = '\n'.join(srv.log().splitlines()[-25:])
+            raise AssertionError('%s\n--- recipe backend log, last lines:\n%s' % (e, tail)) \
+                from None
+        finally:
+            srv.stop()
+    return wrapped
+
+
+def case_recipe_lan():
+    gate = recipe_gate(2)
+    try:
+        url = 'ftp://u:p@%s/file' % GATE_IP
+        err = curl_in(NS_C, ['--disable-epsv', '--no-ftp-skip-pasv-ip', url])
+        host, port = pasv_227(err)
+        assert host == GATE_IP and 50000 <= port <= 50999, '227: %s:%d' % (host, port)
+        curl_in(NS_C, [url])
+        curl_in(NS_C, ['-P', CLIENT_IP, url])   # active mode
+        assert gate.alive(), 'ftpgate exited'
+    finally:
+        gate.stop()
+
+
+def recipe_cert():
+    d = T.tmpdir('netns-recipe-tls-')
+    os.chmod(d, 0o755)
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    # the README's command, with the paths of this test
+    T._openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '825',
+                '-subj', '/CN=' + RECIPE_HOST, '-addext', 'subjectAltName=DNS:' + RECIPE_HOST,
+                '-keyout', key, '-out', cert], d)
+    os.chmod(key, 0o644)
+    return cert, key
+
+
+RECIPE_CERT = recipe_cert()
+TLS_CURL = ['--ssl-reqd', '--cacert', RECIPE_CERT[0],
+            '--resolve', '%s:21:%s' % (RECIPE_HOST, GATE_IP)]
+
+
+def case_recipe_ftps():
+    cert, key = RECIPE_CERT
+    gate = recipe_gate(3, subst=(('/etc/ftpgate/cert.pem', cert),
+                                 ('/etc/ftpgate/key.pem', key)))
+    try:
+        url = 'ftp://u:p@%s/file' % RECIPE_HOST
+        err = curl_in(NS_C, TLS_CURL + ['--disable-epsv', '--no-ftp-skip-pasv-ip', url])
+        assert re.search(r'> AUTH (TLS|SSL)', err) and '> PROT P' in err, err[-3000:]
+        curl_in(NS_C, TLS_CURL + [url])
+        # secure by default: no login without TLS
+        r = run(nsexec(NS_C, [T.CURL, '-sS', '-v', '--max-time', '10',
+                              'ftp://u:p@%s/file' % GATE_IP, '-o', '/dev/null']),
+                check=False)
+        err = r.stderr.decode('utf-8', 'replace')
+        assert r.returncode != 0 and '< 530' in err, \
+            'plain login: curl exit %d:\n%s' % (r.returncode, err[-2000:])
+        assert gate.alive(), 'ftpgate exited'
+    finally:
+        gate.stop()
+
+
+def case_recipe_passthrough():
+    """The README's vsftpd settings for passthrough (pasv_address, the same
+    passive range), vsftpd holding the key and requiring TLS session reuse."""
+    why = T.vsftpd_unavailable()
+    if why:
+        T.diag('SKIP: ' + why)
+        return
+    vs = T.VsftpdServer(RECIPE_CERT[0], RECIPE_CERT[1], pasv_ports=(50000, 50999),
+                        host=SERVER_IP, port=21, pasv_address=GATE_IP, ns=NS_S)
+    shutil.copy(FILE, os.path.join(vs.root, 'file'))
+    gate = recipe_gate(4)
+    try:
+        url = 'ftp://%s/file' % RECIPE_HOST
+        err = curl_in(NS_C, TLS_CURL + ['--disable-epsv', '--no-ftp-skip-pasv-ip', url])
+        host, port = pasv_227(err)   # curl -v shows the decrypted dialogue
+        assert host == GATE_IP and 50000 <= port <= 50999, '227: %s:%d' % (host, port)
+        curl_in(NS_C, TLS_CURL + [url])
+        assert gate.alive(), 'ftpgate exited'
+        # the proxy never held a key: it logs the blind relay
+        assert re.search(r'forwarding passive ports 50000-50999', gate.log()), gate.log()[-2000:]
+    except AssertionError as e:
+        raise AssertionError('%s\n--- vsftpd log, last lines:\n%s' % (
+            e, '\n'.join(vs.log().splitlines()[-25:]))) from None
+    finally:
+        gate.stop()
+        vs.stop()
+
+
 CASES = [
     ('topology: no routes between client and server, ip_forward=0', case_topology),
     ('direct: client cannot reach the backend (curl fails)', case_direct_fails),
@@ -762,6 +1007,14 @@ CASES = [
     ('active: ftplib set_pasv(False) RETR + STOR, backend_data_mode=active, sha256',
      ftplib_active_case('active')),
     ('ftpgate still running', case_gate_alive),
+    ('README recipe 1: cloud VM behind a 1:1 NAT (nft), ftpgate on the VM: PASV, EPSV, '
+     'upload', case_recipe_nat_vm),
+    ('README recipe 2: ftpgate in front of a LAN server: PASV, EPSV, active',
+     with_lan_backend(case_recipe_lan)),
+    ('README recipe 3: FTPS terminated with require_tls: curl --ssl-reqd; plain login 530',
+     with_lan_backend(case_recipe_ftps)),
+    ('README recipe 4: FTPS passthrough to vsftpd announcing 203.0.113.1: PASV, EPSV',
+     case_recipe_passthrough),
 ]
 
 try:

@@ -703,6 +703,140 @@ def c10_logfile_usr1():
     assert 'ftpgate stopped' in file_text(log), file_text(log)[-500:]
 
 
+def check_t(conf):
+    r = T.run_ftpgate(['-t', '-c', conf])
+    return r.returncode, r.stdout + r.stderr
+
+
+def c11_check_as_user():
+    """-t run as root checks what the proxy reopens as `user` after the drop:
+    the configuration and key files (reload), the log directory (SIGUSR1)."""
+    nobody = pwd.getpwnam('nobody')
+    d = T.tmpdir('ftpgate-asuser-')
+    os.chmod(d, 0o755)
+    cert, key = T.make_self_signed(d)
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o600)                     # root's own: nobody cannot read it
+    logdir = T.tmpdir('ftpgate-asuser-log-')  # 0700 root
+    conf = os.path.join(d, 'ftpgate.ini')
+    text = T.render_config(config({'user': 'nobody', 'log': os.path.join(logdir, 'g.log')},
+                                  tls='terminate', tls_cert=cert, tls_key=key))
+    with open(conf, 'w') as f:
+        f.write(text)
+    os.chmod(conf, 0o644)
+    key_line = text.splitlines().index('tls_key = ' + key) + 1
+    log_line = [i for i, l in enumerate(text.splitlines(), 1) if l.startswith('log =')][0]
+    rc, out = check_t(conf)
+    want = '%s:%d: tls_key:' % (conf, key_line)
+    assert rc == 1 and want in out and 'nobody' in out and 'chmod' in out, \
+        'key unreadable by nobody: -t exit %d, want %r, nobody, chmod in %r' % (rc, want, out)
+    os.chown(key, 0, nobody.pw_gid)
+    os.chmod(key, 0o640)                     # the README's recipe
+    rc, out = check_t(conf)
+    want = '%s:%d: log:' % (conf, log_line)
+    assert rc == 1 and want in out and logdir in out and 'nobody' in out, \
+        'log directory not searchable by nobody: -t exit %d, want %r in %r' % (rc, want, out)
+    os.chmod(logdir, 0o755)
+    rc, out = check_t(conf)
+    assert rc == 0, 'all readable by nobody: -t exit %d: %r' % (rc, out)
+    os.chmod(conf, 0o600)
+    rc, out = check_t(conf)
+    assert rc == 1 and conf in out and 'nobody' in out, \
+        'configuration unreadable by nobody: -t exit %d: %r' % (rc, out)
+
+
+def c12_reload_group():
+    """A changed group takes a restart, like user: the reload says so."""
+    conf_d = config({'group': 'nogroup'})
+    g = T.Ftpgate(conf_d)
+    try:
+        conf_d['global']['group'] = 'daemon'
+        write_config(g.conf, conf_d)
+        mark = g.log_mark()
+        os.kill(g.proc.pid, signal.SIGHUP)
+        assert g.wait_log(r'reloaded ', mark, 10), g.log_since(mark)
+        log = g.log_since(mark)
+        assert re.search(r'warn: .*group.*restart', log), \
+            'no warning that the group change takes a restart:\n' + log
+    finally:
+        rc = g.stop()
+    assert rc == 0, 'exit status %s' % rc
+
+
+def unit_settings():
+    """The [Service] settings of the shipped unit: {key: [values]}."""
+    out = {}
+    with open(os.path.join(T.SRCDIR, 'etc', 'ftpgate.service.in')) as f:
+        for line in f:
+            k, eq, v = line.strip().partition('=')
+            if eq and not k.startswith('#'):
+                out.setdefault(k, []).append(v)
+    return out
+
+
+def rotate_like_logrotate(path):
+    """rename, then "create 0640": a new file with the old one's owner."""
+    st = os.stat(path)
+    os.rename(path, path + '.1')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, 0o640)
+    os.close(fd)
+
+
+def c13_unit_logs_after_drop():
+    """The shipped unit's settings with user = nobody: its capability
+    bounding set, NoNewPrivileges, UMask, and the log directory as
+    LogsDirectory= makes it for a unit without User= (root:root,
+    LogsDirectoryMode). The log and the xferlog, rotated as the logrotate
+    snippet does, are reopened on SIGUSR1 and get the new lines."""
+    setpriv = shutil.which('setpriv')
+    if not setpriv:
+        T.diag('setpriv (util-linux) not installed: skipped')
+        return
+    u = unit_settings()
+    caps = [c[len('CAP_'):].lower() for c in u['CapabilityBoundingSet'][0].split()]
+    wrapper = [setpriv, '--bounding-set', ','.join(['-all'] + ['+' + c for c in caps]),
+               '--inh-caps', '-all']
+    if u.get('NoNewPrivileges') == ['yes']:
+        wrapper.append('--no-new-privs')
+    wrapper.append('--')
+    logdir = T.tmpdir('ftpgate-unitlogs-')
+    os.chown(logdir, 0, 0)
+    os.chmod(logdir, int(u['LogsDirectoryMode'][0], 8))
+    log = os.path.join(logdir, 'ftpgate.log')
+    xl = os.path.join(logdir, 'xferlog')
+    old_umask = os.umask(int(u['UMask'][0], 8))
+    try:
+        g = T.Ftpgate(config({'user': 'nobody', 'log': log, 'xferlog': xl}), wrapper=wrapper)
+    finally:
+        os.umask(old_umask)
+    try:
+        assert wait_for(lambda: 'running as user nobody' in file_text(log), 5), \
+            'no "running as user nobody" in %s: %r' % (log, file_text(log))
+        T.diag('CapBnd of ftpgate: %s' % proc_status(g.proc.pid)['CapBnd'])
+        f = login(g.port)
+        assert T.retr_bytes(f, 'mid.bin')
+        f.quit()
+        assert wait_for(lambda: file_text(xl).count('\n') == 1, 5), file_text(xl)
+        rotate_like_logrotate(log)
+        rotate_like_logrotate(xl)
+        os.kill(g.proc.pid, signal.SIGUSR1)
+        ok = wait_for(lambda: 'reopened' in file_text(log), 5)
+        assert ok, 'no "reopened" in the new %s after SIGUSR1; the old one ends:\n%s' % (
+            log, file_text(log + '.1')[-1500:])
+        f = login(g.port)
+        assert T.retr_bytes(f, 'mid.bin')
+        f.quit()
+        assert wait_for(lambda: 'end:' in file_text(log), 5), file_text(log)
+        assert wait_for(lambda: file_text(xl).count('\n') == 1, 5), \
+            'new xferlog: %r; old: %r' % (file_text(xl), file_text(xl + '.1'))
+        assert g.alive(), 'ftpgate died'
+    finally:
+        rc = g.stop()
+    assert rc == 0, 'exit status %s' % rc
+
+
 if os.geteuid() == 0:
     t.case('user = nobody: uid/gid 65534, no groups, 64 MiB download', c01_privdrop, 40)
 else:
@@ -718,4 +852,15 @@ t.case('second SIGTERM exits at once', c07_second_sigterm, 30)
 t.case('metrics: counters, during and after transfers; 404; promtool', c08_metrics, 40)
 t.case('xferlog lines for RETR, STOR, aborted RETR, anonymous RETR', c09_xferlog, 40)
 t.case('log = file, SIGUSR1 reopens log and xferlog', c10_logfile_usr1, 30)
+t.case('SIGHUP with a changed group: warns that it takes a restart', c12_reload_group, 20)
+if os.geteuid() == 0:
+    t.case('-t as root with user = nobody: key, config, log directory checked as nobody',
+           c11_check_as_user, 30)
+else:
+    t.skip('-t as root with user = nobody: files checked as nobody', 'not root')
+if os.geteuid() == 0:
+    t.case('the unit\'s capabilities and log directory, user = nobody: log and xferlog '
+           'rotated, SIGUSR1, new files get the lines', c13_unit_logs_after_drop, 30)
+else:
+    t.skip('the unit\'s capabilities and log directory: SIGUSR1 after the drop', 'not root')
 t.done()
