@@ -35,14 +35,14 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	if (gw->n_sessions >= gw->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
 		         site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
-		site->stats.sessions_refused++;
+		site->state->stats.sessions_refused++;
 		refuse(fd, "global");
 		return;
 	}
 	if (site->conf->max_sessions && site->n_sessions >= site->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (site max_sessions)",
 		         site->conf->name, addr_str(peer, a, sizeof(a), 1), site->n_sessions);
-		site->stats.sessions_refused++;
+		site->state->stats.sessions_refused++;
 		refuse(fd, "site");
 		return;
 	}
@@ -50,7 +50,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	    sessions_count_ip(site, peer) >= site->conf->max_sessions_per_ip) {
 		log_warn("site %s: refused %s: max_sessions_per_ip (%u) reached", site->conf->name,
 		         addr_str(peer, a, sizeof(a), 1), site->conf->max_sessions_per_ip);
-		site->stats.sessions_refused++;
+		site->state->stats.sessions_refused++;
 		refuse(fd, "per-ip");
 		return;
 	}
@@ -128,7 +128,7 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 	if (rc == 0)
 		return;
 	if (rc == -1) {
-		pp->site->stats.data_refused++;
+		pp->site->state->stats.data_refused++;
 		log_warn("site %s: refused data connection from %s to port %u: no control "
 		         "session from that address",
 		         pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port);

@@ -59,8 +59,8 @@ void session_account_data(struct session *s, uint64_t up, uint64_t down)
 {
 	s->bytes_up += up;
 	s->bytes_down += down;
-	s->site->stats.bytes_up += up;
-	s->site->stats.bytes_down += down;
+	s->site->state->stats.bytes_up += up;
+	s->site->state->stats.bytes_down += down;
 }
 
 /* Why a session ended, for the metrics (the reasons are the proxy's own words). */
@@ -106,7 +106,7 @@ static void count_transfer(struct session *s, enum xfer_result r)
 	struct xferlog *xl = s->site->gw->xferlog;
 	char host[ADDR_STR_MAX];
 
-	s->site->stats.transfers[x][r]++;
+	s->site->state->stats.transfers[x][r]++;
 	if (!xl || (x != XC_RETR && x != XC_STOR && x != XC_APPE && x != XC_STOU))
 		return;
 	struct xferlog_entry e = {
@@ -196,11 +196,11 @@ void session_end(struct session *s, const char *fmt, ...)
 	if (s->end_reason[0])
 		snprintf(reason, sizeof(reason), "%s", s->end_reason);
 	enum end_reason why = classify_end(reason);
-	s->site->stats.sessions_ended[why]++;
+	s->site->state->stats.sessions_ended[why]++;
 	if (why == END_BACKEND_CONNECT)
-		s->site->stats.backend_connect_failures++;
+		s->site->state->stats.backend_connect_failures++;
 	if (strstr(reason, "TLS error"))
-		s->site->stats.tls_handshake_failures++;
+		s->site->state->stats.tls_handshake_failures++;
 	dc_drop(s);
 	pt_free(s);
 	char relayed[64] = "";
@@ -342,7 +342,7 @@ static int op_data_new(void *io, int client_tls, int backend_tls)
 	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
 	if (!s->dc)
 		return -1;
-	datachan_count_refused(s->dc, &s->site->stats.data_refused);
+	datachan_count_refused(s->dc, &s->site->state->stats.data_refused);
 	if (client_tls) {
 		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
 		if (!ssl)
@@ -539,7 +539,7 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	datachan_free(dc);
 	s->dc = NULL;
 	if (!ok && (strstr(why, "TLS") || strstr(why, "SSL")))
-		s->site->stats.tls_handshake_failures++;
+		s->site->state->stats.tls_handshake_failures++;
 	core_data_done(&s->core, ok, why);
 	session_pump(s);
 }
@@ -821,7 +821,7 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 		s->next->prev = s;
 	gw->sessions = s;
 	site->gen->refs++;
-	site->stats.sessions_total++;
+	site->state->stats.sessions_total++;
 	memcpy(&s->client_addr, peer, (size_t)peerlen);
 	ftp_addr_unmap(&s->client_addr);
 	memset(&local, 0, sizeof(local));
