@@ -17,6 +17,7 @@
 enum dc_side { DC_CLIENT = 0, DC_BACKEND = 1 };
 
 struct datachan;
+struct log_limit;
 struct ssl_st;
 
 struct datachan_cbs {
@@ -43,8 +44,8 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
 int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
                     uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
 
-/* Count data connections refused (wrong peer) in *counter. */
-void datachan_count_refused(struct datachan *dc, uint64_t *counter);
+/* Count data connections refused (wrong peer) in *counter; log them at the pace of *lim. */
+void datachan_count_refused(struct datachan *dc, uint64_t *counter, struct log_limit *lim);
 
 /*
  * Connect out to addr (non-blocking), from src (its port ignored) if not

@@ -9,6 +9,7 @@
 #include <event2/listener.h>
 
 #include "conf.h"
+#include "log.h"
 #include "stats.h"
 
 struct ftpgate;
@@ -27,6 +28,7 @@ struct site_state {
 	struct site_state *next;
 	char name[CONF_NAME_MAX];
 	struct site_stats stats;
+	struct log_limit refused_log; /* strangers on passive or forwarded ports */
 };
 
 /* One [site:NAME] at run time. */

@@ -76,8 +76,9 @@ struct datachan {
 	int pumping;
 	uint64_t progress_mark;
 	char reason[400];
-	struct event *kick; /* TLS pump: run again from the loop */
-	uint64_t *refused;  /* counter of strangers turned away, or NULL */
+	struct event *kick;            /* TLS pump: run again from the loop */
+	uint64_t *refused;             /* counter of strangers turned away, or NULL */
+	struct log_limit *refused_log; /* pace of their log lines, or NULL */
 };
 
 static const char *const side_name[] = {"client", "backend"};
@@ -323,11 +324,13 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		ftp_addr_unmap(&peer);
 		if (!ftp_addr_same_ip((struct sockaddr *)&peer, (struct sockaddr *)&s->allowed)) {
 			char a[ADDR_STR_MAX], b[ADDR_STR_MAX];
-			log_warn("%s: refused data connection from %s on port %u: not the "
-			         "session's %s %s",
-			         dc->tag, addr_str((struct sockaddr *)&peer, a, sizeof(a), 1),
-			         s->port, side_name[s->idx],
-			         addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
+			log_warn_limited(dc->refused_log, now_ms(),
+			                 "%s: refused data connection from %s on port %u: not the "
+			                 "session's %s %s",
+			                 dc->tag,
+			                 addr_str((struct sockaddr *)&peer, a, sizeof(a), 1),
+			                 s->port, side_name[s->idx],
+			                 addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
 			close(fd);
 			if (dc->refused)
 				(*dc->refused)++;
@@ -436,9 +439,10 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
 	return 0;
 }
 
-void datachan_count_refused(struct datachan *dc, uint64_t *counter)
+void datachan_count_refused(struct datachan *dc, uint64_t *counter, struct log_limit *lim)
 {
 	dc->refused = counter;
+	dc->refused_log = lim;
 }
 
 int datachan_adopt(struct datachan *dc, enum dc_side side, int fd)

@@ -129,9 +129,10 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 		return;
 	if (rc == -1) {
 		pp->site->state->stats.data_refused++;
-		log_warn("site %s: refused data connection from %s to port %u: no control "
-		         "session from that address",
-		         pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port);
+		log_warn_limited(&pp->site->state->refused_log, now_ms(),
+		                 "site %s: refused data connection from %s to port %u: no "
+		                 "control session from that address",
+		                 pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port);
 	}
 	close(fd);
 }

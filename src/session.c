@@ -342,7 +342,8 @@ static int op_data_new(void *io, int client_tls, int backend_tls)
 	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
 	if (!s->dc)
 		return -1;
-	datachan_count_refused(s->dc, &s->site->state->stats.data_refused);
+	datachan_count_refused(s->dc, &s->site->state->stats.data_refused,
+	                       &s->site->state->refused_log);
 	if (client_tls) {
 		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
 		if (!ssl)

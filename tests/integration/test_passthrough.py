@@ -886,6 +886,51 @@ def case_netns():
         vs.stop()
 
 
+def stolen(port, source=STRANGER_IP, wait=1.0):
+    """Connect to a forwarded port from source; the bytes it got before the
+    proxy or the backend closed it (b'' = refused or nothing sent)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(5)
+    try:
+        s.connect((PROXY_IP, port))
+        data, _ = T.recv_until_closed(s, wait)
+        return data
+    finally:
+        s.close()
+
+
+def case_log_limit():
+    """Issue 10.12: strangers hitting forwarded ports: refusal log lines are
+    rate-limited (a disk filler with log = FILE), with a count of the ones
+    left out."""
+    g = pt_gate(VS, R_EX)
+    try:
+        mark = g.log_mark()
+        for i in range(300):
+            s = socket.socket()
+            s.bind((STRANGER_IP, 0))
+            s.settimeout(5)
+            try:
+                s.connect((PROXY_IP, R_EX[0] + i % 5))
+                s.recv(1)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(1.2)
+        # one more after the second: it carries the count of suppressed lines
+        stolen(R_EX[0], wait=0.3)
+        m = g.wait_log(r'refused data connection from .* \((\d+) more suppressed', mark, 5)
+        log = g.log_since(mark)
+        n = len(re.findall(r'refused data connection from', log))
+        T.diag('%d refusal lines for 301 strangers' % n)
+        assert n <= 10, '%d refusal lines for 301 strangers:\n%s' % (n, log[-1500:])
+        assert m and int(m.group(1)) >= 250, 'no count of suppressed lines:\n%s' % log[-1500:]
+    finally:
+        g.stop()
+
+
 # --------------------------------------------------------------------------
 
 CASES = [
@@ -903,6 +948,8 @@ CASES = [
     ('overlapping passive_ports with a passthrough site: ftpgate -t exits 1', case_overlap, 20),
     ('passthrough_implicit to vsftpd implicit_ssl: curl ftps:// download',
      with_logs(case_implicit, VSI), 30),
+    ('300 strangers on forwarded ports: a few refusal lines with a suppressed count',
+     with_logs(case_log_limit, VS), 60),
     ('idle_timeout=2: an idle blind TLS session is closed within ~6 s',
      with_logs(case_idle, VS), 20),
 ]
