@@ -1092,8 +1092,25 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 		reply_client(c, "502 Active mode is not available through this proxy; use "
 		                "passive mode (PASV/EPSV).");
 		break;
+	case FTP_V_PROT:
+		/* Before AUTH the proxy reads every command: require_data_tls
+		 * holds here (after AUTH the proxy is blind). */
+		if (c->conf->require_data_tls && cmd->arg_len == 1 &&
+		    (cmd->arg[0] & ~0x20) == 'C') {
+			reply_client(c, "534 PROT C refused: data connections must be protected.");
+			break;
+		}
+		forward(c, cmd, EXP_RELAY);
+		break;
 	case FTP_V_USER:
-		log_escape(c->user, sizeof(c->user), cmd->arg, cmd->arg_len);
+	case FTP_V_PASS:
+		if (c->conf->require_tls) {
+			/* Every command seen here is before AUTH. */
+			reply_client(c, "530 TLS required: use AUTH TLS first.");
+			break;
+		}
+		if (cmd->verb == FTP_V_USER)
+			log_escape(c->user, sizeof(c->user), cmd->arg, cmd->arg_len);
 		forward(c, cmd, EXP_RELAY);
 		break;
 	case FTP_V_QUIT:
@@ -1111,6 +1128,12 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 	case FTP_V_LIST:
 	case FTP_V_NLST:
 	case FTP_V_MLSD:
+		if (c->conf->require_data_tls) {
+			/* Before AUTH every data connection is clear. */
+			reply_client(c, "521 Data connections must be protected: use AUTH TLS and "
+			                "PROT P.");
+			break;
+		}
 		log_escape(c->xfer_cmd, sizeof(c->xfer_cmd), cmd->name, strlen(cmd->name));
 		forward(c, cmd, EXP_PT_XFER);
 		xfer_set(c, XS_RUNNING);

@@ -931,6 +931,53 @@ def case_log_limit():
         g.stop()
 
 
+def case_require_tls():
+    """Issue 10.5: require_tls and require_data_tls on a passthrough site."""
+    g = pt_gate(VS, R_EX, require_tls='yes', require_data_tls='yes')
+    try:
+        with T.RawCtl(PROXY_IP, g.port, timeout=10) as c:
+            assert c.reply().startswith(b'220')
+            r = c.cmd('USER anonymous')
+            assert r.startswith(b'530'), 'USER before AUTH with require_tls: %r' % r
+            r = c.cmd('PASS x')
+            assert r.startswith(b'530'), 'PASS before AUTH with require_tls: %r' % r
+        # TLS works as usual
+        out = L('mid.reqtls')
+        T.curl(SSL + [pt_url(g, 'mid.bin'), '-o', out])
+        assert T.sha256_file(out) == MID_SHA
+        # plain curl is refused at login
+        r = subprocess.run([T.CURL, '-sS', '--max-time', '20', pt_url(g, 'mid.bin'),
+                            '-o', L('mid.reqtls.plain')], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        assert r.returncode != 0, 'plain curl passed with require_tls'
+    finally:
+        g.stop()
+    g = pt_gate(VS, R_EX, require_data_tls='yes')
+    try:
+        with T.RawCtl(PROXY_IP, g.port, timeout=10) as c:
+            assert c.reply().startswith(b'220')
+            assert c.cmd('USER anonymous').startswith(b'230')
+            r = c.cmd('PROT C')
+            assert r.startswith(b'534'), 'PROT C with require_data_tls: %r' % r
+            ip, port = parse_227(c.cmd('PASV').decode('latin-1'))
+            d = socket.socket()
+            d.bind((BACK_IP, 0))
+            d.settimeout(10)
+            d.connect((PROXY_IP, port))
+            for cmd in ('RETR mid.bin', 'LIST', 'STOR up/x.bin'):
+                r = c.cmd(cmd)
+                assert r.startswith(b'521'), '%s in clear with require_data_tls: %r' % (cmd, r)
+            data, _ = T.recv_until_closed(d, 1.0)
+            d.close()
+            assert data == b'', 'clear data sent: %d bytes' % len(data)
+            assert c.cmd('QUIT').startswith(b'221')
+        out = L('mid.reqdtls')
+        T.curl(SSL + [pt_url(g, 'mid.bin'), '-o', out])
+        assert T.sha256_file(out) == MID_SHA
+    finally:
+        g.stop()
+
+
 # --------------------------------------------------------------------------
 
 CASES = [
@@ -948,6 +995,8 @@ CASES = [
     ('overlapping passive_ports with a passthrough site: ftpgate -t exits 1', case_overlap, 20),
     ('passthrough_implicit to vsftpd implicit_ssl: curl ftps:// download',
      with_logs(case_implicit, VSI), 30),
+    ('require_tls (530) and require_data_tls (534, 521) before AUTH on a passthrough site',
+     with_logs(case_require_tls, VS), 60),
     ('300 strangers on forwarded ports: a few refusal lines with a suppressed count',
      with_logs(case_log_limit, VS), 60),
     ('idle_timeout=2: an idle blind TLS session is closed within ~6 s',
