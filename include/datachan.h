@@ -83,6 +83,8 @@ void datachan_start(struct datachan *dc);
 
 /* Bytes moved so far: [0] client->backend, [1] backend->client. */
 uint64_t datachan_bytes(const struct datachan *dc, int dir);
+/* When bytes of direction dir last moved (util.h's now_ms() clock), 0 never. */
+uint64_t datachan_last_ms(const struct datachan *dc, int dir);
 
 /* Close everything now, no callback. Safe from inside a callback. */
 void datachan_free(struct datachan *dc);

@@ -17,6 +17,8 @@ struct session;
 struct gen;
 struct metrics;
 struct xferlog;
+struct pt_fwd;
+struct pt_guard;
 
 /*
  * What belongs to a site's name rather than to one load of it: one object
@@ -82,6 +84,8 @@ struct ftpgate {
 	struct metrics *metrics;
 	struct xferlog *xferlog;
 	struct site_state *states; /* one per site name ever loaded */
+	struct pt_fwd *pt_fwds;    /* passthrough: every forwarded data connection */
+	struct pt_guard *pt_guard; /* passthrough: failed forwards and bans per address */
 };
 
 /* A session of gen ended: free gen when it is old and unused. */

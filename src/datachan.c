@@ -61,6 +61,7 @@ struct dc_dir {
 	char *buf; /* TLS pump: bytes read from the source, not yet written */
 	size_t buf_off, buf_len;
 	uint64_t bytes;
+	uint64_t last_ms; /* when bytes last moved (now_ms), 0 never */
 };
 
 struct datachan {
@@ -472,6 +473,11 @@ uint64_t datachan_bytes(const struct datachan *dc, int dir)
 	return dc->dir[dir].bytes;
 }
 
+uint64_t datachan_last_ms(const struct datachan *dc, int dir)
+{
+	return dc->dir[dir].last_ms;
+}
+
 static int make_pipe(struct dc_dir *d)
 {
 	if (pipe2(d->pipe, O_NONBLOCK | O_CLOEXEC) < 0)
@@ -504,6 +510,7 @@ static void pump(struct datachan *dc, int d)
 			if (n > 0) {
 				dr->in_pipe -= (size_t)n;
 				dr->bytes += (uint64_t)n;
+				dr->last_ms = now_ms();
 				continue;
 			}
 			if (n < 0 && errno == EINTR)
@@ -732,6 +739,7 @@ static int tls_dir_step(struct datachan *dc, int d)
 		if (r == IO_OK) {
 			dr->buf_off += put;
 			dr->bytes += put;
+			dr->last_ms = now_ms();
 			moved = 1;
 			continue;
 		}

@@ -124,15 +124,15 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 	(void)lev;
 	(void)peerlen;
 
-	int rc = session_pt_data(pp->site, fd, peer, pp->port);
-	if (rc == 0)
+	const char *why = NULL;
+	if (session_pt_data(pp->site, fd, peer, pp->port, &why) == 0)
 		return;
-	if (rc == -1) {
+	if (why) {
 		pp->site->state->stats.data_refused++;
 		log_warn_limited(&pp->site->state->refused_log, now_ms(),
-		                 "site %s: refused data connection from %s to port %u: no "
-		                 "control session from that address",
-		                 pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port);
+		                 "site %s: refused data connection from %s to port %u: %s",
+		                 pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port,
+		                 why);
 	}
 	close(fd);
 }
@@ -233,6 +233,9 @@ static int open_pt_ports(struct site *site, struct gen *from, int strict)
 			if (pp->lev) {
 				evconnlistener_set_cb(pp->lev, pt_accept_cb, pp);
 				evconnlistener_set_error_cb(pp->lev, pt_error_cb);
+				/* It may be paused (EMFILE): the old site's resume
+				 * timer goes with the old site. */
+				evconnlistener_enable(pp->lev);
 			} else {
 				pp->lev = open_pt_port(site, &pp->addr);
 				if (!pp->lev && strict)

@@ -258,7 +258,7 @@ void session_drain_check(struct session *s)
 	if (!s->site->gw->draining || s->dead || s->closing)
 		return;
 	if (s->blind) {
-		if (!s->fwds)
+		if (!s->n_fwds)
 			session_end(s, "proxy shutting down");
 		return;
 	}
@@ -492,6 +492,11 @@ static uint64_t op_now_ms(void *io)
 	return now_ms();
 }
 
+static void op_pt_data_port(void *io, uint16_t port)
+{
+	pt_data_port(io, port);
+}
+
 static const struct core_ops session_ops = {
     .send_client = op_send_client,
     .send_backend = op_send_backend,
@@ -508,6 +513,7 @@ static const struct core_ops session_ops = {
     .close = op_close,
     .transfer_end = op_transfer_end,
     .now_ms = op_now_ms,
+    .pt_data_port = op_pt_data_port,
 };
 
 /* ---- data pair events ----------------------------------------------------------------------- */
@@ -658,7 +664,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_end(s, "%s (client did not read the last reply)", s->end_reason);
 		return;
 	}
-	if (core_transferring(&s->core) && (s->dc || s->fwds)) {
+	if (core_transferring(&s->core) && (s->dc || s->n_fwds)) {
 		/* A running transfer is not idleness: the data pair has its own
 		 * timeout. Once the pair is gone, the backend's final reply is
 		 * due like any other. */
@@ -887,6 +893,7 @@ void sessions_close_all(struct ftpgate *gw)
 		session_end(s, "proxy shutting down");
 		session_free(s);
 	}
+	pt_close_all(gw);
 }
 
 unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip)
@@ -920,7 +927,6 @@ unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name)
 			continue;
 		if (s->dc)
 			n++;
-		n += pt_open_forwards(s);
 	}
-	return n;
+	return n + pt_forwards_of(gw, name);
 }

@@ -507,6 +507,29 @@ static void handle_setup_reply(struct core *c, const struct expect *e, int code,
 	client_data_setup(c, e->client_verb);
 }
 
+/*
+ * Passthrough: the data port a 227/229 from the backend announces, or 0.
+ * Only the port: the proxy forwards it 1:1 to the backend's control address.
+ */
+static uint16_t pt_announced_port(int code, const char *rep, size_t len)
+{
+	const char *eol = memchr(rep, '\n', len);
+	size_t n = eol ? (size_t)(eol - rep) : len;
+	uint16_t port = 0;
+
+	if (n && rep[n - 1] == '\r')
+		n--;
+	if (code == 229) {
+		if (ftp_parse_229(rep, n, &port) < 0)
+			port = 0;
+	} else if (code == 227) {
+		struct sockaddr_in sin;
+		if (ftp_parse_227(rep, n, &sin) == 0)
+			port = ntohs(sin.sin_port);
+	}
+	return port;
+}
+
 /* ---- replies from the backend --------------------------------------------------------------- */
 
 /*
@@ -681,6 +704,14 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 		relay(c, rep, len);
 		transfer_end(c, code); /* data went through the 1:1 forwards */
 		break;
+	case EXP_PT_PASV: {
+		fifo_pop(c);
+		relay(c, rep, len);
+		uint16_t port = pt_announced_port(code, rep, len);
+		if (port)
+			c->ops->pt_data_port(c->io, port);
+		break;
+	}
 	case EXP_BPROT:
 		fifo_pop(c);
 		if (code / 100 != 2) {
@@ -1082,6 +1113,12 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 	case FTP_V_AUTH:
 		forward(c, cmd, EXP_PT_AUTH);
 		break;
+	case FTP_V_PASV:
+	case FTP_V_EPSV:
+		/* Relayed unchanged: the backend announces public_address and a
+		 * port that the proxy forwards 1:1, for this session only. */
+		forward(c, cmd, EXP_PT_PASV);
+		break;
 	case FTP_V_PORT:
 	case FTP_V_EPRT:
 	case FTP_V_LPRT:
@@ -1140,8 +1177,6 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 		c->xfer_start_ms = c->ops->now_ms(c->io);
 		break;
 	default:
-		/* PASV/EPSV pass unchanged: the backend announces public_address
-		 * and a port that the proxy forwards 1:1. */
 		forward(c, cmd, EXP_RELAY);
 		break;
 	}

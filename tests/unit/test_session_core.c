@@ -150,11 +150,15 @@ static uint64_t op_now(void *io)
 {
 	return ((struct t *)io)->now;
 }
+static void op_pt_port(void *io, uint16_t port)
+{
+	rec(io, "pt_port %u\n", port);
+}
 
 static const struct core_ops ops = {
-    op_send_client, op_send_backend, op_data_new,  op_data_listen,  op_data_connect,
-    op_data_start,  op_data_tls_go,  op_data_drop, op_client_tls,   op_backend_tls,
-    op_blind,       op_set_timer,    op_close,     op_transfer_end, op_now,
+    op_send_client, op_send_backend, op_data_new,   op_data_listen, op_data_connect, op_data_start,
+    op_data_tls_go, op_data_drop,    op_client_tls, op_backend_tls, op_blind,        op_set_timer,
+    op_close,       op_transfer_end, op_now,        op_pt_port,
 };
 
 static void conf_default(struct site_conf *sc)
@@ -710,7 +714,19 @@ static void test_passthrough(void)
 	client(&t, "PASV\r\n");
 	expect(&t, "B:PASV\n", "PASV relayed unchanged");
 	backend(&t, "227 Entering Passive Mode (203,0,113,1,195,80)\r\n");
-	expect(&t, "C:227 Entering Passive Mode (203,0,113,1,195,80)\n", "227 relayed");
+	expect(&t, "C:227 Entering Passive Mode (203,0,113,1,195,80)\npt_port 50000\n",
+	       "227 relayed, its port noted for this session");
+	client(&t, "EPSV\r\n");
+	backend(&t, "229 Entering Extended Passive Mode (|||50001|)\r\n");
+	expect(&t, "B:EPSV\nC:229 Entering Extended Passive Mode (|||50001|)\npt_port 50001\n",
+	       "229 relayed, its port noted");
+	client(&t, "PASV\r\n");
+	backend(&t, "227 Entering Passive Mode (203,0,113,1,0,0)\r\n");
+	expect(&t, "B:PASV\nC:227 Entering Passive Mode (203,0,113,1,0,0)\n",
+	       "port 0 is not noted");
+	client(&t, "PASV\r\n");
+	backend(&t, "425 no\r\n");
+	expect(&t, "B:PASV\nC:425 no\n", "a refusal notes nothing");
 	client(&t, "RETR f\r\nABOR\r\n");
 	expect(&t, "B:RETR f\nB:ABOR\n", "ABOR overtakes a passthrough transfer");
 	backend(&t, "426 aborted\r\n");
