@@ -17,6 +17,7 @@
 enum dc_side { DC_CLIENT = 0, DC_BACKEND = 1 };
 
 struct datachan;
+struct log_limit;
 struct ssl_st;
 
 struct datachan_cbs {
@@ -43,8 +44,8 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
 int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockaddr *addr,
                     uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
 
-/* Count data connections refused (wrong peer) in *counter. */
-void datachan_count_refused(struct datachan *dc, uint64_t *counter);
+/* Count data connections refused (wrong peer) in *counter; log them at the pace of *lim. */
+void datachan_count_refused(struct datachan *dc, uint64_t *counter, struct log_limit *lim);
 
 /*
  * Connect out to addr (non-blocking), from src (its port ignored) if not
@@ -82,6 +83,8 @@ void datachan_start(struct datachan *dc);
 
 /* Bytes moved so far: [0] client->backend, [1] backend->client. */
 uint64_t datachan_bytes(const struct datachan *dc, int dir);
+/* When bytes of direction dir last moved (util.h's now_ms() clock), 0 never. */
+uint64_t datachan_last_ms(const struct datachan *dc, int dir);
 
 /* Close everything now, no callback. Safe from inside a callback. */
 void datachan_free(struct datachan *dc);

@@ -9,6 +9,7 @@
 #include <event2/listener.h>
 
 #include "conf.h"
+#include "log.h"
 #include "stats.h"
 
 struct ftpgate;
@@ -17,13 +18,28 @@ struct pp_wait;
 struct gen;
 struct metrics;
 struct xferlog;
+struct pt_fwd;
+struct pt_guard;
+
+/*
+ * What belongs to a site's name rather than to one load of it: one object
+ * per name for the life of the process (gw->states), shared by the sites of
+ * every configuration generation with that name, so that sessions that span
+ * a reload count into what is exported.
+ */
+struct site_state {
+	struct site_state *next;
+	char name[CONF_NAME_MAX];
+	struct site_stats stats;
+	struct log_limit refused_log; /* strangers on passive or forwarded ports */
+};
 
 /* One [site:NAME] at run time. */
 struct site {
 	const struct site_conf *conf;
 	struct ftpgate *gw;
-	struct gen *gen;         /* the configuration it belongs to */
-	struct site_stats stats; /* carried over by name across reloads */
+	struct gen *gen;          /* the configuration it belongs to */
+	struct site_state *state; /* counters and limits of its name */
 	unsigned n_sessions;
 	struct evconnlistener *listeners[CONF_MAX_LISTEN];
 	size_t n_listeners;
@@ -69,6 +85,9 @@ struct ftpgate {
 	int draining;             /* shutting down: no new sessions */
 	struct metrics *metrics;
 	struct xferlog *xferlog;
+	struct site_state *states; /* one per site name ever loaded */
+	struct pt_fwd *pt_fwds;    /* passthrough: every forwarded data connection */
+	struct pt_guard *pt_guard; /* passthrough: failed forwards and bans per address */
 };
 
 /* A session of gen ended: free gen when it is old and unused. */

@@ -3,6 +3,7 @@
 #define FTPGATE_LOG_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
@@ -27,6 +28,23 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 		if (log_enabled(LOG_LVL_DEBUG))                                                    \
 			log_msg(LOG_LVL_DEBUG, __VA_ARGS__);                                       \
 	} while (0)
+
+/*
+ * One line a second for a kind of message a peer can repeat at will (a
+ * stranger on a data port): log_limit_pass() says whether a line may be
+ * written at now_ms; if so, *suppressed is how many were left out since
+ * the last one written (then reset), else the one left out is counted.
+ * Starts zeroed.
+ */
+struct log_limit {
+	uint64_t last_ms;
+	unsigned suppressed;
+	int used;
+};
+int log_limit_pass(struct log_limit *l, uint64_t now_ms, unsigned *suppressed);
+/* A warning at the pace of l (every one if l is NULL), with " (N more suppressed)". */
+void log_warn_limited(struct log_limit *l, uint64_t now_ms, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /*
  * Copy untrusted bytes into dst as printable ASCII: control bytes, backslash

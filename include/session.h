@@ -21,12 +21,13 @@ unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
 
 /*
  * TLS passthrough: a data connection accepted on passive port `port` from
- * peer. Forwarded to the backend's same port if a live session of site has
- * that client address. Returns 0 (fd taken), -1 (no such session: the caller
- * refuses it), -2 (could not forward) or -3 (the session has too many open);
- * unless 0, the fd is still the caller's.
+ * peer. Forwarded to the backend's same port if a live session of a site
+ * named like site expects it from that address (see passthrough.c). Returns
+ * 0 (fd taken) or -1: the fd is still the caller's; *why says why it was
+ * refused, or is NULL when it could not be forwarded (already logged).
  */
-int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port);
+int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port,
+                    const char **why);
 
 /* Shutdown: end idle sessions with 421; the others end once their transfer is done. */
 void sessions_drain(struct ftpgate *gw);

@@ -50,6 +50,7 @@ enum exp_kind {
 	EXP_BPROT,      /* the proxy's PROT to the backend before a data command */
 	EXP_PT_AUTH,    /* passthrough: the client's AUTH; after 234 the relay goes blind */
 	EXP_PT_XFER,    /* passthrough: a transfer command, relayed */
+	EXP_PT_PASV,    /* passthrough: PASV/EPSV before AUTH; the port of 227/229 is noted */
 	EXP_ABOR,       /* the client's ABOR: relayed */
 };
 
@@ -118,6 +119,9 @@ struct core_ops {
 	/* A transfer's final reply went to the client. */
 	void (*transfer_end)(void *io, int code, enum xfer_result r);
 	uint64_t (*now_ms)(void *io);
+	/* Passthrough, before AUTH: the backend announced this data port to
+	 * this session (227/229 relayed); only this session may use it. */
+	void (*pt_data_port)(void *io, uint16_t port);
 };
 
 struct core {

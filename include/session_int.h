@@ -26,7 +26,6 @@
 struct bufferevent;
 struct evbuffer;
 struct datachan;
-struct pt_fwd;
 
 struct session {
 	/* Life cycle (session.c). */
@@ -64,8 +63,11 @@ struct session {
 	int blind_after_flush;  /* go blind once the output is on the wire */
 	struct datachan *blind; /* blind relay of the control connection */
 	uint64_t blind_mark;    /* control bytes at the last idle check */
-	struct pt_fwd *fwds;    /* forwarded data connections of this session */
+	unsigned n_fwds;        /* forwarded data connections credited to this session */
 	uint64_t ctrl_bytes;    /* control bytes relayed blindly */
+	uint16_t pt_port;       /* before AUTH: the port the backend's 227/229 announced */
+	uint64_t pt_port_ms;    /* when */
+	uint64_t pt_claim_ms;   /* when a forward was last credited to this session */
 
 	/* Accounting, for the session's log line (session.c). */
 	uint64_t start_ms;
@@ -81,9 +83,15 @@ void session_drain_check(struct session *s);
 
 /* passthrough.c */
 void pt_go_blind(struct session *s);
+/* Teardown: the relay is freed; forwards credited to s stay (see pt_fwd). */
 void pt_free(struct session *s);
 /* The blind relay's idle check; returns 1 if it handled the timer. */
 int pt_timer(struct session *s);
-unsigned pt_open_forwards(const struct session *s);
+/* The core's pt_data_port action: port was announced to s before AUTH. */
+void pt_data_port(struct session *s, uint16_t port);
+/* Forwarded data connections of sites named name. */
+unsigned pt_forwards_of(const struct ftpgate *gw, const char *name);
+/* Shutdown: end every forward. */
+void pt_close_all(struct ftpgate *gw);
 
 #endif

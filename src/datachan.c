@@ -61,6 +61,7 @@ struct dc_dir {
 	char *buf; /* TLS pump: bytes read from the source, not yet written */
 	size_t buf_off, buf_len;
 	uint64_t bytes;
+	uint64_t last_ms; /* when bytes last moved (now_ms), 0 never */
 };
 
 struct datachan {
@@ -76,8 +77,9 @@ struct datachan {
 	int pumping;
 	uint64_t progress_mark;
 	char reason[400];
-	struct event *kick; /* TLS pump: run again from the loop */
-	uint64_t *refused;  /* counter of strangers turned away, or NULL */
+	struct event *kick;            /* TLS pump: run again from the loop */
+	uint64_t *refused;             /* counter of strangers turned away, or NULL */
+	struct log_limit *refused_log; /* pace of their log lines, or NULL */
 };
 
 static const char *const side_name[] = {"client", "backend"};
@@ -323,11 +325,13 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		ftp_addr_unmap(&peer);
 		if (!ftp_addr_same_ip((struct sockaddr *)&peer, (struct sockaddr *)&s->allowed)) {
 			char a[ADDR_STR_MAX], b[ADDR_STR_MAX];
-			log_warn("%s: refused data connection from %s on port %u: not the "
-			         "session's %s %s",
-			         dc->tag, addr_str((struct sockaddr *)&peer, a, sizeof(a), 1),
-			         s->port, side_name[s->idx],
-			         addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
+			log_warn_limited(dc->refused_log, now_ms(),
+			                 "%s: refused data connection from %s on port %u: not the "
+			                 "session's %s %s",
+			                 dc->tag,
+			                 addr_str((struct sockaddr *)&peer, a, sizeof(a), 1),
+			                 s->port, side_name[s->idx],
+			                 addr_str((struct sockaddr *)&s->allowed, b, sizeof(b), 0));
 			close(fd);
 			if (dc->refused)
 				(*dc->refused)++;
@@ -436,9 +440,10 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
 	return 0;
 }
 
-void datachan_count_refused(struct datachan *dc, uint64_t *counter)
+void datachan_count_refused(struct datachan *dc, uint64_t *counter, struct log_limit *lim)
 {
 	dc->refused = counter;
+	dc->refused_log = lim;
 }
 
 int datachan_adopt(struct datachan *dc, enum dc_side side, int fd)
@@ -466,6 +471,11 @@ void datachan_start(struct datachan *dc)
 uint64_t datachan_bytes(const struct datachan *dc, int dir)
 {
 	return dc->dir[dir].bytes;
+}
+
+uint64_t datachan_last_ms(const struct datachan *dc, int dir)
+{
+	return dc->dir[dir].last_ms;
 }
 
 static int make_pipe(struct dc_dir *d)
@@ -500,6 +510,7 @@ static void pump(struct datachan *dc, int d)
 			if (n > 0) {
 				dr->in_pipe -= (size_t)n;
 				dr->bytes += (uint64_t)n;
+				dr->last_ms = now_ms();
 				continue;
 			}
 			if (n < 0 && errno == EINTR)
@@ -728,6 +739,7 @@ static int tls_dir_step(struct datachan *dc, int d)
 		if (r == IO_OK) {
 			dr->buf_off += put;
 			dr->bytes += put;
+			dr->last_ms = now_ms();
 			moved = 1;
 			continue;
 		}

@@ -43,14 +43,14 @@ static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *
 	if (gw->n_sessions >= gw->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
 		         site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
-		site->stats.sessions_refused++;
+		site->state->stats.sessions_refused++;
 		refuse(fd, "global");
 		return;
 	}
 	if (site->conf->max_sessions && site->n_sessions >= site->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (site max_sessions)",
 		         site->conf->name, addr_str(peer, a, sizeof(a), 1), site->n_sessions);
-		site->stats.sessions_refused++;
+		site->state->stats.sessions_refused++;
 		refuse(fd, "site");
 		return;
 	}
@@ -58,7 +58,7 @@ static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *
 	    sessions_count_ip(site, peer) >= site->conf->max_sessions_per_ip) {
 		log_warn("site %s: refused %s: max_sessions_per_ip (%u) reached", site->conf->name,
 		         addr_str(peer, a, sizeof(a), 1), site->conf->max_sessions_per_ip);
-		site->stats.sessions_refused++;
+		site->state->stats.sessions_refused++;
 		refuse(fd, "per-ip");
 		return;
 	}
@@ -102,7 +102,7 @@ static void pp_refuse(struct pp_wait *w, const char *why)
 	char a[ADDR_STR_MAX];
 	log_warn("site %s: closed %s: PROXY protocol: %s", w->site->conf->name,
 	         addr_str((struct sockaddr *)&w->peer, a, sizeof(a), 1), why);
-	w->site->stats.proxy_refused++;
+	w->site->state->stats.proxy_refused++;
 	pp_wait_free(w, 1);
 }
 
@@ -171,7 +171,7 @@ static void pp_wait_start(struct site *site, evutil_socket_t fd, const struct so
 	if (!trusted) {
 		log_warn("site %s: closed %s: not in proxy_trusted (PROXY protocol site)", sc->name,
 		         addr_str(peer, a, sizeof(a), 1));
-		site->stats.proxy_refused++;
+		site->state->stats.proxy_refused++;
 		free(w);
 		close(fd);
 		return;
@@ -290,14 +290,15 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 	(void)lev;
 	(void)peerlen;
 
-	int rc = session_pt_data(pp->site, fd, peer, pp->port);
-	if (rc == 0)
+	const char *why = NULL;
+	if (session_pt_data(pp->site, fd, peer, pp->port, &why) == 0)
 		return;
-	if (rc == -1) {
-		pp->site->stats.data_refused++;
-		log_warn("site %s: refused data connection from %s to port %u: no control "
-		         "session from that address",
-		         pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port);
+	if (why) {
+		pp->site->state->stats.data_refused++;
+		log_warn_limited(&pp->site->state->refused_log, now_ms(),
+		                 "site %s: refused data connection from %s to port %u: %s",
+		                 pp->site->conf->name, addr_str(peer, a, sizeof(a), 1), pp->port,
+		                 why);
 	}
 	close(fd);
 }
@@ -398,6 +399,9 @@ static int open_pt_ports(struct site *site, struct gen *from, int strict)
 			if (pp->lev) {
 				evconnlistener_set_cb(pp->lev, pt_accept_cb, pp);
 				evconnlistener_set_error_cb(pp->lev, pt_error_cb);
+				/* It may be paused (EMFILE): the old site's resume
+				 * timer goes with the old site. */
+				evconnlistener_enable(pp->lev);
 			} else {
 				pp->lev = open_pt_port(site, &pp->addr);
 				if (!pp->lev && strict)

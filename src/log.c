@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -134,4 +135,34 @@ char *log_escape(char *dst, size_t size, const char *src, size_t len)
 	}
 	dst[o] = '\0';
 	return dst;
+}
+
+int log_limit_pass(struct log_limit *l, uint64_t now_ms, unsigned *suppressed)
+{
+	if (l->used && now_ms - l->last_ms < 1000u) {
+		if (l->suppressed < UINT_MAX)
+			l->suppressed++;
+		return 0;
+	}
+	*suppressed = l->suppressed;
+	l->suppressed = 0;
+	l->last_ms = now_ms;
+	l->used = 1;
+	return 1;
+}
+
+void log_warn_limited(struct log_limit *l, uint64_t now_ms, const char *fmt, ...)
+{
+	char line[1024], more[48] = "";
+	unsigned n = 0;
+	va_list ap;
+
+	if (l && !log_limit_pass(l, now_ms, &n))
+		return;
+	if (n)
+		snprintf(more, sizeof(more), " (%u more suppressed)", n);
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	log_msg(LOG_LVL_WARN, "%s%s", line, more);
 }

@@ -68,6 +68,22 @@ static void gen_free(struct gen *g)
 	free(g);
 }
 
+/* The counters and limits of a site name: one object for the life of the process. */
+static struct site_state *site_state_of(struct ftpgate *gw, const char *name)
+{
+	struct site_state *st;
+	for (st = gw->states; st; st = st->next)
+		if (strcmp(st->name, name) == 0)
+			return st;
+	st = calloc(1, sizeof(*st));
+	if (!st)
+		return NULL;
+	snprintf(st->name, sizeof(st->name), "%s", name);
+	st->next = gw->states;
+	gw->states = st;
+	return st;
+}
+
 /*
  * Load a configuration and build its sites (certificates and keys loaded).
  * Returns NULL with "file:line: key: what is wrong" in err.
@@ -92,12 +108,17 @@ static struct gen *gen_load(struct ftpgate *gw, const char *path, char *err, siz
 	}
 	g->n_sites = g->conf->n_sites;
 	for (size_t i = 0; i < g->n_sites; i++) {
+		struct site_state *st = site_state_of(gw, g->conf->sites[i].name);
+		if (!st) {
+			snprintf(err, errsize, "out of memory");
+			gen_free(g);
+			return NULL;
+		}
+		g->sites[i].state = st;
 		struct site *site = &g->sites[i];
 		site->conf = &g->conf->sites[i];
 		site->gw = gw;
 		site->gen = g;
-		site->stats.passive_ports_total =
-		    (unsigned)(site->conf->pasv_hi - site->conf->pasv_lo + 1);
 		SSL_CTX *server = NULL, *client = NULL;
 		if (tls_site_init(site->conf, g->conf->path, &server, &client, err, errsize) < 0) {
 			gen_free(g);
@@ -115,6 +136,9 @@ static void gen_make_current(struct ftpgate *gw, struct gen *g)
 	gw->conf = g->conf;
 	gw->sites = g->sites;
 	gw->n_sites = g->n_sites;
+	for (size_t i = 0; i < g->n_sites; i++)
+		g->sites[i].state->stats.passive_ports_total =
+		    (unsigned)(g->sites[i].conf->pasv_hi - g->sites[i].conf->pasv_lo + 1);
 }
 
 void gen_release(struct ftpgate *gw, struct gen *g)
@@ -338,9 +362,10 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 			for (size_t j = 0; j < g->n_sites; j++)
 				if (strcmp(g->sites[j].conf->name, site->conf->name) == 0)
 					open += g->sites[j].n_sessions;
-		site->stats.passive_ports_in_use = sessions_ports_in_use(gw, site->conf->name);
+		site->state->stats.passive_ports_in_use =
+		    sessions_ports_in_use(gw, site->conf->name);
 		out[i].name = site->conf->name;
-		out[i].stats = &site->stats;
+		out[i].stats = &site->state->stats;
 		out[i].sessions_open = open;
 	}
 	return n;
@@ -411,11 +436,7 @@ static void reload(struct app *app)
 		return;
 	}
 	struct gen *old = gw->cur;
-	/* Counters follow the site's name. */
-	for (size_t i = 0; i < g->n_sites; i++)
-		for (size_t j = 0; j < old->n_sites; j++)
-			if (strcmp(g->sites[i].conf->name, old->sites[j].conf->name) == 0)
-				g->sites[i].stats = old->sites[j].stats;
+	/* Counters follow the site's name: gen_load gave the sites their state. */
 	listeners_move(gw, old, g);
 	gen_make_current(gw, g);
 	if (open_logs(g->conf, app->foreground, err, sizeof(err)) < 0)
@@ -610,6 +631,11 @@ out:
 		gen_free(o);
 	}
 	gen_free(gw->cur);
+	while (gw->states) {
+		struct site_state *st = gw->states;
+		gw->states = st->next;
+		free(st);
+	}
 	if (gw->base)
 		event_base_free(gw->base);
 	return rc;

@@ -60,8 +60,8 @@ void session_account_data(struct session *s, uint64_t up, uint64_t down)
 {
 	s->bytes_up += up;
 	s->bytes_down += down;
-	s->site->stats.bytes_up += up;
-	s->site->stats.bytes_down += down;
+	s->site->state->stats.bytes_up += up;
+	s->site->state->stats.bytes_down += down;
 }
 
 /* Why a session ended, for the metrics (the reasons are the proxy's own words). */
@@ -107,7 +107,7 @@ static void count_transfer(struct session *s, enum xfer_result r)
 	struct xferlog *xl = s->site->gw->xferlog;
 	char host[ADDR_STR_MAX];
 
-	s->site->stats.transfers[x][r]++;
+	s->site->state->stats.transfers[x][r]++;
 	if (!xl || (x != XC_RETR && x != XC_STOR && x != XC_APPE && x != XC_STOU))
 		return;
 	struct xferlog_entry e = {
@@ -197,11 +197,11 @@ void session_end(struct session *s, const char *fmt, ...)
 	if (s->end_reason[0])
 		snprintf(reason, sizeof(reason), "%s", s->end_reason);
 	enum end_reason why = classify_end(reason);
-	s->site->stats.sessions_ended[why]++;
+	s->site->state->stats.sessions_ended[why]++;
 	if (why == END_BACKEND_CONNECT)
-		s->site->stats.backend_connect_failures++;
+		s->site->state->stats.backend_connect_failures++;
 	if (strstr(reason, "TLS error"))
-		s->site->stats.tls_handshake_failures++;
+		s->site->state->stats.tls_handshake_failures++;
 	dc_drop(s);
 	pt_free(s);
 	char relayed[64] = "";
@@ -259,7 +259,7 @@ void session_drain_check(struct session *s)
 	if (!s->site->gw->draining || s->dead || s->closing)
 		return;
 	if (s->blind) {
-		if (!s->fwds)
+		if (!s->n_fwds)
 			session_end(s, "proxy shutting down");
 		return;
 	}
@@ -343,7 +343,8 @@ static int op_data_new(void *io, int client_tls, int backend_tls)
 	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
 	if (!s->dc)
 		return -1;
-	datachan_count_refused(s->dc, &s->site->stats.data_refused);
+	datachan_count_refused(s->dc, &s->site->state->stats.data_refused,
+	                       &s->site->state->refused_log);
 	if (client_tls) {
 		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
 		if (!ssl)
@@ -507,6 +508,11 @@ static uint64_t op_now_ms(void *io)
 	return now_ms();
 }
 
+static void op_pt_data_port(void *io, uint16_t port)
+{
+	pt_data_port(io, port);
+}
+
 static const struct core_ops session_ops = {
     .send_client = op_send_client,
     .send_backend = op_send_backend,
@@ -524,6 +530,7 @@ static const struct core_ops session_ops = {
     .close = op_close,
     .transfer_end = op_transfer_end,
     .now_ms = op_now_ms,
+    .pt_data_port = op_pt_data_port,
 };
 
 /* ---- data pair events ----------------------------------------------------------------------- */
@@ -556,7 +563,7 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	datachan_free(dc);
 	s->dc = NULL;
 	if (!ok && (strstr(why, "TLS") || strstr(why, "SSL")))
-		s->site->stats.tls_handshake_failures++;
+		s->site->state->stats.tls_handshake_failures++;
 	core_data_done(&s->core, ok, why);
 	session_pump(s);
 }
@@ -676,7 +683,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_end(s, "%s (client did not read the last reply)", s->end_reason);
 		return;
 	}
-	if (core_transferring(&s->core) && (s->dc || s->fwds)) {
+	if (core_transferring(&s->core) && (s->dc || s->n_fwds)) {
 		/* A running transfer is not idleness: the data pair has its own
 		 * timeout. Once the pair is gone, the backend's final reply is
 		 * due like any other. */
@@ -865,7 +872,7 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 		s->next->prev = s;
 	gw->sessions = s;
 	site->gen->refs++;
-	site->stats.sessions_total++;
+	site->state->stats.sessions_total++;
 	memcpy(&s->client_addr, peer, (size_t)peerlen);
 	ftp_addr_unmap(&s->client_addr);
 	memset(&local, 0, sizeof(local));
@@ -932,6 +939,7 @@ void sessions_close_all(struct ftpgate *gw)
 		session_end(s, "proxy shutting down");
 		session_free(s);
 	}
+	pt_close_all(gw);
 }
 
 unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip)
@@ -965,7 +973,6 @@ unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name)
 			continue;
 		if (s->dc)
 			n++;
-		n += pt_open_forwards(s);
 	}
-	return n;
+	return n + pt_forwards_of(gw, name);
 }

@@ -512,6 +512,29 @@ static void handle_setup_reply(struct core *c, const struct expect *e, int code,
 	client_data_setup(c, e->client_verb);
 }
 
+/*
+ * Passthrough: the data port a 227/229 from the backend announces, or 0.
+ * Only the port: the proxy forwards it 1:1 to the backend's control address.
+ */
+static uint16_t pt_announced_port(int code, const char *rep, size_t len)
+{
+	const char *eol = memchr(rep, '\n', len);
+	size_t n = eol ? (size_t)(eol - rep) : len;
+	uint16_t port = 0;
+
+	if (n && rep[n - 1] == '\r')
+		n--;
+	if (code == 229) {
+		if (ftp_parse_229(rep, n, &port) < 0)
+			port = 0;
+	} else if (code == 227) {
+		struct sockaddr_in sin;
+		if (ftp_parse_227(rep, n, &sin) == 0)
+			port = ntohs(sin.sin_port);
+	}
+	return port;
+}
+
 /* ---- replies from the backend --------------------------------------------------------------- */
 
 /*
@@ -686,6 +709,14 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 		relay(c, rep, len);
 		transfer_end(c, code); /* data went through the 1:1 forwards */
 		break;
+	case EXP_PT_PASV: {
+		fifo_pop(c);
+		relay(c, rep, len);
+		uint16_t port = pt_announced_port(code, rep, len);
+		if (port)
+			c->ops->pt_data_port(c->io, port);
+		break;
+	}
 	case EXP_BPROT:
 		fifo_pop(c);
 		if (code / 100 != 2) {
@@ -1099,6 +1130,12 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 	case FTP_V_AUTH:
 		forward(c, cmd, EXP_PT_AUTH);
 		break;
+	case FTP_V_PASV:
+	case FTP_V_EPSV:
+		/* Relayed unchanged: the backend announces public_address and a
+		 * port that the proxy forwards 1:1, for this session only. */
+		forward(c, cmd, EXP_PT_PASV);
+		break;
 	case FTP_V_PORT:
 	case FTP_V_EPRT:
 	case FTP_V_LPRT:
@@ -1109,8 +1146,25 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 		reply_client(c, "502 Active mode is not available through this proxy; use "
 		                "passive mode (PASV/EPSV).");
 		break;
+	case FTP_V_PROT:
+		/* Before AUTH the proxy reads every command: require_data_tls
+		 * holds here (after AUTH the proxy is blind). */
+		if (c->conf->require_data_tls && cmd->arg_len == 1 &&
+		    (cmd->arg[0] & ~0x20) == 'C') {
+			reply_client(c, "534 PROT C refused: data connections must be protected.");
+			break;
+		}
+		forward(c, cmd, EXP_RELAY);
+		break;
 	case FTP_V_USER:
-		log_escape(c->user, sizeof(c->user), cmd->arg, cmd->arg_len);
+	case FTP_V_PASS:
+		if (c->conf->require_tls) {
+			/* Every command seen here is before AUTH. */
+			reply_client(c, "530 TLS required: use AUTH TLS first.");
+			break;
+		}
+		if (cmd->verb == FTP_V_USER)
+			log_escape(c->user, sizeof(c->user), cmd->arg, cmd->arg_len);
 		forward(c, cmd, EXP_RELAY);
 		break;
 	case FTP_V_QUIT:
@@ -1128,14 +1182,18 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 	case FTP_V_LIST:
 	case FTP_V_NLST:
 	case FTP_V_MLSD:
+		if (c->conf->require_data_tls) {
+			/* Before AUTH every data connection is clear. */
+			reply_client(c, "521 Data connections must be protected: use AUTH TLS and "
+			                "PROT P.");
+			break;
+		}
 		log_escape(c->xfer_cmd, sizeof(c->xfer_cmd), cmd->name, strlen(cmd->name));
 		forward(c, cmd, EXP_PT_XFER);
 		xfer_set(c, XS_RUNNING);
 		c->xfer_start_ms = c->ops->now_ms(c->io);
 		break;
 	default:
-		/* PASV/EPSV pass unchanged: the backend announces public_address
-		 * and a port that the proxy forwards 1:1. */
 		forward(c, cmd, EXP_RELAY);
 		break;
 	}

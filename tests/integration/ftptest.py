@@ -9,6 +9,7 @@ Environment:
   FTPGATE_SRCDIR  source tree (default: three levels above this file)
   FTPTEST_PYTHON  python with pyftpdlib for the backend server
   FTPTEST_KEEP=1  keep temporary directories (logs, configs) after the run
+  FTPTEST_ONLY    regex: run only the cases whose name matches (others skip)
 Network: loopback only (127.0.0.0/8 and ::1).
 """
 
@@ -616,6 +617,10 @@ class Tap:
         sys.stdout.flush()
 
     def case(self, name, fn, timeout=60):
+        only = os.environ.get('FTPTEST_ONLY')
+        if only and not re.search(only, name):
+            self.skip(name, 'not selected by FTPTEST_ONLY')
+            return True
         self.n += 1
         first_gate = len(started_gates)
         t0 = time.monotonic()
@@ -1262,6 +1267,11 @@ class ImplicitFTP_TLS(ReuseFTP_TLS):
 
 
 # --- shared by test_hostile.py and test_regressions.py ---------------------
+
+def open_fds(pid):
+    """How many descriptors pid has open."""
+    return len(os.listdir('/proc/%d/fd' % pid))
+
 
 def cpu_seconds(pid):
     """utime + stime of pid in seconds (/proc/PID/stat fields 14, 15)."""

@@ -627,6 +627,44 @@ def c18_healthy():
     T.diag('ftpgate exit status after SIGTERM: %s' % rc)
 
 
+def c22_stranger_log_limit():
+    """Issue 10.12: 300 strangers on a passive port: the refusal log lines
+    are rate-limited (one a second per site, with the count left out); the
+    real client still gets its data."""
+    f = login()
+    assert f.sendcmd('TYPE I').startswith('200')
+    mark = G.log_mark()
+    host, port = parse_227(f.sendcmd('PASV'))
+    for i in range(300):
+        with socket.socket() as st:
+            st.bind(('127.0.0.2', 0))
+            st.settimeout(5)
+            st.connect((host, port))
+            try:
+                st.recv(1)
+            except OSError:
+                pass
+    time.sleep(1.2)
+    with socket.socket() as st:       # the next line carries the count
+        st.bind(('127.0.0.2', 0))
+        st.settimeout(5)
+        st.connect((host, port))
+        T.recv_until_closed(st, 2)
+    m = G.wait_log(r'refused data connection from .* \((\d+) more suppressed', mark, 5)
+    log = G.log_since(mark)
+    n = len(re.findall(r'refused data connection from', log))
+    T.diag('%d refusal lines for 301 strangers' % n)
+    assert n <= 10, '%d refusal lines for 301 strangers' % n
+    assert m and int(m.group(1)) >= 250, 'no count of suppressed lines:\n%s' % log[-1500:]
+    with socket.create_connection((host, port), timeout=10) as s:
+        r = f.sendcmd('RETR mid.bin')
+        assert r[:1] == '1', r
+        data, how = T.recv_until_closed(s, 20)
+    assert f.voidresp().startswith('226')
+    assert T.sha256_bytes(data) == MID_SHA, 'data differs (%d bytes)' % len(data)
+    f.quit()
+
+
 t.case('login, backend greeting relayed', c01_login, 30)
 t.case('LIST/MLSD (ftplib) and LIST (curl) match the directory', c02_list, 30)
 t.case('curl PASV download 64 MiB, sha256', c03_curl_pasv, 60)
@@ -645,6 +683,8 @@ else:
     t.skip('IPv6 client, IPv4 backend (EPSV)', '::1 not available')
 t.case('backend down -> 421 and close', c13_backend_down, 30)
 t.case('stranger on the passive port is refused', c14_stranger, 30)
+t.case('300 strangers on a passive port: a few log lines with a suppressed count',
+       c22_stranger_log_limit, 60)
 t.case('transfer without PASV -> 4xx/5xx, session usable', c15_no_pasv, 30)
 t.case('passive listener closes after data_timeout', c16_data_timeout, 30)
 t.case('NLST, STOU, APPE; 550 keeps replies in step', c17_misc, 30)

@@ -18,6 +18,8 @@ Needs /usr/bin/python3, curl, the openssl CLI, /usr/sbin/vsftpd;
 pyftpdlib + python3-openssl for the pyftpdlib TLS backend (skipped without)."""
 
 import atexit
+import ftplib
+import hashlib
 import json
 import os
 import re
@@ -351,13 +353,20 @@ try:
     UP_BIG_SHA = T.make_random_file(UP_BIG, BIG_MIB)
     UP_MID = os.path.join(LOCAL, 'upmid.src')
     UP_MID_SHA = T.make_random_file(UP_MID, 0, nbytes=3 * MiB + 4321)
-    for _p in (BIG, MID):
+    # small files for the concurrency case (sizes not multiples of a record)
+    SMALL = []
+    for _i, _n in enumerate((1 * MiB + 777, 2 * MiB + 4099, 3 * MiB + 13)):
+        _p = os.path.join(SRC, 'small%d.bin' % _i)
+        SMALL.append(('small%d.bin' % _i, T.make_random_file(_p, 0, nbytes=_n), _n))
+    for _p in [BIG, MID] + [os.path.join(SRC, n) for n, _, _ in SMALL]:
         os.chmod(_p, 0o644)
     # one passive range per passthrough backend (== the proxy site's range)
     R_EX, R_IMP, R_PY, R_IDLE = (T.port_range(20) for _ in range(4))
     VS = Vsftpd(CERT, KEY, R_EX, PROXY_IP)
     VS.put(BIG)
     VS.put(MID)
+    for _n, _, _ in SMALL:
+        VS.put(os.path.join(SRC, _n))
     VSI = Vsftpd(CERT, KEY, R_IMP, PROXY_IP, implicit=True)
     VSI.put(MID)
     PY_WHY = T.pyftpdlib_tls_available()
@@ -886,6 +895,455 @@ def case_netns():
         vs.stop()
 
 
+LFTP = shutil.which('lftp')
+
+
+def lftp_cmd(script):
+    """argv + env for lftp -d -c script, with its own HOME (no user rc)."""
+    home = T.tmpdir('lftp-home-')
+    return [LFTP, '-d', '-c', script], dict(os.environ, HOME=home, LFTP_HOME=home)
+
+
+def case_many_sessions():
+    """Issue 16.4: 8 curl sessions and 2 lftp sessions at once, all from
+    127.0.0.1, each doing several TLS transfers over one control
+    connection; every file checked by checksum, every session's bytes in
+    the end lines."""
+    g = pt_gate(VS, R_EX)
+    procs = []
+    try:
+        mark = g.log_mark()
+        want = {}            # local path -> sha256
+        down_total = 0
+        for i in range(8):
+            args = [T.CURL, '-sS', '--max-time', '60', '--ssl-reqd', '-k']
+            if i % 2:
+                args += TRUST_227
+            for k in range(3):
+                name, sha, n = SMALL[(i + k) % len(SMALL)]
+                out = L('many-%d-%d' % (i, k))
+                args += [pt_url(g, name), '-o', out]
+                want[out] = sha
+                down_total += n
+            procs.append(('curl %d' % i, subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE), None))
+        up_total = 0
+        if LFTP:
+            for i in range(2):
+                outs = [L('many-lftp-%d-%d' % (i, k)) for k in range(2)]
+                script = ('set ftp:ssl-force true; set ftp:ssl-protect-data true; '
+                          'set ssl:verify-certificate false; set ftp:passive-mode true; '
+                          'set ftp:prefer-epsv %s; set net:max-retries 1; '
+                          'set net:timeout 20; set xfer:clobber on; '
+                          'open ftp://anonymous:@%s:%d && get %s -o %s && '
+                          'put %s -o up/lftp%d.bin && get %s -o %s'
+                          % ('true' if i else 'false', PROXY_IP, g.port, SMALL[i][0],
+                             outs[0], UP_MID, i, SMALL[2][0], outs[1]))
+                want[outs[0]] = SMALL[i][1]
+                want[outs[1]] = SMALL[2][1]
+                want[os.path.join(VS.up, 'lftp%d.bin' % i)] = UP_MID_SHA
+                down_total += SMALL[i][2] + SMALL[2][2]
+                up_total += os.path.getsize(UP_MID)
+                argv, env = lftp_cmd(script)
+                procs.append(('lftp %d' % i, subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, env=env), None))
+        failed = []
+        for what, p, _ in procs:
+            try:
+                out, err = p.communicate(timeout=CMD_TIMEOUT + 30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+                failed.append('%s timed out' % what)
+                continue
+            err = err.decode('utf-8', 'replace')
+            if what.startswith('lftp'):
+                # lftp -d: keep its complaints, not the whole dialog
+                err = '\n'.join(ln for ln in err.splitlines()
+                                if re.search(r'(?i)error|unexpected|fatal|closed', ln))
+            if p.returncode != 0:
+                failed.append('%s exit %d: %s' % (what, p.returncode, err[-1500:]))
+            elif what.startswith('lftp') and err:
+                T.diag('%s: %s' % (what, err[-800:]))
+        procs = []
+        bad = []
+        for path, sha in sorted(want.items()):
+            got = T.sha256_file(path) if os.path.exists(path) else 'missing'
+            if got != sha:
+                bad.append('%s: %s' % (os.path.basename(path), got[:16]))
+        assert not failed and not bad, 'concurrent sessions failed:\n%s\nbad files: %s' % (
+            '\n'.join(failed), bad)
+        n = 8 + (2 if LFTP else 0)
+        deadline = time.monotonic() + 10
+        while True:
+            ends = [m.groupdict() for m in re.finditer(END_RE, g.log_since(mark))]
+            if len(ends) >= n or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(ends) == n, '%d session end lines, want %d' % (len(ends), n)
+        down = sum(int(e['down']) for e in ends)
+        up = sum(int(e['up']) for e in ends)
+        # LIST-free sessions: down is the files plus nothing else (TLS
+        # record overhead adds a little; never less)
+        assert down >= down_total and up >= up_total, \
+            'end lines count down %d up %d, the files are %d / %d' % (
+                down, up, down_total, up_total)
+        for e in ends:
+            assert e['why'] in ('control relay ended: closed by both sides',
+                                'client closed the connection'), e
+    finally:
+        for _, p, _ in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        g.stop()
+
+
+PT_WINDOW_S = 5     # the proxy's window after backend->client control traffic
+
+
+def tls_session(port, source=None):
+    """ftplib FTP_TLS (session reuse) logged in through the proxy, PROT P:
+    after its AUTH the proxy relays the session blindly."""
+    f = T.ReuseFTP_TLS(context=no_verify_ctx(), timeout=20)
+    f.connect(PROXY_IP, port, timeout=20, source_address=(source or BACK_IP, 0))
+    f.login('anonymous', '')
+    f.prot_p()
+    return f
+
+
+def stolen(port, source=STRANGER_IP, wait=1.0):
+    """Connect to a forwarded port from source; the bytes it got before the
+    proxy or the backend closed it (b'' = refused or nothing sent)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(5)
+    try:
+        s.connect((PROXY_IP, port))
+        data, _ = T.recv_until_closed(s, wait)
+        return data
+    finally:
+        s.close()
+
+
+def case_gate_ports():
+    """Issue 10.1: a connection to a forwarded port needs the session that
+    was told that port (before AUTH), or a blind session of that address
+    with backend->client control traffic in the last few seconds."""
+    g = pt_gate(VS, R_EX)
+    try:
+        mark = g.log_mark()
+        # an attacker with a live session that never logs in, on 127.0.0.3
+        with T.RawCtl(PROXY_IP, g.port, timeout=10, source=STRANGER_IP) as a, \
+                T.RawCtl(PROXY_IP, g.port, timeout=10, source=BACK_IP) as v:
+            assert a.reply().startswith(b'220') and v.reply().startswith(b'220')
+            assert v.cmd('USER anonymous').startswith(b'230')
+            assert v.cmd('TYPE I').startswith(b'200')
+            ip, port = parse_227(v.cmd('PASV').decode('latin-1'))
+            # the attacker takes the victim's port before it connects
+            a_sock = socket.socket()
+            a_sock.bind((STRANGER_IP, 0))
+            a_sock.settimeout(5)
+            a_sock.connect((PROXY_IP, port))
+            # the victim connects and asks for the file
+            d = socket.socket()
+            d.bind((BACK_IP, 0))
+            d.settimeout(10)
+            d.connect((PROXY_IP, port))
+            r = v.cmd('RETR mid.bin')
+            got_a, _ = T.recv_until_closed(a_sock, 3.0)
+            a_sock.close()
+            assert got_a == b'', 'the attacker (no login, other address) read %d bytes of ' \
+                'the victim\'s plain download' % len(got_a)
+            assert r.startswith(b'150'), 'RETR: %r' % r
+            data, how = T.recv_until_closed(d, 20)
+            d.close()
+            assert T.sha256_bytes(data) == MID_SHA, 'victim got %d bytes, bad sha' % len(data)
+            assert v.reply(20).startswith(b'226')
+            # a port nobody was told, from the victim's own address, before AUTH
+            other = R_EX[0] if port != R_EX[0] else R_EX[0] + 1
+            assert stolen(other, BACK_IP) == b''
+        assert g.wait_log(r'refused data connection from %s\S* to port %d'
+                          % (re.escape(STRANGER_IP), port), mark, 5), \
+            'no refusal logged for the attacker:\n%s' % g.log_since(mark)[-3000:]
+        # after AUTH: a blind attacker session whose window has passed
+        a = tls_session(g.port, STRANGER_IP)
+        try:
+            v = tls_session(g.port, BACK_IP)
+            try:
+                time.sleep(PT_WINDOW_S + 1.0)
+                v.voidcmd('TYPE I')
+                host, port = ftplib.parse227(v.sendcmd('PASV'))
+                m2 = g.log_mark()
+                got = stolen(port)
+                assert got == b'', 'a blind session idle for %d s took a data port and ' \
+                    'read %d bytes' % (PT_WINDOW_S + 1, len(got))
+                assert g.wait_log(r'refused data connection from %s\S* to port %d'
+                                  % (re.escape(STRANGER_IP), port), m2, 5), \
+                    'a blind session idle for %d s was forwarded:\n%s' % (
+                        PT_WINDOW_S + 1, g.log_since(m2)[-2000:])
+                # the victim's own transfer still works
+                data = T.retr_bytes(v, 'mid.bin')
+                assert T.sha256_bytes(data) == MID_SHA, 'victim after the attempt: bad sha'
+                v.quit()
+            finally:
+                v.close()
+        finally:
+            a.close()
+    finally:
+        g.stop()
+
+
+def case_shared_address():
+    """Issue 10.1/16.4: two sessions from one address; the one that started
+    last ends while the other one's download runs: the download completes."""
+    g = pt_gate(VS, R_EX)
+    try:
+        x = tls_session(g.port)
+        y = tls_session(g.port)          # newest session from 127.0.0.1
+        try:
+            x.voidcmd('TYPE I')
+            conn = x.transfercmd('RETR big.bin')
+            h = hashlib.sha256()
+            n = 0
+            while n < 2 * MiB:
+                b = conn.recv(65536)
+                assert b, 'download ended after %d bytes' % n
+                h.update(b)
+                n += len(b)
+            y.quit()                     # the other session ends
+            y.close()
+            time.sleep(0.5)
+            while True:
+                b = conn.recv(1 << 20)
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+            try:
+                conn.unwrap()
+            except (OSError, ValueError):
+                pass
+            conn.close()
+            r = x.voidresp()
+            assert h.hexdigest() == BIG_SHA, 'download cut by the other session\'s end: ' \
+                '%d of %d bytes' % (n, BIG_MIB * MiB)
+            assert r.startswith('226'), r
+            x.quit()
+        finally:
+            x.close()
+            y.close()
+    finally:
+        g.stop()
+
+
+def case_ban():
+    """Issue 10.1: failed forwards from one address are rate-limited, then
+    the address is banned for a while; another address is not affected."""
+    g = pt_gate(VS, R_EX)
+    try:
+        mark = g.log_mark()
+        a = tls_session(g.port, STRANGER_IP)
+        try:
+            banned = None
+            for i in range(40):
+                a.voidcmd('NOOP')        # keep the window open
+                stolen(R_EX[0] + i % (R_EX[1] - R_EX[0] + 1), wait=0.5)
+                if g.wait_log(r'banned %s' % re.escape(STRANGER_IP), mark, 0.05):
+                    banned = i + 1
+                    break
+            assert banned, 'no ban after 40 failed forwards:\n%s' % g.log_since(mark)[-3000:]
+            T.diag('banned after %d failed forwards' % banned)
+            time.sleep(1.1)              # refusal lines are rate-limited (1/s)
+            m2 = g.log_mark()
+            a.voidcmd('NOOP')
+            assert stolen(R_EX[0]) == b''
+            assert g.wait_log(r'refused data connection from %s\S* to port %d: banned'
+                              % (re.escape(STRANGER_IP), R_EX[0]), m2, 5), \
+                g.log_since(m2)[-2000:]
+            assert 'forwarded' not in g.log_since(m2), 'a banned address was forwarded'
+        finally:
+            a.close()
+        # another address is not affected
+        v = tls_session(g.port, BACK_IP)
+        try:
+            assert T.sha256_bytes(T.retr_bytes(v, 'mid.bin')) == MID_SHA
+            v.quit()
+        finally:
+            v.close()
+    finally:
+        g.stop()
+
+
+def case_require_tls():
+    """Issue 10.5: require_tls and require_data_tls on a passthrough site."""
+    g = pt_gate(VS, R_EX, require_tls='yes', require_data_tls='yes')
+    try:
+        with T.RawCtl(PROXY_IP, g.port, timeout=10) as c:
+            assert c.reply().startswith(b'220')
+            r = c.cmd('USER anonymous')
+            assert r.startswith(b'530'), 'USER before AUTH with require_tls: %r' % r
+            r = c.cmd('PASS x')
+            assert r.startswith(b'530'), 'PASS before AUTH with require_tls: %r' % r
+        # TLS works as usual
+        out = L('mid.reqtls')
+        T.curl(SSL + [pt_url(g, 'mid.bin'), '-o', out])
+        assert T.sha256_file(out) == MID_SHA
+        # plain curl is refused at login
+        r = subprocess.run([T.CURL, '-sS', '--max-time', '20', pt_url(g, 'mid.bin'),
+                            '-o', L('mid.reqtls.plain')], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        assert r.returncode != 0, 'plain curl passed with require_tls'
+    finally:
+        g.stop()
+    g = pt_gate(VS, R_EX, require_data_tls='yes')
+    try:
+        with T.RawCtl(PROXY_IP, g.port, timeout=10) as c:
+            assert c.reply().startswith(b'220')
+            assert c.cmd('USER anonymous').startswith(b'230')
+            r = c.cmd('PROT C')
+            assert r.startswith(b'534'), 'PROT C with require_data_tls: %r' % r
+            ip, port = parse_227(c.cmd('PASV').decode('latin-1'))
+            d = socket.socket()
+            d.bind((BACK_IP, 0))
+            d.settimeout(10)
+            d.connect((PROXY_IP, port))
+            for cmd in ('RETR mid.bin', 'LIST', 'STOR up/x.bin'):
+                r = c.cmd(cmd)
+                assert r.startswith(b'521'), '%s in clear with require_data_tls: %r' % (cmd, r)
+            data, _ = T.recv_until_closed(d, 1.0)
+            d.close()
+            assert data == b'', 'clear data sent: %d bytes' % len(data)
+            assert c.cmd('QUIT').startswith(b'221')
+        out = L('mid.reqdtls')
+        T.curl(SSL + [pt_url(g, 'mid.bin'), '-o', out])
+        assert T.sha256_file(out) == MID_SHA
+    finally:
+        g.stop()
+
+
+def rewrite_and_reload(g, **change):
+    """Write g's config again with site keys changed; SIGHUP; wait for it."""
+    cfg = T.gate_config(VS.addr(), listen_port=g.port, listen_host=PROXY_IP,
+                        passive_ports=g.pt_range, tls='passthrough', **change)
+    tmp = g.conf + '.new'
+    with open(tmp, 'w') as f:
+        f.write(T.render_config(cfg))
+    os.replace(tmp, g.conf)
+    mark = g.log_mark()
+    os.kill(g.proc.pid, signal.SIGHUP)
+    assert g.wait_log(r'reloaded ', mark, 10), 'no reload:\n%s' % g.log_since(mark)[-2000:]
+
+
+def case_reload_session():
+    """Issue 10.6: a blind session that started before a reload still gets
+    its data connections (the port listeners moved to the new site)."""
+    g = pt_gate(VS, R_EX)
+    try:
+        v = tls_session(g.port)
+        try:
+            rewrite_and_reload(g, idle_timeout=400)
+            got = T.sha256_bytes(T.retr_bytes(v, 'mid.bin'))
+            assert got == MID_SHA, 'RETR after the reload: bad sha'
+            v.quit()
+        finally:
+            v.close()
+        # and a session started after the reload
+        out = L('mid.after-reload')
+        T.curl(SSL + [pt_url(g, 'mid.bin'), '-o', out])
+        assert T.sha256_file(out) == MID_SHA
+    finally:
+        g.stop()
+
+
+
+def case_reload_emfile():
+    """Issue 10.6: the forwarded-port listeners are paused by EMFILE when a
+    reload takes them over; they must be resumed."""
+    port = T.free_port(PROXY_IP)
+    cfg = T.gate_config(VS.addr(), listen_port=port, listen_host=PROXY_IP,
+                        passive_ports=R_EX, tls='passthrough')
+    probe = T.Ftpgate(cfg)
+    base = T.open_fds(probe.proc.pid)
+    probe.stop()
+    g = None
+    # room for one blind session with a forward afterwards: two sockets and
+    # two pipes (the relay), two sockets and a pipe (the forward)
+    for lim in (base + 12, base + 13):
+        g = T.LowFdGate(cfg, 16, lim)
+        g.pt_range = R_EX
+        left = lim - T.open_fds(g.proc.pid)
+        if left % 2 == 0 and left > 0:
+            break
+        g.stop()
+        g = None
+    assert g, 'could not get an even number of free descriptors'
+    fill = []
+    try:
+        for i in range(left // 2):
+            c = T.RawCtl(PROXY_IP, g.port, timeout=5)
+            assert c.reply(5).startswith(b'220')
+            fill.append(c)
+        mark = g.log_mark()
+        trigger = socket.socket()
+        trigger.bind((BACK_IP, 0))
+        trigger.settimeout(5)
+        trigger.connect((PROXY_IP, R_EX[0]))
+        assert g.wait_log(r'accept on passthrough data port \d+: Too many open files; '
+                          r'pausing', mark, 5), g.log_since(mark)[-2000:]
+        for c in fill:
+            c.close()
+        fill = []
+        trigger.close()
+        assert g.wait_log(r'(?s)(end: .*){%d}' % (left // 2), mark, 5), g.log_since(mark)
+        rewrite_and_reload(g, idle_timeout=400)
+        time.sleep(1.5)       # past the pause of the old site
+        out = L('mid.emfile')
+        r = subprocess.run([T.CURL, '-sS', '--max-time', '15'] + SSL +
+                           [pt_url(g, 'mid.bin'), '-o', out], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0, 'download after EMFILE + reload: curl exit %d: %s' % (
+            r.returncode, r.stderr.decode('utf-8', 'replace')[-500:])
+        assert T.sha256_file(out) == MID_SHA
+    finally:
+        for c in fill:
+            c.close()
+        g.stop()
+
+
+def case_log_limit():
+    """Issue 10.12: strangers hitting forwarded ports: refusal log lines are
+    rate-limited (a disk filler with log = FILE), with a count of the ones
+    left out."""
+    g = pt_gate(VS, R_EX)
+    try:
+        mark = g.log_mark()
+        for i in range(300):
+            s = socket.socket()
+            s.bind((STRANGER_IP, 0))
+            s.settimeout(5)
+            try:
+                s.connect((PROXY_IP, R_EX[0] + i % 5))
+                s.recv(1)
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(1.2)
+        # one more after the second: it carries the count of suppressed lines
+        stolen(R_EX[0], wait=0.3)
+        m = g.wait_log(r'refused data connection from .* \((\d+) more suppressed', mark, 5)
+        log = g.log_since(mark)
+        n = len(re.findall(r'refused data connection from', log))
+        T.diag('%d refusal lines for 301 strangers' % n)
+        assert n <= 10, '%d refusal lines for 301 strangers:\n%s' % (n, log[-1500:])
+        assert m and int(m.group(1)) >= 250, 'no count of suppressed lines:\n%s' % log[-1500:]
+    finally:
+        g.stop()
+
+
 # --------------------------------------------------------------------------
 
 CASES = [
@@ -903,6 +1361,22 @@ CASES = [
     ('overlapping passive_ports with a passthrough site: ftpgate -t exits 1', case_overlap, 20),
     ('passthrough_implicit to vsftpd implicit_ssl: curl ftps:// download',
      with_logs(case_implicit, VSI), 30),
+    ('8 curl + 2 lftp sessions at once from one address, explicit FTPS to vsftpd: '
+     'every file intact', with_logs(case_many_sessions, VS), 120),
+    ('forwarded ports: only the session told the port before AUTH, blind sessions only '
+     'within the window', with_logs(case_gate_ports, VS), 60),
+    ('two sessions from one address: the end of one does not cut the other\'s download',
+     with_logs(case_shared_address, VS), 60),
+    ('failed forwards from one address: rate-limited, then banned; others unaffected',
+     with_logs(case_ban, VS), 60),
+    ('require_tls (530) and require_data_tls (534, 521) before AUTH on a passthrough site',
+     with_logs(case_require_tls, VS), 60),
+    ('SIGHUP: a blind session from before the reload keeps its data connections',
+     with_logs(case_reload_session, VS), 60),
+    ('SIGHUP while the forwarded ports are paused by EMFILE: they resume',
+     with_logs(case_reload_emfile, VS), 60),
+    ('300 strangers on forwarded ports: a few refusal lines with a suppressed count',
+     with_logs(case_log_limit, VS), 60),
     ('idle_timeout=2: an idle blind TLS session is closed within ~6 s',
      with_logs(case_idle, VS), 20),
 ]

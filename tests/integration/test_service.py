@@ -837,6 +837,37 @@ def c13_unit_logs_after_drop():
     assert rc == 0, 'exit status %s' % rc
 
 
+def c14_reload_counters():
+    """Issue 10.7: a 64 MiB download running across SIGHUP is counted in
+    ftpgate_data_bytes_total afterwards (counters per site name are one
+    object for the life of the process), and the transfer in
+    ftpgate_transfers_total."""
+    mport = T.free_port()
+    conf_d = config({'metrics_listen': '127.0.0.1:%d' % mport})
+    g = T.Ftpgate(conf_d)
+    try:
+        T.wait_listening(g.proc, [mport], 5, 'metrics', g.log)
+        out = os.path.join(LOCAL, 'c11.bin')
+        cp, cerr = curl_bg('ftp://u:p@127.0.0.1:%d/big.bin' % g.port, out, '16M')
+        wait_growing(cp, out, 2 * MiB)
+        conf_d['site:test']['idle_timeout'] = '400'
+        write_config(g.conf, conf_d)
+        mark = g.log_mark()
+        os.kill(g.proc.pid, signal.SIGHUP)
+        assert g.wait_log(r'reloaded ', mark, 10), g.log_since(mark)
+        assert cp.poll() is None, 'download ended before the reload was done; test too fast'
+        finish_curl(cp, cerr, out, BIG_SHA)
+        assert g.wait_log(r'transfer RETR big.bin: 226', mark, 10), g.log_since(mark)
+        s = scrape(mport)
+        down = s.get('ftpgate_data_bytes_total', site='test', direction='down')
+        ok = s.get('ftpgate_transfers_total', site='test', command='RETR', result='ok')
+        assert down >= BIG_MIB * MiB, 'ftpgate_data_bytes_total down = %d after a %d MiB ' \
+            'download that spanned a reload' % (down, BIG_MIB)
+        assert ok >= 1, 'ftpgate_transfers_total RETR ok = %d' % ok
+    finally:
+        g.stop()
+
+
 if os.geteuid() == 0:
     t.case('user = nobody: uid/gid 65534, no groups, 64 MiB download', c01_privdrop, 40)
 else:
@@ -863,4 +894,6 @@ if os.geteuid() == 0:
            'rotated, SIGUSR1, new files get the lines', c13_unit_logs_after_drop, 30)
 else:
     t.skip('the unit\'s capabilities and log directory: SIGUSR1 after the drop', 'not root')
+t.case('a 64 MiB download across SIGHUP counts in ftpgate_data_bytes_total',
+       c14_reload_counters, 40)
 t.done()

@@ -155,6 +155,10 @@ static inline void op_transfer_end(void *io, int code, enum xfer_result r)
 	static const char *const names[] = {"ok", "failed", "aborted"};
 	rec(io, "end %d %s\n", code, names[r]);
 }
+static inline void op_pt_port(void *io, uint16_t port)
+{
+	rec(io, "pt_port %u\n", port);
+}
 static inline uint64_t op_now(void *io)
 {
 	return ((struct t *)io)->now;
@@ -177,6 +181,7 @@ static const struct core_ops ops = {
     .close = op_close,
     .transfer_end = op_transfer_end,
     .now_ms = op_now,
+    .pt_data_port = op_pt_port,
 };
 
 static inline void conf_default(struct site_conf *sc)

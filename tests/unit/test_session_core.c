@@ -506,7 +506,19 @@ static void test_passthrough(void)
 	client(&t, "PASV\r\n");
 	expect(&t, "B:PASV\n", "PASV relayed unchanged");
 	backend(&t, "227 Entering Passive Mode (203,0,113,1,195,80)\r\n");
-	expect(&t, "C:227 Entering Passive Mode (203,0,113,1,195,80)\n", "227 relayed");
+	expect(&t, "C:227 Entering Passive Mode (203,0,113,1,195,80)\npt_port 50000\n",
+	       "227 relayed, its port noted for this session");
+	client(&t, "EPSV\r\n");
+	backend(&t, "229 Entering Extended Passive Mode (|||50001|)\r\n");
+	expect(&t, "B:EPSV\nC:229 Entering Extended Passive Mode (|||50001|)\npt_port 50001\n",
+	       "229 relayed, its port noted");
+	client(&t, "PASV\r\n");
+	backend(&t, "227 Entering Passive Mode (203,0,113,1,0,0)\r\n");
+	expect(&t, "B:PASV\nC:227 Entering Passive Mode (203,0,113,1,0,0)\n",
+	       "port 0 is not noted");
+	client(&t, "PASV\r\n");
+	backend(&t, "425 no\r\n");
+	expect(&t, "B:PASV\nC:425 no\n", "a refusal notes nothing");
 	client(&t, "RETR f\r\nABOR\r\n");
 	expect(&t, "B:RETR f\nB:ABOR\n", "ABOR overtakes a passthrough transfer");
 	backend(&t, "426 aborted\r\n");
@@ -518,6 +530,28 @@ static void test_passthrough(void)
 	is_int(core_may_take_command(&t.core, "NOOP\r\n", 6), 0, "no command is read after 234");
 	finish(&t, "passthrough");
 
+	/* require_tls and require_data_tls: before AUTH the proxy reads every command. */
+	sc.tls = TLS_PASSTHROUGH;
+	sc.require_tls = 1;
+	sc.require_data_tls = 1;
+	memset(&t, 0, sizeof(t));
+	start(&t, &sc);
+	backend(&t, "220 hello\r\n");
+	t.len = 0;
+	client(&t, "USER ftp\r\n");
+	client(&t, "PASS x\r\n");
+	expect(&t,
+	       "C:530 TLS required: use AUTH TLS first.\nC:530 TLS required: use AUTH TLS first.\n",
+	       "passthrough require_tls: USER and PASS before AUTH get 530");
+	client(&t, "PROT C\r\n");
+	expect(&t, "C:534 PROT C refused: data connections must be protected.\n",
+	       "passthrough require_data_tls: PROT C gets 534");
+	client(&t, "RETR f\r\n");
+	expect(&t, "C:521 Data connections must be protected: use AUTH TLS and PROT P.\n",
+	       "passthrough require_data_tls: a transfer before AUTH gets 521");
+	finish(&t, "passthrough require_*");
+
+	sc.require_tls = sc.require_data_tls = 0;
 	sc.tls = TLS_PASSTHROUGH_IMPLICIT;
 	memset(&t, 0, sizeof(t));
 	start(&t, &sc);
