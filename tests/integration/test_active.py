@@ -5,7 +5,6 @@ checks, EPSV ALL, FEAT rewriting; real clients (curl, ftplib, lftp) against
 a pyftpdlib backend, loopback only.  TAP output."""
 
 import ftplib
-import hashlib
 import io
 import os
 import re
@@ -24,22 +23,12 @@ MODES = ('passive', 'active', 'client')
 CLIENT_MODES = ('PASV', 'EPSV', 'PORT', 'EPRT')
 LFTP = shutil.which('lftp') or '/usr/bin/lftp'
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-if not os.access(T.CURL, os.X_OK):
-    t.bail('curl not found')
+t = T.start_tap(('curl', T.CURL))
 
 # --------------------------------------------------------------------------
 # fixture: backend root, pyftpdlib, one ftpgate per backend_data_mode
 
-ROOT = T.tmpdir('ftproot-')
-LOCAL = T.tmpdir('ftplocal-')
-LISTDIR = os.path.join(ROOT, 'list')
-os.makedirs(LISTDIR)
-os.makedirs(os.path.join(ROOT, 'up'))
-for _name, _size in (('a.txt', 10), ('b.bin', 4096), ('c d.txt', 7)):
-    T.make_random_file(os.path.join(LISTDIR, _name), nbytes=_size)
+ROOT, LOCAL, LISTDIR = T.backend_tree((('a.txt', 10), ('b.bin', 4096), ('c d.txt', 7)))
 FILE = os.path.join(ROOT, 'file4.bin')
 FILE_SHA = T.make_random_file(FILE, FILE_MIB)
 UP_SRC = os.path.join(LOCAL, 'up-src.bin')
@@ -101,17 +90,6 @@ def mode_login(mode, gate=None, host='127.0.0.1', source=None):
               source_address=(source, 0) if source else None)
     f.login('u', 'p')
     return f
-
-
-def sha_retr(ftp, name):
-    h = hashlib.sha256()
-    n = [0]
-
-    def cb(b):
-        h.update(b)
-        n[0] += len(b)
-    ftp.retrbinary('RETR ' + name, cb)
-    return h.hexdigest(), n[0]
 
 
 def rr(ftp, line):
@@ -197,7 +175,7 @@ def combo(bdm, cmode):
         os.unlink(dst)
         # ftplib download, upload, LIST
         f = mode_login(cmode, g)
-        sha, n = sha_retr(f, 'file4.bin')
+        sha, n = T.sha_retr(f, 'file4.bin')
         assert n == FILE_MIB * MiB and sha == FILE_SHA, 'ftplib RETR: %d bytes, sha mismatch' % n
         r = f.storbinary('STOR up/%s-f.bin' % tag, io.BytesIO(UP_DATA))
         assert r.startswith('226'), r
@@ -244,7 +222,7 @@ def c_source_address():
     try:
         for cmode in ('PORT', 'EPRT'):
             f = mode_login(cmode, g, host='127.0.0.5', source='127.0.0.1')
-            sha, n = sha_retr(f, 'file4.bin')
+            sha, n = T.sha_retr(f, 'file4.bin')
             assert sha == FILE_SHA, 'sha256 mismatch'
             assert f.data_peers == ['127.0.0.5'], \
                 '%s: data connection came from %s, want 127.0.0.5' % (cmode, f.data_peers)
@@ -290,7 +268,7 @@ def c_port_closed():
                 f.sock.settimeout(20)
                 assert f.sendcmd('NOOP').startswith('200'), 'out of step: %r' % f.replies[-1]
             else:
-                sha, n = sha_retr(f, 'file4.bin')
+                sha, n = T.sha_retr(f, 'file4.bin')
                 assert sha == FILE_SHA
                 f.quit()
             f.close()
@@ -449,7 +427,7 @@ def c_ipv6_client():
             smark = srv_mark()
             gmark = g.log_mark()
             f = mode_login('EPRT', g, host='::1')
-            sha, n = sha_retr(f, 'file4.bin')
+            sha, n = T.sha_retr(f, 'file4.bin')
             assert sha == FILE_SHA, 'EPRT download over IPv6: sha mismatch'
             eprt = [c for c in f.sent if c.startswith('EPRT ')]
             assert eprt and eprt[0].startswith('EPRT |2|::1|'), f.sent
@@ -476,7 +454,7 @@ def c_ipv6_client():
             f = mode_login('EPSV', g, host='::1')
             r = rr(f, 'EPSV 2')
             assert r.startswith('229 '), r
-            sha, n = sha_retr(f, 'file4.bin')
+            sha, n = T.sha_retr(f, 'file4.bin')
             assert sha == FILE_SHA, 'EPSV download over IPv6: sha mismatch'
             f.quit()
             blog = srv_log_since(smark)
@@ -495,7 +473,7 @@ def c_ipv6_backend():
                 gmark = g.log_mark()
                 for cmode in ('PASV', 'PORT'):
                     f = mode_login(cmode, g)
-                    sha, n = sha_retr(f, 'file4.bin')
+                    sha, n = T.sha_retr(f, 'file4.bin')
                     assert sha == FILE_SHA, '%s/%s: sha mismatch' % (bdm, cmode)
                     r = f.storbinary('STOR up/v6b.bin', io.BytesIO(UP_DATA))
                     assert r.startswith('226'), r
@@ -530,7 +508,7 @@ def c_bounce_refused():
     r = rr(f, 'RETR file4.bin')
     assert r[:1] in '45', 'RETR after a refused PORT: %r' % r
     assert f.sendcmd('NOOP').startswith('200')
-    sha, n = sha_retr(f, 'file4.bin')   # a proper PORT works
+    sha, n = T.sha_retr(f, 'file4.bin')   # a proper PORT works
     assert sha == FILE_SHA
     f.quit()
 
@@ -617,7 +595,7 @@ def c_refusals():
         r = rr(f, cmd)
         verb = cmd.split()[0]
         assert r == '503 %s not allowed after EPSV ALL.' % verb, '%s -> %r' % (cmd, r)
-    sha, n = sha_retr(f, 'file4.bin')
+    sha, n = T.sha_retr(f, 'file4.bin')
     assert sha == FILE_SHA, 'EPSV download after EPSV ALL differs'
     assert f.sendcmd('NOOP').startswith('200')
     f.quit()

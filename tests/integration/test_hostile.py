@@ -26,9 +26,7 @@ RSS_LIMIT_KB = 50 * 1024
 TOO_LONG = b'500 Command line too long.\r\n'
 SYNTAX = b'500 Syntax error, command unrecognized.\r\n'
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
+t = T.start_tap()
 
 ROOT = T.tmpdir('ftproot-')
 MID = os.path.join(ROOT, 'mid.bin')
@@ -63,17 +61,10 @@ def direct_replies(cmds):
 
 
 def ctl(gate=None, source=None):
-    c = T.RawCtl('127.0.0.1', (gate or G).port, timeout=10, source=source)
-    g = c.reply()
-    assert g.startswith(b'220'), 'greeting: %r' % g
-    return c
+    return T.raw_greeted((gate or G).port, source=source)
 
 
-def raw_login(c):
-    r = c.cmd('USER u')
-    assert r.startswith(b'331'), r
-    r = c.cmd('PASS p')
-    assert r.startswith(b'230'), r
+raw_login = T.raw_login
 
 
 def rss(gate=None):

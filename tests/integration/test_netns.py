@@ -25,7 +25,6 @@ import json
 import os
 import re
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -33,30 +32,27 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftptest as T  # noqa: E402
 
-PID = os.getpid()
-NS_C = 'fgc-%d' % PID
-NS_G = 'fgg-%d' % PID
-NS_S = 'fgs-%d' % PID
-ALL_NS = (NS_C, NS_G, NS_S)
+TOPO = T.NetnsTopology('fg')
+NS_C, NS_G, NS_S = TOPO.client, TOPO.gate, TOPO.server
 
-CLIENT_IP = '203.0.113.2'
-GATE_IP = '203.0.113.1'
-GATE_BACK_IP = '198.51.100.1'
-SERVER_IP = '198.51.100.2'
+CLIENT_IP = TOPO.CLIENT_IP
+GATE_IP = TOPO.GATE_IP
+GATE_BACK_IP = TOPO.GATE_BACK_IP
+SERVER_IP = TOPO.SERVER_IP
 FTP_PORT = 2121
 GATE_PASV = (40000, 40100)
 SERVER_PASV = (50000, 50100)
 FILE_MIB = 8
 CMD_TIMEOUT = 20          # bound on every command we run
 
-IP = shutil.which('ip') or '/usr/sbin/ip'
+IP = T.IP
+nsexec = T.nsexec
 
 # --------------------------------------------------------------------------
 # process / namespace bookkeeping (cleanup runs before ftptest's own atexit
 # handler, since atexit is LIFO and ftptest registered first)
 
 _my_procs = []
-_created_ns = []
 
 
 def _cleanup():
@@ -67,13 +63,7 @@ def _cleanup():
             pass
         if p in _my_procs:
             _my_procs.remove(p)
-    for ns in list(_created_ns):
-        try:
-            subprocess.run([IP, 'netns', 'del', ns], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=10)
-        except Exception:
-            pass
-        _created_ns.remove(ns)
+    TOPO.delete()
 
 
 atexit.register(_cleanup)
@@ -87,172 +77,25 @@ def skip_all(reason):
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True):
     """Run cmd (list); return CompletedProcess (bytes)."""
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError('command failed (exit %d): %s\n%s'
-                             % (r.returncode, ' '.join(cmd),
-                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
-    return r
-
-
-def nsexec(ns, cmd):
-    """ip netns exec execs the command: the PID stays the command's."""
-    return [IP, 'netns', 'exec', ns] + list(cmd)
-
-
-def ns_listening_ports(pid):
-    """Ports in LISTEN state owned by pid, read from /proc/PID/net/tcp*
-    (which shows pid's own network namespace, unlike /proc/net)."""
-    inodes = set()
-    fddir = '/proc/%d/fd' % pid
-    for fd in os.listdir(fddir):
-        try:
-            m = re.match(r'socket:\[(\d+)\]', os.readlink(os.path.join(fddir, fd)))
-        except OSError:
-            continue
-        if m:
-            inodes.add(m.group(1))
-    ports = set()
-    for tab in ('tcp', 'tcp6'):
-        try:
-            with open('/proc/%d/net/%s' % (pid, tab)) as f:
-                next(f)
-                for line in f:
-                    fl = line.split()
-                    if fl[3] == '0A' and fl[9] in inodes:
-                        ports.add(int(fl[1].rsplit(':', 1)[1], 16))
-        except OSError:
-            pass
-    return ports
-
-
-def wait_ns_listening(proc, port, what, logfn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError('%s exited with status %s before listening\n%s'
-                                 % (what, proc.returncode, logfn()))
-        try:
-            if port in ns_listening_ports(proc.pid):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError('%s not listening on %d after %.0f s\n%s'
-                                 % (what, port, timeout, logfn()))
-        time.sleep(0.05)
-
-
-def read_text(path):
-    try:
-        with open(path, 'rb') as f:
-            return f.read().decode('utf-8', 'replace')
-    except OSError:
-        return ''
-
-
-# --------------------------------------------------------------------------
-# topology
-
-def make_topology():
-    """Returns None, or a reason to skip."""
-    if os.geteuid() != 0:
-        return 'needs root to create network namespaces (euid %d)' % os.geteuid()
-    if not os.access(IP, os.X_OK):
-        return 'iproute2 "ip" command not found'
-    for ns in ALL_NS:
-        # a leftover of an earlier run with the same PID cannot be in use
-        if os.path.exists('/run/netns/' + ns):
-            run([IP, 'netns', 'del', ns], check=False)
-        r = run([IP, 'netns', 'add', ns], check=False)
-        if r.returncode != 0:
-            return 'ip netns add %s failed: %s' % (
-                ns, r.stderr.decode('utf-8', 'replace').strip())
-        _created_ns.append(ns)
-    # veth pairs are created inside the gateway namespace and one end moved:
-    # nothing ever appears in the namespace the test runs in.
-    r = run([IP, '-n', NS_G, 'link', 'add', 'toclient', 'type', 'veth',
-             'peer', 'name', 'eth0', 'netns', NS_C], check=False)
-    if r.returncode != 0:
-        return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
-    run([IP, '-n', NS_G, 'link', 'add', 'toserver', 'type', 'veth',
-         'peer', 'name', 'eth0', 'netns', NS_S])
-    for ns, dev, addr in ((NS_C, 'eth0', CLIENT_IP),
-                          (NS_G, 'toclient', GATE_IP),
-                          (NS_G, 'toserver', GATE_BACK_IP),
-                          (NS_S, 'eth0', SERVER_IP)):
-        run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
-        run([IP, '-n', ns, 'link', 'set', dev, 'up'])
-    for ns in ALL_NS:
-        run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
-    # the gateway must not route between its two networks
-    run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
-    return None
-
-
-def ns_addr_ready(ns, addr, timeout=5.0):
-    """Wait until addr is usable in ns (not tentative)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = run([IP, '-n', ns, '-o', 'addr', 'show'], check=False).stdout.decode()
-        for line in out.splitlines():
-            if (' %s/' % addr) in line and 'tentative' not in line:
-                return True
-        time.sleep(0.05)
-    return False
+    return T.run_cmd(cmd, timeout=timeout, check=check)
 
 
 # --------------------------------------------------------------------------
 # processes in namespaces
 
-class NsBackend:
-    """pyftpdlib (ftptest's server script) inside the server namespace."""
-
-    def __init__(self, root):
-        self.dir = T.tmpdir('netns-pyftpd-')
-        self.root = root
-        script = os.path.join(self.dir, 'server.py')
-        with open(script, 'w') as f:
-            f.write(T._SERVER_SCRIPT)
-        cfg = dict(root=root, host=SERVER_IP, port=FTP_PORT,
-                   banner='ftptest-netns-backend ready', timeout=30,
-                   pasv=list(SERVER_PASV), masquerade=None, no_epsv=False)
-        self.log_path = os.path.join(self.dir, 'server.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(
-            nsexec(NS_S, [T.SERVER_PYTHON, script, json.dumps(cfg)]),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._logf)
-        _my_procs.append(self.proc)
-        wait_ns_listening(self.proc, FTP_PORT, 'pyftpdlib', self.log, 15)
-
-    def log(self):
-        return read_text(self.log_path)
+def ns_backend(root):
+    """pyftpdlib (ftptest's server) inside the server namespace."""
+    srv = T.PyftpdServer(root, host=SERVER_IP, port=FTP_PORT, banner='ftptest-netns-backend ready',
+                         timeout=30, pasv_ports=SERVER_PASV, ns=NS_S)
+    _my_procs.append(srv.proc)
+    return srv
 
 
-class NsGate:
-    """ftpgate -f -c FILE inside the gateway namespace.  Has .log() and
-    .conf so that ftptest's Tap dumps its log when a case fails."""
-
-    def __init__(self, text, port=FTP_PORT):
-        self.dir = T.tmpdir('netns-ftpgate-')
-        self.conf = os.path.join(self.dir, 'ftpgate.ini')
-        with open(self.conf, 'w') as f:
-            f.write(text)
-        self.log_path = os.path.join(self.dir, 'ftpgate.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(nsexec(NS_G, [T.FTPGATE, '-f', '-c', self.conf]),
-                                     stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf)
-        _my_procs.append(self.proc)
-        T.started_gates.append(self)
-        wait_ns_listening(self.proc, port, 'ftpgate', self.log, 10)
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def alive(self):
-        return self.proc.poll() is None
+def ns_gate(text):
+    """ftpgate -f -c FILE inside the gateway namespace."""
+    g = T.Ftpgate(text, ns=NS_G)
+    _my_procs.append(g.proc)
+    return g
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +112,7 @@ if subprocess.run([T.SERVER_PYTHON, '-c', 'import pyftpdlib'], capture_output=Tr
     skip_all('pyftpdlib not importable by %s' % T.SERVER_PYTHON)
 
 try:
-    _reason = make_topology()
+    _reason = TOPO.build(CMD_TIMEOUT)
 except Exception as e:   # noqa
     _reason = 'namespace set-up failed: %s' % str(e).replace('\n', ' | ')[:500]
 if _reason:
@@ -298,11 +141,11 @@ connect_timeout = 5
 ''' % (GATE_IP, FTP_PORT, SERVER_IP, FTP_PORT, GATE_PASV[0], GATE_PASV[1])
 
 try:
-    for ns, a in ((NS_C, CLIENT_IP), (NS_G, GATE_IP), (NS_G, GATE_BACK_IP), (NS_S, SERVER_IP)):
-        if not ns_addr_ready(ns, a):
-            raise AssertionError('address %s in %s still tentative' % (a, ns))
-    SRV = NsBackend(ROOT)
-    G = NsGate(GATE_CONF)
+    _reason = TOPO.wait_addresses()
+    if _reason:
+        raise AssertionError(_reason)
+    SRV = ns_backend(ROOT)
+    G = ns_gate(GATE_CONF)
 except Exception as e:  # noqa
     t.bail('setup failed: %s' % str(e).replace('\n', ' | ')[:3000])
 
@@ -493,7 +336,7 @@ _active_gate = []
 def active_gate():
     """The backend_data_mode = active ftpgate, started on first use."""
     if not _active_gate:
-        _active_gate.append(NsGate(ACTIVE_GATE_CONF, ACTIVE_GATE_PORT))
+        _active_gate.append(ns_gate(ACTIVE_GATE_CONF))
     return _active_gate[0]
 
 

@@ -31,7 +31,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -75,35 +74,15 @@ def _cleanup():
 
 atexit.register(_cleanup)
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-for _what, _path in (('curl', T.CURL), ('openssl CLI', T.OPENSSL)):
-    if not os.access(_path, os.X_OK):
-        t.bail('%s not found' % _what)
-
-# A private copy of the binary: src/ftpgate may be rebuilt while this runs.
-_bindir = T.tmpdir('ftpgate-bin-')
-shutil.copy2(T.FTPGATE, os.path.join(_bindir, 'ftpgate'))
-T.FTPGATE = os.path.join(_bindir, 'ftpgate')
+t = T.start_tap(('curl', T.CURL), ('openssl CLI', T.OPENSSL))
+T.use_private_binary()
 
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True, **kw):
-    r = subprocess.run(cmd, stdin=kw.pop('stdin', subprocess.DEVNULL), capture_output=True,
-                       timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError('command failed (exit %d): %s\n%s'
-                             % (r.returncode, ' '.join(cmd),
-                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
-    return r
+    return T.run_cmd(cmd, timeout=timeout, check=check, **kw)
 
 
-def read_text(path):
-    try:
-        with open(path, 'rb') as f:
-            return f.read().decode('utf-8', 'replace')
-    except OSError:
-        return ''
+read_text = T.read_text
 
 
 def one_line(text, n=500):
@@ -194,62 +173,20 @@ def session_identity():
     return pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name, pw.pw_uid, pw.pw_gid
 
 
-class Server:
+class Server(T.ForkingServer):
     """Common parts: a directory, a login u/PASSWORD whose home (.root) holds
     the download file and a writable .up, a process stopped by PID."""
 
-    kind = 'server'
-
     def _prepare(self, prefix):
-        self.dir = T.tmpdir(prefix)
-        os.chmod(self.dir, 0o755)
-        self.root = os.path.join(self.dir, 'home')
-        self.up = os.path.join(self.root, 'up')
-        for p in (self.root, self.up):
-            os.makedirs(p)
-            os.chmod(p, 0o755)
         self.user, self.group, self.uid, self.gid = session_identity()
-        os.chown(self.up, self.uid, self.gid)
+        self._make_tree(prefix, 'home', (self.uid, self.gid))
         self.password = 'pw-' + os.urandom(6).hex()
         self.host = BACK_IP
         self.port = T.free_port(BACK_IP)
-        self.proc = None
-        self.out_path = os.path.join(self.dir, 'stdout-stderr.log')
 
     def _start(self, cmd, env=None):
-        self._logf = open(self.out_path, 'wb')
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf, env=env, start_new_session=True)
+        super()._start(cmd, env)
         _my_procs.append(self)
-        try:
-            T.wait_listening(self.proc, [self.port], 15, self.kind, self.log)
-        except BaseException:
-            self.stop()
-            raise
-
-    def addr(self):
-        return '%s:%d' % (self.host, self.port)
-
-    def put(self, src):
-        dst = os.path.join(self.root, os.path.basename(src))
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    def stop(self):
-        """The listener and its session processes, by PID."""
-        if self.proc is None:
-            return
-        kids = T._descendants(self.proc.pid) if self.proc.poll() is None else []
-        T._stop_proc(self.proc)
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._logf.close()
-        self.proc = None
 
 
 class ProFTPD(Server):

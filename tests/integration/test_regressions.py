@@ -24,9 +24,7 @@ import ftptest as T  # noqa: E402
 MiB = T.MiB
 RSS_LIMIT_KB = 60 * 1024
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
+t = T.start_tap()
 
 
 # --------------------------------------------------------------------------
@@ -93,17 +91,10 @@ def accept_data(st):
 
 
 def ctl(g, timeout=10):
-    c = T.RawCtl('127.0.0.1', g.port, timeout=timeout)
-    r = c.reply()
-    assert r.startswith(b'220'), 'greeting: %r' % r
-    return c
+    return T.raw_greeted(g.port, timeout=timeout)
 
 
-def raw_login(c):
-    r = c.cmd('USER u')
-    assert r.startswith(b'331'), r
-    r = c.cmd('PASS p')
-    assert r.startswith(b'230'), r
+raw_login = T.raw_login
 
 
 def epsv_port(c):
