@@ -56,8 +56,9 @@ enum exp_kind {
 
 struct expect {
 	enum exp_kind kind;
-	enum ftp_verb sent;        /* EXP_DATA_SETUP: what the proxy sent the backend */
-	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
+	enum ftp_verb sent;          /* EXP_DATA_SETUP: what the proxy sent the backend */
+	enum ftp_verb client_verb;   /* EXP_DATA_SETUP: what the client asked */
+	char verb[FTP_VERB_MAX + 1]; /* the command the reply answers ("": not checked) */
 };
 
 /* A data connection forwarded 1:1 to the backend's same port (passthrough). */
@@ -510,7 +511,8 @@ static int data_ready_to_forward(const struct session *s)
 static void transfer_forward(struct session *s, const char *cmd)
 {
 	send_backend(s, "%s", cmd);
-	fifo_push(s, EXP_TRANSFER);
+	snprintf(fifo_push(s, EXP_TRANSFER)->verb, FTP_VERB_MAX + 1, "%.*s", (int)strcspn(cmd, " "),
+	         cmd);
 	s->xfer_start_ms = now_ms();
 	s->transfer = 1;
 	s->xfer_up = s->xfer_down = 0;
@@ -799,6 +801,26 @@ static int backend_wrap_tls(struct session *s)
 	return 0;
 }
 
+/* The command whose final reply e waits for ("": the greeting, not checked). */
+static const char *exp_verb(const struct expect *e)
+{
+	switch (e->kind) {
+	case EXP_DATA_SETUP:
+		return e->sent == FTP_V_PASV   ? "PASV"
+		       : e->sent == FTP_V_EPSV ? "EPSV"
+		       : e->sent == FTP_V_PORT ? "PORT"
+		                               : "EPRT";
+	case EXP_BAUTH:
+		return "AUTH";
+	case EXP_BPBSZ:
+		return "PBSZ";
+	case EXP_BPROT:
+		return "PROT";
+	default:
+		return e->verb; /* set by forward() and transfer_forward() */
+	}
+}
+
 /* A complete reply from the backend, in s->reply. */
 static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 {
@@ -816,11 +838,15 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		         log_escape(esc, sizeof(esc), text, n));
 		return;
 	}
+	const char *verb = exp_verb(e);
+	if (verb[0] && !ftp_reply_answers(verb, code)) {
+		/* An extra reply: taken as the answer, it would put every later reply one late. */
+		size_t n = evbuffer_copyout(rep, text, sizeof(text));
+		log_warn("%s: dropped a %d reply that cannot answer %s: \"%s\"", s->tag, code, verb,
+		         log_escape(esc, sizeof(esc), text, n));
+		return;
+	}
 	if (ftp_reply_is_prelim(code)) {
-		if (e->kind == EXP_DATA_SETUP || e->kind == EXP_FEAT) {
-			log_warn("%s: dropped an unexpected %d reply", s->tag, code);
-			return;
-		}
 		if (e->kind == EXP_TRANSFER && s->dc)
 			datachan_tls_go(s->dc); /* the backend is ready for the data handshake */
 		relay_reply(s, rep);
@@ -1046,7 +1072,7 @@ static void forward(struct session *s, const struct ftp_cmd *c, enum exp_kind ki
 	char line[2 * CMD_LINE_MAX + 16];
 	cmd_line(c, line, sizeof(line));
 	send_backend(s, "%s", line);
-	fifo_push(s, kind);
+	snprintf(fifo_push(s, kind)->verb, FTP_VERB_MAX + 1, "%s", c->name);
 }
 
 /* Check a PORT/EPRT argument; on success the address is in *out. */

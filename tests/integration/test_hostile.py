@@ -646,6 +646,46 @@ def c_fake_unsolicited():
     still_serves()
 
 
+def c_fake_extra_reply_in_flight():
+    """A reply that cannot answer the command in flight (an extra 227 while
+    TYPE I is in flight, an extra 200 while SIZE is) is logged and dropped;
+    ftplib gets the real replies (issue 10.8)."""
+    def type_i(c, line, fb):
+        c.send(b'227 Entering Passive Mode (127,0,0,1,4,1).\r\n')   # TYPE is in flight
+        c.send(b'200 Type set to I.\r\n')
+    fb = scripted_backend({
+        'TYPE': type_i,
+        'SIZE': b'200 bogus\r\n213 4242\r\n',
+        'MDTM': b'150 stray preliminary\r\n213 20200102030405\r\n',
+        'PWD': b'257 "/" is the current directory.\r\n',
+    })
+    g = gate_for(fb)
+    try:
+        mark = g.log_mark()
+        f = T.ftp_login(g.port)
+        try:
+            r = f.sendcmd('TYPE I')
+            assert r == '200 Type set to I.', 'TYPE I answered %r' % r
+            r = f.sendcmd('SIZE x')
+            assert r == '213 4242', 'SIZE answered %r' % r
+            r = f.sendcmd('MDTM x')
+            assert r == '213 20200102030405', 'MDTM answered %r' % r
+            assert f.pwd() == '/', f.replies[-1]
+            assert f.sendcmd('NOOP') == '200 fake ok', f.replies[-1]
+            f.quit()
+        finally:
+            f.close()
+        log = g.log_since(mark)
+        for code, verb in (('227', 'TYPE'), ('200', 'SIZE'), ('150', 'MDTM')):
+            assert re.search(r'dropped a %s reply that cannot answer %s' % (code, verb), log), \
+                'no log line for the %s during %s:\n%s' % (code, verb, log[-2000:])
+        assert not fb.errors, fb.errors
+    finally:
+        g.stop()
+        fb.stop()
+    still_serves()
+
+
 def rst_backend(final):
     """RETR bad: send 1 MB on the data connection, then RST it, then `final`
     on the control connection.  RETR good: 100 kB, clean close, 226."""
@@ -897,6 +937,8 @@ t.case('backend malformed reply: 421 and close', c_fake_malformed_greeting, 20)
 t.case('backend reply line > 8192 bytes: 421 and close', c_fake_long_reply, 40)
 t.case('backend 227 to 127.0.0.9: proxy uses the control address', c_fake_227_elsewhere, 20)
 t.case('backend unsolicited replies dropped, stream in step', c_fake_unsolicited, 20)
+t.case('backend extra reply while a command is in flight: dropped, ftplib in step',
+       c_fake_extra_reply_in_flight, 20)
 t.case('backend RSTs data mid-RETR then 426: client gets 426, session usable',
        rst_case(b'426 Connection reset; transfer aborted.\r\n',
                 '426 Connection reset; transfer aborted.'), 30)
