@@ -7,6 +7,14 @@
 /* Longest verb accepted (RFC 959 verbs are 3-4 letters; extensions up to 4). */
 #define FTP_VERB_MAX 8
 
+/*
+ * Longest command line (CRLF included) that every server we know reads as
+ * one command. Longer lines, up to the proxy's own limit, are read in
+ * pieces by some: pyftpdlib answers a line of more than 2048 bytes with
+ * "500 Command too long." and then with a second 500 for what is left of it.
+ */
+#define FTP_LINE_ONE_READ 2050
+
 enum ftp_verb {
 	FTP_V_OTHER = 0, /* anything else: passed through to the backend */
 	FTP_V_USER,

@@ -52,6 +52,8 @@ enum exp_kind {
 	EXP_PT_AUTH,    /* passthrough: the client's AUTH; after 234 the relay goes blind */
 	EXP_PT_XFER,    /* passthrough: a transfer command, relayed */
 	EXP_ABOR,       /* the client's ABOR: relayed */
+	EXP_FENCE,      /* the proxy's NOOP/FEAT after a long line failed: the errors before
+	                   its reply are the backend's answers to the rest of that line */
 };
 
 struct expect {
@@ -59,6 +61,7 @@ struct expect {
 	enum ftp_verb sent;          /* EXP_DATA_SETUP: what the proxy sent the backend */
 	enum ftp_verb client_verb;   /* EXP_DATA_SETUP: what the client asked */
 	char verb[FTP_VERB_MAX + 1]; /* the command the reply answers ("": not checked) */
+	int long_line;               /* longer than FTP_LINE_ONE_READ: may be answered twice */
 };
 
 /* A data connection forwarded 1:1 to the backend's same port (passthrough). */
@@ -839,10 +842,12 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		return;
 	}
 	const char *verb = exp_verb(e);
-	if (verb[0] && !ftp_reply_answers(verb, code)) {
+	if ((verb[0] && !ftp_reply_answers(verb, code)) ||
+	    (e->kind == EXP_FENCE && ftp_reply_is_prelim(code))) {
 		/* An extra reply: taken as the answer, it would put every later reply one late. */
 		size_t n = evbuffer_copyout(rep, text, sizeof(text));
-		log_warn("%s: dropped a %d reply that cannot answer %s: \"%s\"", s->tag, code, verb,
+		log_warn("%s: dropped a %d reply that cannot answer %s: \"%s\"", s->tag, code,
+		         verb[0] ? verb : "the proxy's fence",
 		         log_escape(esc, sizeof(esc), text, n));
 		return;
 	}
@@ -945,6 +950,22 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 			s->logged_in = 1;
 			arm_idle(s);
 		}
+		if (cur.long_line && code >= 400) {
+			/* The backend may have read the line in pieces and answer the
+			 * rest too: nothing more goes to it before this command's
+			 * success. NOOP is in every server once logged in (RFC 959
+			 * 5.1); before, vsftpd refuses it and all answer FEAT. */
+			send_backend(s, "%s", s->logged_in ? "NOOP" : "FEAT");
+			fifo_push(s, EXP_FENCE);
+		}
+		break;
+	case EXP_FENCE:
+		if (code >= 400) {
+			log_warn("%s: dropped an extra %d reply to a long command line", s->tag,
+			         code);
+			return;
+		}
+		fifo_pop(s);
 		break;
 	case EXP_QUIT:
 		fifo_pop(s);
@@ -1070,9 +1091,11 @@ static size_t cmd_line(const struct ftp_cmd *c, char *buf, size_t size)
 static void forward(struct session *s, const struct ftp_cmd *c, enum exp_kind kind)
 {
 	char line[2 * CMD_LINE_MAX + 16];
-	cmd_line(c, line, sizeof(line));
+	size_t n = cmd_line(c, line, sizeof(line));
 	send_backend(s, "%s", line);
-	snprintf(fifo_push(s, kind)->verb, FTP_VERB_MAX + 1, "%s", c->name);
+	struct expect *e = fifo_push(s, kind);
+	snprintf(e->verb, sizeof(e->verb), "%s", c->name);
+	e->long_line = n + 2 > FTP_LINE_ONE_READ;
 }
 
 /* Check a PORT/EPRT argument; on success the address is in *out. */

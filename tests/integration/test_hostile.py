@@ -9,6 +9,7 @@ a normal client must still be served.  Loopback only.  TAP."""
 
 import ftplib
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -686,6 +687,56 @@ def c_fake_extra_reply_in_flight():
     still_serves()
 
 
+def c_long_lines_in_pieces():
+    """Lines the proxy accepts (<= 4096 bytes) but the backend answers twice
+    (pyftpdlib: a line over 2048 bytes gets "500 Command too long." and then
+    "500 Command "" not understood."), sent pipelined in pieces of 2046 and
+    2048 bytes with a normal command after them: each line gets one reply,
+    the normal command its own (issue 10.9).  First a scripted backend that
+    sends the second 500 late (after the proxy could have forwarded the next
+    command): deterministic; then pyftpdlib itself, 20 times."""
+    def long_line(c, line, fb):
+        if len(line) > 2048:
+            c.send(b'500 Command too long.\r\n')
+            time.sleep(0.3)
+            c.send(b'500 Command "" not understood.\r\n')
+        else:
+            c.send(b'200 site ok\r\n')
+    fb = scripted_backend({'SITE': long_line, 'SYST': b'215 UNIX Type: L8\r\n'})
+    g = gate_for(fb)
+    lines = b''.join(b'SITE ' + b'a' * (n - 7) + b'\r\n' for n in (2046, 2048, 4096, 4096))
+    want = b'200 site ok\r\n' * 2 + b'500 Command too long.\r\n' * 2 + b'215 UNIX Type: L8\r\n'
+
+    def pieces(c, data):
+        off, sizes = 0, itertools.cycle((2046, 2048))
+        while off < len(data):
+            n = next(sizes)
+            c.send(data[off:off + n])
+            off += n
+            time.sleep(0.01)
+
+    try:
+        with ctl(g) as c:
+            raw_login(c)
+            pieces(c, lines + b'SYST\r\n')
+            got = b''.join(c.reply(5) for _ in range(5))
+            assert got == want, 'scripted backend: %r' % got
+            assert c.pending(0.5) == b'', 'a reply too many'
+        assert g.wait_log(r'dropped an extra 500 reply'), g.log()[-2000:]
+    finally:
+        g.stop()
+        fb.stop()
+    want = (b'500 Command too long.\r\n' * 3 + b'215 UNIX Type: L8\r\n')
+    for i in range(20):
+        with ctl() as c:
+            raw_login(c)
+            pieces(c, b'NOOP ' + b'a' * 4089 + b'\r\n' + lines[2046 + 2048:] + b'SYST\r\n')
+            got = b''.join(c.reply(5) for _ in range(4))
+            assert got == want, 'pyftpdlib, round %d: %r' % (i, got)
+            assert c.pending(0.1) == b'', 'round %d: a reply too many' % i
+    still_serves()
+
+
 def rst_backend(final):
     """RETR bad: send 1 MB on the data connection, then RST it, then `final`
     on the control connection.  RETR good: 100 kB, clean close, 226."""
@@ -939,6 +990,8 @@ t.case('backend 227 to 127.0.0.9: proxy uses the control address', c_fake_227_el
 t.case('backend unsolicited replies dropped, stream in step', c_fake_unsolicited, 20)
 t.case('backend extra reply while a command is in flight: dropped, ftplib in step',
        c_fake_extra_reply_in_flight, 20)
+t.case('lines the backend answers twice, in 2 KiB pieces: one reply each, stream in step',
+       c_long_lines_in_pieces, 60)
 t.case('backend RSTs data mid-RETR then 426: client gets 426, session usable',
        rst_case(b'426 Connection reset; transfer aborted.\r\n',
                 '426 Connection reset; transfer aborted.'), 30)
