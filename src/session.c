@@ -62,6 +62,7 @@ struct expect {
 	enum ftp_verb client_verb;   /* EXP_DATA_SETUP: what the client asked */
 	char verb[FTP_VERB_MAX + 1]; /* the command the reply answers ("": not checked) */
 	int long_line;               /* longer than FTP_LINE_ONE_READ: may be answered twice */
+	int prelims;                 /* preliminary replies relayed for it */
 };
 
 /* A data connection forwarded 1:1 to the backend's same port (passthrough). */
@@ -852,6 +853,22 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 		return;
 	}
 	if (ftp_reply_is_prelim(code)) {
+		if (e->kind == EXP_TRANSFER && e->prelims++ > 0 && !s->dc &&
+		    !(s->dc_done && s->dc_ok)) {
+			/* A second preliminary reply after the data pair was aborted or
+			 * broke: Pure-FTPd ends such a transfer with its statistics
+			 * under the last code it used ("150 0.003 seconds (measured
+			 * here), ...") and no final reply. It is the transfer's end. */
+			int broke = s->dc_done;
+			log_info("%s: backend ended the transfer with a %d reply", s->tag, code);
+			fifo_pop(s);
+			reply_client(s, "426 Connection closed; transfer aborted%s%s%s.",
+			             broke ? " (" : "", broke ? s->dc_reason : "",
+			             broke ? ")" : "");
+			transfer_end(s, 426);
+			drain_check(s);
+			return;
+		}
 		if (e->kind == EXP_TRANSFER && s->dc)
 			datachan_tls_go(s->dc); /* the backend is ready for the data handshake */
 		relay_reply(s, rep);

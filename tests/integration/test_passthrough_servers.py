@@ -6,8 +6,10 @@ and Pure-FTPd servers, configured with exactly the settings the README's
   Pure-FTPd: pure-ftpd -P <proxy IP> -p LOW:HIGH
 For each server: curl --ssl-reqd -k LIST, a 16 MiB download and a 16 MiB
 upload (sha256-checked), with PASV trusting the 227
-(--no-ftp-skip-pasv-ip --disable-epsv) and with EPSV.  TAP output; see
-ftptest.py for the environment variables.
+(--no-ftp-skip-pasv-ip --disable-epsv) and with EPSV.  Pure-FTPd also
+behind a plain site: ftplib aborts a 64 MiB RETR after 1 MiB (ABOR, data
+socket closed) and must get a 4xx for RETR and a 2xx for ABOR.  TAP output;
+see ftptest.py for the environment variables.
 
 The servers are not installed: their Debian packages (proftpd-core,
 proftpd-mod-crypto for mod_tls.so, pure-ftpd) are fetched with
@@ -31,6 +33,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -450,6 +453,65 @@ def case_upload(s):
     return fn
 
 
+def abor_rounds(port, s, name, rounds=3):
+    """ftplib: RETR name, after 1 MiB ABOR and close the data socket; read replies until the ABOR's 2xx (at most 10 s
+    each).  Returns the replies of each round."""
+    f = T.RecordingFTP()
+    f.connect('127.0.0.1', port, timeout=20)
+    out = []
+    try:
+        f.login('u', s.password)
+        f.voidcmd('TYPE I')
+        for _ in range(rounds):
+            conn = f.transfercmd('RETR ' + name)
+            n = 0
+            while n < MiB:
+                b = conn.recv(65536)
+                assert b, 'data connection closed after %d bytes' % n
+                n += len(b)
+            f.putcmd('ABOR')    # no urgent data: it confuses Pure-FTPd itself
+            conn.close()
+            f.sock.settimeout(10)
+            got = []
+            while not got or got[-1][:3] not in ('225', '226'):
+                try:
+                    got.append(f.getmultiline())
+                except (socket.timeout, TimeoutError):
+                    raise AssertionError('no 2xx for ABOR within 10 s; replies after '
+                                         'ABOR: %r' % got) from None
+                assert len(got) <= 3, 'replies after ABOR: %r' % got
+            out.append(got)
+            assert f.sendcmd('NOOP').startswith('200'), 'after ABOR: %r' % f.replies[-1]
+        f.quit()
+    finally:
+        f.close()
+    return out
+
+
+def case_abor(s):
+    """Issue 10.11: with Pure-FTPd behind a plain site, the client gets a 4xx
+    for the aborted RETR and a 2xx for the ABOR, every time; directly
+    against the server the same client passes (a control)."""
+    def fn():
+        name = 'abor64.bin'
+        path = os.path.join(s.root, name)
+        if not os.path.exists(path):
+            T.make_random_file(path, 64)
+            os.chmod(path, 0o644)
+        T.diag('direct: %r' % abor_rounds(s.port, s, name, 1))
+        g = T.Ftpgate(T.gate_config(s.addr()))
+        try:
+            rounds = abor_rounds(g.port, s, name)
+            T.diag('through ftpgate: %r' % rounds)
+            for got in rounds:
+                assert len(got) == 2 and got[0][:1] == '4' and got[1][:3] in ('225', '226'), \
+                    'want a 4xx for RETR, then the ABOR\'s 2xx: %r' % got
+            assert g.alive()
+        finally:
+            g.stop()
+    return fn
+
+
 def with_logs(fn, server):
     """Add the tail of the server's logs to a failure."""
     def wrapped():
@@ -466,8 +528,10 @@ def with_logs(fn, server):
 
 SERVERS = (
     ('ProFTPD', 'MasqueradeAddress + PassivePorts',
-     ['usr/sbin/proftpd', 'usr/lib/proftpd/mod_tls.so']),
-    ('Pure-FTPd', 'pure-ftpd -P -p', ['usr/sbin/pure-ftpd', 'usr/bin/pure-pw']),
+     ['usr/sbin/proftpd', 'usr/lib/proftpd/mod_tls.so'], ()),
+    ('Pure-FTPd', 'pure-ftpd -P -p', ['usr/sbin/pure-ftpd', 'usr/bin/pure-pw'],
+     (('plain site (tls = off): ftplib ABOR of a 64 MiB RETR after 1 MiB, 3 times: '
+       '4xx for RETR, 2xx for ABOR', case_abor, 60),)),
 )
 CASES = (
     ('direct to the server (no proxy): curl --ssl-reqd LIST and download', case_direct, 60),
@@ -521,7 +585,7 @@ def failing(msg):
 
 
 try:
-    for sname, how, files in SERVERS:
+    for sname, how, files, extra in SERVERS:
         why = WHY or missing_libs([os.path.join(PKGROOT, f) for f in files])
         server, start_err = None, None
         if why:
@@ -538,7 +602,7 @@ try:
                     sname, server.addr(), rng[0], rng[1], PROXY_IP))
             except Exception as e:  # noqa
                 start_err = '%s did not start: %s' % (sname, str(e)[-3000:])
-        for cname, mk, tmo in CASES:
+        for cname, mk, tmo in CASES + extra:
             name = '%s (%s): %s' % (sname, how, cname)
             if why:
                 t.skip(name, why)
