@@ -68,6 +68,14 @@ size_t ftp_telnet_strip(char *buf, size_t len);
  */
 int ftp_cmd_parse(const char *line, size_t len, struct ftp_cmd *out);
 
+/*
+ * How many leading bytes of a command line, well-formed or not, may go to a
+ * log: all of it, except when its first word (after any bytes that are not
+ * letters) starts with PASS in any case: a password follows, so only up to
+ * the end of those four letters.
+ */
+size_t ftp_cmd_log_len(const char *line, size_t len);
+
 /* Map an upper-case verb to its enum (FTP_V_OTHER if not special). */
 enum ftp_verb ftp_verb_lookup(const char *name);
 

@@ -1519,7 +1519,8 @@ static void handle_command(struct session *s, char *line, size_t n)
 
 	n = ftp_telnet_strip(line, n);
 	if (ftp_cmd_parse(line, n, &c) < 0) {
-		log_debug("%s: bad command \"%s\"", s->tag, log_escape(esc, sizeof(esc), line, n));
+		log_debug("%s: bad command \"%s\"", s->tag,
+		          log_escape(esc, sizeof(esc), line, ftp_cmd_log_len(line, n)));
 		reply_client(s, "500 Syntax error, command unrecognized.");
 		return;
 	}

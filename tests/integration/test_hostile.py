@@ -834,6 +834,27 @@ def c_log_escaping():
     still_serves()
 
 
+def c_malformed_pass_not_logged():
+    """A PASS line that does not parse is logged as "bad command" at debug
+    level without its password (issue 10.12)."""
+    mark = G.log_mark()
+    lines = (b'PASS S3cr3tA\x01\r\n', b'PASS\tS3cr3tB\r\n', b' pass S3cr3tC\r\n',
+             b'PASSS3cr3tD\r\n', b'\xff\xf4PaSs S3cr3tE\x7f\r\n')
+    with ctl() as c:
+        assert c.cmd('USER u').startswith(b'331')
+        for line in lines:
+            c.send(line)
+            r = c.reply()
+            assert r == SYNTAX, '%r: %r' % (line, r)
+        raw_login(c)
+    assert G.wait_log(r'(?s)(bad command.*){%d}' % len(lines), mark), G.log_since(mark)
+    log = G.log_since(mark)
+    for w in 'ABCDE':
+        assert 'S3cr3t' + w not in log, 'password %s in the log:\n%s' % (w, log[-2000:])
+    assert len(re.findall(r'bad command "(PASS|PaSs| pass)"', log)) == len(lines), log[-2000:]
+    still_serves()
+
+
 # --------------------------------------------------------------------------
 # 8. out of file descriptors
 
@@ -998,6 +1019,7 @@ t.case('backend RSTs data mid-RETR then 426: client gets 426, session usable',
 t.case('backend RSTs data mid-RETR then 226: client must get a 4xx',
        rst_case(b'226 Transfer complete.\r\n', None), 30)
 t.case('log escaping: ESC, CR, 8-bit bytes; no password', c_log_escaping, 20)
+t.case('malformed PASS lines: logged without the password', c_malformed_pass_not_logged, 20)
 t.case('out of descriptors slows accepting, does not kill the proxy', c_out_of_fds, 40)
 t.case('ftpgate alive, no sanitizer reports', c_healthy, 15)
 t.done()
