@@ -1145,6 +1145,21 @@ static int check_active_addr(struct session *s, const struct ftp_cmd *c,
 		reply_client(s, "504 %s refused: the address must be your own.", c->name);
 		return -1;
 	}
+	const char *why =
+	    ftp_addr_same_ip((struct sockaddr *)out, (struct sockaddr *)&s->client_addr)
+	        ? NULL
+	        : ftp_addr_foreign_refused(
+	              (struct sockaddr *)out, (struct sockaddr *)&s->client_addr,
+	              (struct sockaddr *)&s->conf->backend, (struct sockaddr *)&s->local_addr,
+	              s->conf->has_public_address ? (struct sockaddr *)&s->conf->public_address
+	                                          : NULL);
+	if (why) {
+		/* allow_foreign_address opens bounces to third hosts, never these. */
+		log_warn("%s: refused %s to %s: %s", s->tag, c->name,
+		         addr_str((struct sockaddr *)out, a, sizeof(a), 1), why);
+		reply_client(s, "504 %s refused: not an address the proxy connects to.", c->name);
+		return -1;
+	}
 	if (addr_port((struct sockaddr *)out) < 1024) {
 		log_warn("%s: refused %s to privileged port %s", s->tag, c->name,
 		         addr_str((struct sockaddr *)out, a, sizeof(a), 1));

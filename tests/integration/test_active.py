@@ -558,6 +558,44 @@ def c_bounce_allowed():
 # --------------------------------------------------------------------------
 # 5. refused and malformed arguments, EPSV ALL
 
+def c_bounce_never():
+    """allow_foreign_address = yes still refuses 0.0.0.0, multicast, the
+    backend's address and the proxy's own (issue 10.12).  The backend on
+    127.0.0.3, the proxy on 127.0.0.4, the client from 127.0.0.1; loopback
+    targets are allowed here only because the client is on loopback itself
+    (the unit test covers a remote client)."""
+    srv = T.PyftpdServer(ROOT, host='127.0.0.3')
+    g = T.Ftpgate(T.gate_config(srv, listen_host='127.0.0.4', backend_data_mode='client',
+                                allow_foreign_address='yes'))
+    try:
+        mark = g.log_mark()
+        f = ModeFTP('PORT')
+        f.connect('127.0.0.4', g.port, timeout=20, source_address=('127.0.0.1', 0))
+        f.login('u', 'p')
+        for cmd, why in (('PORT 0,0,0,0,200,1', 'the unspecified address'),
+                         ('EPRT |1|0.0.0.0|51201|', 'the unspecified address'),
+                         ('PORT 224,0,0,1,200,1', 'a multicast or broadcast address'),
+                         ('PORT 255,255,255,255,200,1', 'a multicast or broadcast address'),
+                         ('PORT 127,0,0,3,200,1', "the backend's address"),
+                         ('EPRT |1|127.0.0.3|51201|', "the backend's address"),
+                         ('PORT 127,0,0,4,200,1', "the proxy's own address"),
+                         ('EPRT |1|127.0.0.4|51201|', "the proxy's own address")):
+            r = rr(f, cmd)
+            verb = cmd.split(' ')[0]
+            assert r == '504 %s refused: not an address the proxy connects to.' % verb, \
+                '%s: %r' % (cmd, r)
+            assert g.wait_log(r'refused %s to \S+: %s' % (verb, re.escape(why)), mark), \
+                'no log line for %s:\n%s' % (cmd, g.log_since(mark)[-2000:])
+            mark = g.log_mark()
+        # the client's own address and a third (loopback) host still work
+        assert rr(f, 'PORT 127,0,0,1,200,1') == '200 PORT command successful.'
+        assert rr(f, 'PORT 127,0,0,2,200,1') == '200 PORT command successful.'
+        f.quit()
+    finally:
+        g.stop()
+        srv.stop()
+
+
 def c_refusals():
     f = mode_login('EPSV', G)
     exact = [
@@ -708,6 +746,8 @@ else:
     t.skip('IPv6 backend behind an IPv4 listener (PASV, PORT)', '::1 not available')
 t.case('bounce: PORT/EPRT to 127.0.0.2 refused with 504 and logged', c_bounce_refused, 30)
 t.case('allow_foreign_address = yes: transfer to a listener on 127.0.0.2', c_bounce_allowed, 30)
+t.case('allow_foreign_address = yes: never 0.0.0.0, multicast, the backend or the proxy',
+       c_bounce_never, 30)
 t.case('privileged ports, malformed PORT/EPRT, TLS/LPRT 502, EPSV ALL', c_refusals, 30)
 t.case('FEAT: EPRT and EPSV first, no AUTH/PBSZ/PROT/CCC/LPRT/LPSV', c_feat, 30)
 t.case('ftpgate alive, no sanitizer reports', c_healthy, 30)
