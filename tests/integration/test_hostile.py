@@ -410,6 +410,30 @@ def c_per_ip():
         g.stop()
 
 
+def c_per_ip_default():
+    """max_sessions_per_ip not set: 16 sessions from one address, the 17th
+    gets 421; another address is not limited by them (issue 10.12)."""
+    cfg = T.gate_config(SRV)
+    assert 'max_sessions_per_ip' not in T.render_config(cfg)
+    g = T.Ftpgate(cfg)
+    conns = []
+    try:
+        mark = g.log_mark()
+        for i in range(16):
+            conns.append(ctl(g))
+        with T.RawCtl('127.0.0.1', g.port) as c:
+            data, how = c.until_closed(5)
+        assert data == b'421 Too many connections, try again later.\r\n', \
+            '17th session from 127.0.0.1: %r' % data
+        assert g.wait_log(r'max_sessions_per_ip \(16\)', mark), g.log_since(mark)
+        with ctl(g, source='127.0.0.2') as o:
+            assert o.cmd('NOOP') == noop_reply()
+    finally:
+        for c in conns:
+            c.close()
+        g.stop()
+
+
 # --------------------------------------------------------------------------
 # 6. broken backends
 
@@ -889,7 +913,8 @@ def low_fd_gate():
     one and the backend socket failing."""
     for lim in (NOFILE, NOFILE + 1):
         # soft < hard: ftpgate must raise its soft limit itself
-        g = LowFdGate(T.gate_config(SRV, connect_timeout=5), 16, lim)
+        g = LowFdGate(T.gate_config(SRV, connect_timeout=5, max_sessions_per_ip=0),
+                      16, lim)
         left = lim - open_fds(g.proc.pid)
         if left % 2 == 0:
             return g, lim, left
@@ -1004,6 +1029,7 @@ t.case('login_timeout=2: 421 Login timeout, then close', c_login_timeout, 30)
 t.case('client stops reading a 64 MiB RETR: RSS bounded', c_stops_reading, 30)
 t.case('client floods commands, never reads: RSS bounded', c_command_flood, 30)
 t.case('max_sessions_per_ip = 2: third connection 421', c_per_ip, 30)
+t.case('max_sessions_per_ip unset: 16 from one address, the 17th 421', c_per_ip_default, 30)
 t.case('backend never greets: 421 within connect_timeout', c_fake_no_greeting, 20)
 t.case('backend malformed reply: 421 and close', c_fake_malformed_greeting, 20)
 t.case('backend reply line > 8192 bytes: 421 and close', c_fake_long_reply, 40)

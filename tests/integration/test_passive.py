@@ -35,7 +35,8 @@ with open(MID, 'rb') as _f:
 
 try:
     SRV = T.PyftpdServer(ROOT, long_banner=True)
-    G = T.Ftpgate(T.gate_config(SRV))
+    # 50 concurrent sessions from 127.0.0.1 (c11): no per-address limit
+    G = T.Ftpgate(T.gate_config(SRV, max_sessions_per_ip=0))
 except Exception as e:  # noqa
     t.bail('setup failed: %s' % str(e).replace('\n', ' | ')[:2000])
 

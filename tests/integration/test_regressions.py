@@ -389,7 +389,8 @@ def c_reload_bind_fail_emfile():
     taken.bind(('127.0.0.1', 0))
     taken.listen(1)
     c_port = taken.getsockname()[1]
-    cfg = T.gate_config(fb.addr(), listen_port=a, log_level='info', connect_timeout=5)
+    cfg = T.gate_config(fb.addr(), listen_port=a, log_level='info', connect_timeout=5,
+                        max_sessions_per_ip=0)   # many sessions from 127.0.0.1
     cfg['site:test']['listen'] = '127.0.0.1:%d, 127.0.0.1:%d' % (a, b)
     g = LowFdGate(cfg, 16, NOFILE)
     socks = []
@@ -458,7 +459,8 @@ def c_pasv_emfile():
         # a session with a passive port open; an even number of descriptors
         # left, so that sessions (two each) use them all up
         for lim in (NOFILE, NOFILE + 1):
-            g = LowFdGate(T.gate_config(fb.addr(), log_level='info', connect_timeout=5),
+            g = LowFdGate(T.gate_config(fb.addr(), log_level='info', connect_timeout=5,
+                                        max_sessions_per_ip=0),
                           16, lim)
             c = ctl(g)
             raw_login(c)
