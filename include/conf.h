@@ -59,7 +59,7 @@ struct site_conf {
 	unsigned data_timeout;
 	unsigned login_timeout;
 	unsigned max_sessions;        /* 0 = only the global limit */
-	unsigned max_sessions_per_ip; /* 0 = no limit */
+	unsigned max_sessions_per_ip; /* 0 = no limit; default 16 */
 	enum backend_data_mode backend_data_mode;
 	int allow_foreign_address; /* PORT/EPRT to an address other than the client's */
 

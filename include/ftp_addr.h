@@ -58,4 +58,16 @@ int ftp_addr_unmap(struct sockaddr_storage *ss);
 /* 1 if both addresses have the same family and IP (ports ignored). */
 int ftp_addr_same_ip(const struct sockaddr *a, const struct sockaddr *b);
 
+/*
+ * With allow_foreign_address, may an active data connection go to a, an
+ * address that is not the client's own? Never to the unspecified address
+ * (0.0.0.0, ::), a multicast or the broadcast address, loopback (unless the
+ * client itself is on loopback), the backend's address, or the proxy's own
+ * (local: where the client connected to; pub: public_address, may be NULL).
+ * Returns NULL if allowed, else why not (a static string).
+ */
+const char *ftp_addr_foreign_refused(const struct sockaddr *a, const struct sockaddr *client,
+                                     const struct sockaddr *backend, const struct sockaddr *local,
+                                     const struct sockaddr *pub);
+
 #endif

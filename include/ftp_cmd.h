@@ -7,6 +7,14 @@
 /* Longest verb accepted (RFC 959 verbs are 3-4 letters; extensions up to 4). */
 #define FTP_VERB_MAX 8
 
+/*
+ * Longest command line (CRLF included) that every server we know reads as
+ * one command. Longer lines, up to the proxy's own limit, are read in
+ * pieces by some: pyftpdlib answers a line of more than 2048 bytes with
+ * "500 Command too long." and then with a second 500 for what is left of it.
+ */
+#define FTP_LINE_ONE_READ 2050
+
 enum ftp_verb {
 	FTP_V_OTHER = 0, /* anything else: passed through to the backend */
 	FTP_V_USER,
@@ -59,6 +67,14 @@ size_t ftp_telnet_strip(char *buf, size_t len);
  * than trailing CR/LF) anywhere in the line.
  */
 int ftp_cmd_parse(const char *line, size_t len, struct ftp_cmd *out);
+
+/*
+ * How many leading bytes of a command line, well-formed or not, may go to a
+ * log: all of it, except when its first word (after any bytes that are not
+ * letters) starts with PASS in any case: a password follows, so only up to
+ * the end of those four letters.
+ */
+size_t ftp_cmd_log_len(const char *line, size_t len);
 
 /* Map an upper-case verb to its enum (FTP_V_OTHER if not special). */
 enum ftp_verb ftp_verb_lookup(const char *name);

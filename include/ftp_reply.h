@@ -34,6 +34,22 @@ void ftp_reply_reset(struct ftp_reply_asm *a);
  */
 enum ftp_reply_status ftp_reply_feed(struct ftp_reply_asm *a, const char *line, size_t len);
 
+/*
+ * May a reply with this code answer the command verb (upper-case,
+ * NUL-terminated, as ftp_cmd_parse() names it)? From the command-reply
+ * sequences of RFC 959 section 5.4, RFC 2228, 2389, 2428, 3659 and 7151,
+ * widened to what vsftpd, ProFTPD, Pure-FTPd and pyftpdlib send:
+ *  - 4xx and 5xx: always (any command may fail, and servers differ in
+ *    which error they pick);
+ *  - 1xx: only transfer commands (RETR STOR STOU APPE LIST NLST MLSD) and
+ *    REIN;
+ *  - 2xx and 3xx: the codes listed for the verb (e.g. TYPE 200, SIZE 213,
+ *    PASV 227, transfers 225/226/250); SITE and verbs not in the table
+ *    (vendor extensions) take any.
+ * Returns 1 or 0; 0 also for a code outside 100..599.
+ */
+int ftp_reply_answers(const char *verb, int code);
+
 /* Reply class helpers. */
 static inline int ftp_reply_is_prelim(int code)
 {

@@ -52,12 +52,17 @@ enum exp_kind {
 	EXP_PT_XFER,    /* passthrough: a transfer command, relayed */
 	EXP_PT_PASV,    /* passthrough: PASV/EPSV before AUTH; the port of 227/229 is noted */
 	EXP_ABOR,       /* the client's ABOR: relayed */
+	EXP_FENCE,      /* the proxy's NOOP/FEAT after a long line failed: the errors before
+	                   its reply are the backend's answers to the rest of that line */
 };
 
 struct expect {
 	enum exp_kind kind;
-	enum ftp_verb sent;        /* EXP_DATA_SETUP: what the proxy sent the backend */
-	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
+	enum ftp_verb sent;          /* EXP_DATA_SETUP: what the proxy sent the backend */
+	enum ftp_verb client_verb;   /* EXP_DATA_SETUP: what the client asked */
+	char verb[FTP_VERB_MAX + 1]; /* the command the reply answers ("": not checked) */
+	int long_line;               /* longer than FTP_LINE_ONE_READ: may be answered twice */
+	int prelims;                 /* preliminary replies relayed for it */
 };
 
 /*

@@ -54,7 +54,8 @@ static void site_defaults(struct site_conf *s)
 	s->data_timeout = 60;
 	s->login_timeout = 60;
 	s->max_sessions = 0;
-	s->max_sessions_per_ip = 0;
+	/* FileZilla's most parallel transfers (10) plus browsing, with room. */
+	s->max_sessions_per_ip = 16;
 	s->backend_data_mode = BDM_PASSIVE;
 	s->allow_foreign_address = 0;
 	s->tls = TLS_OFF;

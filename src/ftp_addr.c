@@ -386,3 +386,51 @@ int ftp_addr_same_ip(const struct sockaddr *a, const struct sockaddr *b)
 	}
 	return 0;
 }
+
+enum { A_LOOPBACK = 1, A_UNSPEC = 2, A_MULTI = 4 };
+
+/* A_* flags of an address (loopback 127/8 or ::1; unspecified 0/8 or ::;
+ * multicast or 255.255.255.255), -1 if neither IPv4 nor IPv6. */
+static int addr_class(const struct sockaddr *a)
+{
+	int f = a ? get_family(a) : -1;
+
+	if (f == AF_INET) {
+		struct sockaddr_in x;
+
+		memcpy(&x, a, sizeof(x));
+		uint32_t ip = ntohl(x.sin_addr.s_addr);
+		return ((ip >> 24) == 127 ? A_LOOPBACK : 0) | ((ip >> 24) == 0 ? A_UNSPEC : 0) |
+		       ((ip >> 28) == 0xe || ip == 0xffffffffu ? A_MULTI : 0);
+	}
+	if (f == AF_INET6) {
+		struct sockaddr_in6 x;
+
+		memcpy(&x, a, sizeof(x));
+		return (IN6_IS_ADDR_LOOPBACK(&x.sin6_addr) ? A_LOOPBACK : 0) |
+		       (IN6_IS_ADDR_UNSPECIFIED(&x.sin6_addr) ? A_UNSPEC : 0) |
+		       (IN6_IS_ADDR_MULTICAST(&x.sin6_addr) ? A_MULTI : 0);
+	}
+	return -1;
+}
+
+const char *ftp_addr_foreign_refused(const struct sockaddr *a, const struct sockaddr *client,
+                                     const struct sockaddr *backend, const struct sockaddr *local,
+                                     const struct sockaddr *pub)
+{
+	int c = addr_class(a), cc = addr_class(client);
+
+	if (c < 0)
+		return "not an IPv4 or IPv6 address";
+	if (c & A_UNSPEC)
+		return "the unspecified address";
+	if (c & A_MULTI)
+		return "a multicast or broadcast address";
+	if ((c & A_LOOPBACK) && (cc < 0 || !(cc & A_LOOPBACK)))
+		return "a loopback address";
+	if (ftp_addr_same_ip(a, backend))
+		return "the backend's address";
+	if (ftp_addr_same_ip(a, local) || ftp_addr_same_ip(a, pub))
+		return "the proxy's own address";
+	return NULL;
+}

@@ -4,6 +4,7 @@
 #endif
 
 #include <string.h>
+#include <strings.h>
 
 #include "ftp_cmd.h"
 
@@ -105,6 +106,19 @@ int ftp_cmd_parse(const char *line, size_t len, struct ftp_cmd *out)
 		}
 	}
 	return 0;
+}
+
+size_t ftp_cmd_log_len(const char *line, size_t len)
+{
+	size_t i = 0;
+
+	if (line == NULL)
+		return 0;
+	while (i < len && !is_alpha((unsigned char)line[i]))
+		i++;
+	if (len - i >= 4 && strncasecmp(line + i, "PASS", 4) == 0)
+		return i + 4;
+	return len;
 }
 
 static const struct {

@@ -1,4 +1,7 @@
-/* ftp_reply: pure assembly of complete FTP replies (RFC 959 4.2). No I/O. */
+/*
+ * ftp_reply: pure assembly of complete FTP replies (RFC 959 4.2), and which
+ * reply codes can answer which command. No I/O.
+ */
 #ifdef HAVE_CONFIG_H
 #include <config.h>
 #endif
@@ -60,4 +63,101 @@ enum ftp_reply_status ftp_reply_feed(struct ftp_reply_asm *a, const char *line, 
 	    line[2] - '0' == a->code % 10 && (n == 3 || line[3] == ' '))
 		return FTP_REPLY_DONE;
 	return FTP_REPLY_MORE;
+}
+
+/*
+ * The 2xx/3xx codes each verb may get (0-terminated). RFC 959 5.4 and its
+ * extensions, plus what real servers send: CDUP/XCUP 250 (vsftpd, ProFTPD,
+ * Pure-FTPd, pyftpdlib), REIN 230 (pyftpdlib), EPSV ALL 200, MDTM 253 (set
+ * the time), ALLO 202, MKD 250 (older servers), EPSV ALL 220 (pyftpdlib), 200
+ * for the action commands
+ * whose RFC code is 250.
+ */
+static const struct {
+	const char *verb;
+	int prelim; /* 1xx allowed: before a transfer's data, REIN's 120 */
+	short codes[5];
+} answers[] = {
+    {"USER", 0, {230, 232, 331, 332, 336}},
+    {"PASS", 0, {202, 230, 332}},
+    {"ACCT", 0, {202, 230}},
+    {"CWD", 0, {200, 250}},
+    {"XCWD", 0, {200, 250}},
+    {"CDUP", 0, {200, 250}},
+    {"XCUP", 0, {200, 250}},
+    {"SMNT", 0, {202, 250}},
+    {"REIN", 1, {220, 230}},
+    {"QUIT", 0, {221}},
+    {"PORT", 0, {200}},
+    {"EPRT", 0, {200}},
+    {"LPRT", 0, {200}},
+    {"PASV", 0, {227}},
+    {"EPSV", 0, {200, 220, 229}},
+    {"LPSV", 0, {228}},
+    {"MODE", 0, {200}},
+    {"TYPE", 0, {200}},
+    {"STRU", 0, {200}},
+    {"ALLO", 0, {200, 202}},
+    {"REST", 0, {350}},
+    {"RETR", 1, {225, 226, 250}},
+    {"STOR", 1, {225, 226, 250}},
+    {"STOU", 1, {225, 226, 250}},
+    {"APPE", 1, {225, 226, 250}},
+    {"LIST", 1, {225, 226, 250}},
+    {"NLST", 1, {225, 226, 250}},
+    {"MLSD", 1, {225, 226, 250}},
+    {"RNFR", 0, {350}},
+    {"RNTO", 0, {200, 250}},
+    {"DELE", 0, {200, 250}},
+    {"RMD", 0, {200, 250}},
+    {"XRMD", 0, {200, 250}},
+    {"MKD", 0, {250, 257}},
+    {"XMKD", 0, {250, 257}},
+    {"PWD", 0, {257}},
+    {"XPWD", 0, {257}},
+    {"ABOR", 0, {225, 226}},
+    {"SYST", 0, {215}},
+    {"STAT", 0, {211, 212, 213}},
+    {"HELP", 0, {211, 214}},
+    {"NOOP", 0, {200}},
+    {"AUTH", 0, {234, 334}},
+    {"ADAT", 0, {235, 335}},
+    {"PBSZ", 0, {200}},
+    {"PROT", 0, {200}},
+    {"CCC", 0, {200}},
+    {"FEAT", 0, {211}},
+    {"OPTS", 0, {200}},
+    {"LANG", 0, {200}},
+    {"SIZE", 0, {213}},
+    {"MDTM", 0, {213, 253}},
+    {"MFMT", 0, {213}},
+    {"MFCT", 0, {213}},
+    {"MFF", 0, {213}},
+    {"MLST", 0, {250}},
+    {"HOST", 0, {220}},
+};
+
+int ftp_reply_answers(const char *verb, int code)
+{
+	size_t k;
+
+	if (code < 100 || code > 599)
+		return 0;
+	if (code >= 400)
+		return 1;
+	if (verb == NULL)
+		return 0;
+	for (k = 0; k < sizeof(answers) / sizeof(answers[0]); k++) {
+		if (strcmp(verb, answers[k].verb) != 0)
+			continue;
+		if (code < 200)
+			return answers[k].prelim;
+		for (size_t i = 0; i < sizeof(answers[k].codes) / sizeof(answers[k].codes[0]) &&
+		                   answers[k].codes[i] != 0;
+		     i++)
+			if (answers[k].codes[i] == code)
+				return 1;
+		return 0;
+	}
+	return code >= 200; /* SITE, vendor extensions: cannot tell */
 }

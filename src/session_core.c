@@ -316,7 +316,8 @@ static int ready_to_forward(const struct core *c)
 static void transfer_forward(struct core *c, const char *cmd)
 {
 	send_backend(c, "%s", cmd);
-	fifo_push(c, EXP_TRANSFER);
+	snprintf(fifo_push(c, EXP_TRANSFER)->verb, FTP_VERB_MAX + 1, "%.*s", (int)strcspn(cmd, " "),
+	         cmd);
 	c->xfer_start_ms = c->ops->now_ms(c->io);
 	xfer_set(c, XS_RUNNING);
 	c->ops->data_start(c->io);
@@ -594,6 +595,26 @@ static void rewrite_feat(struct core *c, int code, const char *rep, size_t len)
 	free(out);
 }
 
+/* The command whose final reply e waits for ("": the greeting, not checked). */
+static const char *exp_verb(const struct expect *e)
+{
+	switch (e->kind) {
+	case EXP_DATA_SETUP:
+		return e->sent == FTP_V_PASV   ? "PASV"
+		       : e->sent == FTP_V_EPSV ? "EPSV"
+		       : e->sent == FTP_V_PORT ? "PORT"
+		                               : "EPRT";
+	case EXP_BAUTH:
+		return "AUTH";
+	case EXP_BPBSZ:
+		return "PBSZ";
+	case EXP_BPROT:
+		return "PROT";
+	default:
+		return e->verb; /* set by forward() and transfer_forward() */
+	}
+}
+
 int core_wants_reply(const struct core *c)
 {
 	return !c->closing && c->xs != XS_HELD && !c->pt_blind_pending;
@@ -616,9 +637,32 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 		         log_escape(esc, sizeof(esc), rep, len < 128 ? len : 128));
 		return;
 	}
+	const char *verb = exp_verb(e);
+	if ((verb[0] && !ftp_reply_answers(verb, code)) ||
+	    (e->kind == EXP_FENCE && ftp_reply_is_prelim(code))) {
+		/* An extra reply: taken as the answer, it would put every later
+		 * reply one late (RFC 959 5.4 says which codes answer what). */
+		log_warn("%s: dropped a %d reply that cannot answer %s: \"%s\"", c->tag, code,
+		         verb[0] ? verb : "the proxy's fence",
+		         log_escape(esc, sizeof(esc), rep, len < 128 ? len : 128));
+		return;
+	}
 	if (ftp_reply_is_prelim(code)) {
-		if (e->kind == EXP_DATA_SETUP || e->kind == EXP_FEAT) {
-			log_warn("%s: dropped an unexpected %d reply", c->tag, code);
+		if (e->kind == EXP_TRANSFER && e->prelims++ > 0 && !c->pair &&
+		    !(c->xs == XS_DATA_DONE && c->data_ok)) {
+			/* A second preliminary reply after the data pair was aborted
+			 * or broke: Pure-FTPd ends such a transfer with its
+			 * statistics under the last code it used ("150 0.003 seconds
+			 * (measured here), ...") and no final reply. It is the
+			 * transfer's end. */
+			int broke = c->xs == XS_DATA_DONE;
+			log_info("%s: backend ended the transfer with a %d reply", c->tag, code);
+			fifo_pop(c);
+			reply_client(c, "426 Connection closed; transfer aborted%s%s%s.",
+			             broke ? " (" : "", broke ? c->data_reason : "",
+			             broke ? ")" : "");
+			transfer_end(c, 426);
+			drain_check(c);
 			return;
 		}
 		if (e->kind == EXP_TRANSFER && c->pair)
@@ -732,6 +776,22 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			c->logged_in = 1;
 			core_arm_idle(c);
 		}
+		if (cur.long_line && code >= 400) {
+			/* The backend may have read the line in pieces and answer the
+			 * rest too: nothing more goes to it before this command's
+			 * success. NOOP is in every server once logged in (RFC 959
+			 * 5.1); before, vsftpd refuses it and all answer FEAT. */
+			send_backend(c, "%s", c->logged_in ? "NOOP" : "FEAT");
+			fifo_push(c, EXP_FENCE);
+		}
+		break;
+	case EXP_FENCE:
+		if (code >= 400) {
+			log_warn("%s: dropped an extra %d reply to a long command line", c->tag,
+			         code);
+			return;
+		}
+		fifo_pop(c);
 		break;
 	case EXP_QUIT:
 		fifo_pop(c);
@@ -808,9 +868,11 @@ static size_t cmd_line(const struct ftp_cmd *cmd, char *buf, size_t size)
 static void forward(struct core *c, const struct ftp_cmd *cmd, enum exp_kind kind)
 {
 	char line[2 * CORE_CMD_LINE_MAX + 16];
-	cmd_line(cmd, line, sizeof(line));
+	size_t n = cmd_line(cmd, line, sizeof(line));
 	send_backend(c, "%s", line);
-	fifo_push(c, kind);
+	struct expect *e = fifo_push(c, kind);
+	snprintf(e->verb, sizeof(e->verb), "%s", cmd->name);
+	e->long_line = n + 2 > FTP_LINE_ONE_READ;
 }
 
 /* Check a PORT/EPRT argument; on success the address is in *out. */
@@ -841,6 +903,21 @@ static int check_active_addr(struct core *c, const struct ftp_cmd *cmd,
 		log_warn("%s: refused %s to %s: not the client's address (FTP bounce)", c->tag,
 		         cmd->name, addr_str((struct sockaddr *)out, a, sizeof(a), 1));
 		reply_client(c, "504 %s refused: the address must be your own.", cmd->name);
+		return -1;
+	}
+	const char *why =
+	    ftp_addr_same_ip((struct sockaddr *)out, (struct sockaddr *)&c->client_addr)
+	        ? NULL
+	        : ftp_addr_foreign_refused(
+	              (struct sockaddr *)out, (struct sockaddr *)&c->client_addr,
+	              (struct sockaddr *)&c->conf->backend, (struct sockaddr *)&c->local_addr,
+	              c->conf->has_public_address ? (struct sockaddr *)&c->conf->public_address
+	                                          : NULL);
+	if (why) {
+		/* allow_foreign_address opens bounces to third hosts, never these. */
+		log_warn("%s: refused %s to %s: %s", c->tag, cmd->name,
+		         addr_str((struct sockaddr *)out, a, sizeof(a), 1), why);
+		reply_client(c, "504 %s refused: not an address the proxy connects to.", cmd->name);
 		return -1;
 	}
 	if (addr_port((struct sockaddr *)out) < 1024) {
@@ -1209,7 +1286,8 @@ void core_client_line(struct core *c, char *line, size_t n)
 	core_arm_idle(c);
 	n = ftp_telnet_strip(line, n);
 	if (ftp_cmd_parse(line, n, &cmd) < 0) {
-		log_debug("%s: bad command \"%s\"", c->tag, log_escape(esc, sizeof(esc), line, n));
+		log_debug("%s: bad command \"%s\"", c->tag,
+		          log_escape(esc, sizeof(esc), line, ftp_cmd_log_len(line, n)));
 		reply_client(c, "500 Syntax error, command unrecognized.");
 		return;
 	}

@@ -38,6 +38,7 @@ static void fuzz_cmd(const char *s, size_t n)
 		}
 	}
 	(void)ftp_verb_is_transfer(c.verb);
+	(void)ftp_reply_answers(c.name, n > 0 ? 100 + (unsigned char)s[0] * 2 : 0);
 
 	copy = malloc(n ? n : 1);
 	CHECK(copy != NULL);
@@ -60,8 +61,11 @@ static void fuzz_reply(const char *s, size_t n)
 		if (i < n && s[i] != '\n')
 			continue;
 		r = ftp_reply_feed(&a, s + start, (i < n ? i + 1 : i) - start);
-		if (r == FTP_REPLY_DONE)
+		if (r == FTP_REPLY_DONE) {
 			CHECK(a.code >= 100 && a.code <= 599);
+			if (a.code >= 400)
+				CHECK(ftp_reply_answers("TYPE", a.code));
+		}
 		if (r != FTP_REPLY_MORE)
 			ftp_reply_reset(&a);
 		start = i + 1;

@@ -94,6 +94,27 @@ def tmpdir(prefix='ftptest-'):
     return d
 
 
+def read_text(path):
+    """A file's content as text ('' if it cannot be read)."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read().decode('utf-8', 'replace')
+    except OSError:
+        return ''
+
+
+def run_cmd(cmd, timeout=60, check=True, **kw):
+    """Run cmd (list); return CompletedProcess (bytes).  With check, a
+    non-zero exit raises with the tail of its output."""
+    r = subprocess.run(cmd, stdin=kw.pop('stdin', subprocess.DEVNULL), capture_output=True,
+                       timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError('command failed (exit %d): %s\n%s'
+                             % (r.returncode, ' '.join(cmd),
+                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
+    return r
+
+
 # --------------------------------------------------------------------------
 # files
 
@@ -106,6 +127,21 @@ def sha256_file(path):
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def backend_tree(listing, subdirs=()):
+    """(ROOT, LOCAL, LISTDIR): a backend root with ROOT/up and ROOT/list
+    holding LISTDIR/subdirs and random files of the sizes in listing
+    ((name, bytes) pairs); LOCAL for the client's files."""
+    root, local = tmpdir('ftproot-'), tmpdir('ftplocal-')
+    listdir = os.path.join(root, 'list')
+    os.makedirs(listdir)
+    os.makedirs(os.path.join(root, 'up'))
+    for d in subdirs:
+        os.makedirs(os.path.join(listdir, d))
+    for name, size in listing:
+        make_random_file(os.path.join(listdir, name), nbytes=size)
+    return root, local, listdir
 
 
 def sha256_bytes(data):
@@ -233,7 +269,8 @@ def ipv6_loopback_ok():
 
 
 def _listening_ports_of(pid):
-    """(port) set of TCP sockets in LISTEN state owned by pid (Linux /proc)."""
+    """(port) set of TCP sockets in LISTEN state owned by pid, read from
+    /proc/PID/net/tcp* (pid's own network namespace, unlike /proc/net)."""
     inodes = set()
     fddir = '/proc/%d/fd' % pid
     for fd in os.listdir(fddir):
@@ -282,6 +319,103 @@ def wait_listening(proc, ports, timeout=10.0, what='process', logfn=None):
 
 
 # --------------------------------------------------------------------------
+# network namespaces (documentation ranges only, made and deleted by a test)
+
+IP = shutil.which('ip') or '/usr/sbin/ip'
+
+
+def nsexec(ns, cmd):
+    """cmd run in network namespace ns (cmd itself when ns is None).
+    ip netns exec execs the command: the PID stays the command's."""
+    return list(cmd) if ns is None else [IP, 'netns', 'exec', ns] + list(cmd)
+
+
+class NetnsTopology:
+    """Three network namespaces with no default route, no forwarding:
+
+      client PREFIXc-PID       gateway PREFIXg-PID                server PREFIXs-PID
+      203.0.113.2/24 --veth-- 203.0.113.1/24 | 198.51.100.1/24 --veth-- 198.51.100.2/24
+
+    The veth pairs are created inside the gateway namespace and one end
+    moved: nothing appears in the namespace the test runs in.  .client,
+    .gate, .server are the namespace names; build() makes them, delete()
+    removes what was made (call it from the test's cleanup, after its
+    processes in them are stopped)."""
+
+    CLIENT_IP = '203.0.113.2'
+    GATE_IP = '203.0.113.1'
+    GATE_BACK_IP = '198.51.100.1'
+    SERVER_IP = '198.51.100.2'
+
+    def __init__(self, prefix):
+        pid = os.getpid()
+        self.client, self.gate, self.server = ('%s%s-%d' % (prefix, r, pid) for r in 'cgs')
+        self.created = []
+
+    def build(self, timeout=20):
+        """None, or the reason why namespaces cannot be made here."""
+        def run(cmd, check=True):
+            return run_cmd(cmd, timeout=timeout, check=check)
+        if os.geteuid() != 0:
+            return 'needs root to create network namespaces (euid %d)' % os.geteuid()
+        if not os.access(IP, os.X_OK):
+            return 'iproute2 "ip" command not found'
+        for ns in (self.client, self.gate, self.server):
+            # a leftover of an earlier run with the same PID cannot be in use
+            if os.path.exists('/run/netns/' + ns):
+                run([IP, 'netns', 'del', ns], check=False)
+            r = run([IP, 'netns', 'add', ns], check=False)
+            if r.returncode != 0:
+                return 'ip netns add %s failed: %s' % (
+                    ns, r.stderr.decode('utf-8', 'replace').strip())
+            self.created.append(ns)
+        r = run([IP, '-n', self.gate, 'link', 'add', 'toclient', 'type', 'veth',
+                 'peer', 'name', 'eth0', 'netns', self.client], check=False)
+        if r.returncode != 0:
+            return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
+        run([IP, '-n', self.gate, 'link', 'add', 'toserver', 'type', 'veth',
+             'peer', 'name', 'eth0', 'netns', self.server])
+        for ns, dev, addr in self.addresses():
+            run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
+            run([IP, '-n', ns, 'link', 'set', dev, 'up'])
+        for ns in (self.client, self.gate, self.server):
+            run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
+        # the gateway must not route between its two networks
+        run(nsexec(self.gate, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
+        return None
+
+    def addresses(self):
+        """(namespace, device, address) of every address of the topology."""
+        return ((self.client, 'eth0', self.CLIENT_IP), (self.gate, 'toclient', self.GATE_IP),
+                (self.gate, 'toserver', self.GATE_BACK_IP),
+                (self.server, 'eth0', self.SERVER_IP))
+
+    def wait_addresses(self, timeout=5.0):
+        """None once every address is usable (not tentative), else the reason."""
+        deadline = time.monotonic() + timeout
+        for ns, _dev, a in self.addresses():
+            while True:
+                out = run_cmd([IP, '-n', ns, '-o', 'addr', 'show'],
+                              check=False).stdout.decode()
+                if any((' %s/' % a) in ln and 'tentative' not in ln
+                       for ln in out.splitlines()):
+                    break
+                if time.monotonic() > deadline:
+                    return 'address %s in %s stays tentative' % (a, ns)
+                time.sleep(0.05)
+        return None
+
+    def delete(self):
+        for ns in list(self.created):
+            try:
+                subprocess.run([IP, 'netns', 'del', ns], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=10)
+            except Exception:
+                pass
+            self.created.remove(ns)
+
+
+# --------------------------------------------------------------------------
 # pyftpdlib backend in a subprocess
 
 _SERVER_SCRIPT = r'''
@@ -321,31 +455,38 @@ server.serve_forever()
 
 class PyftpdServer:
     """pyftpdlib server in a subprocess: user u/p (elradfmwMT) + anonymous
-    read-only, rooted at root_dir.  .port, .host, .banner, .log(), .stop()"""
+    read-only, rooted at root_dir.  In network namespace ns when given.
+    .port, .host, .banner, .log(), .stop()"""
 
     def __init__(self, root_dir, host='127.0.0.1', ipv6=False, port=0,
                  masquerade_address=None, no_epsv=False, timeout=60,
-                 pasv_ports=None, long_banner=False):
+                 pasv_ports=None, long_banner=False, banner=None, ns=None):
         if ipv6 and host == '127.0.0.1':
             host = '::1'
         self.root = root_dir
         self.host = host
-        self.dir = tmpdir('pyftpd-')
-        self.banner = 'ftptest-backend-%s ready' % os.urandom(4).hex()
+        self.banner = banner or 'ftptest-backend-%s ready' % os.urandom(4).hex()
         if long_banner:   # > 75 characters: pyftpdlib sends a multi-line 220
             self.banner += ' ' + 'x' * 80
         if pasv_ports is None:
             pasv_ports = port_range(100)
         self.pasv_ports = pasv_ports
+        self._launch('pyftpd-', _SERVER_SCRIPT, 'pyftpdlib',
+                     dict(root=root_dir, host=host, port=port, banner=self.banner,
+                          timeout=timeout, pasv=list(pasv_ports),
+                          masquerade=masquerade_address, no_epsv=no_epsv), ns)
+
+    def _launch(self, prefix, script_text, what, cfg, ns=None):
+        """Run script_text (a pyftpdlib server that prints its port) with
+        cfg as JSON in a new temporary directory; set .dir, .proc, .port."""
+        self.proc = None
+        self.dir = tmpdir(prefix)
         script = os.path.join(self.dir, 'server.py')
         with open(script, 'w') as f:
-            f.write(_SERVER_SCRIPT)
-        cfg = dict(root=root_dir, host=host, port=port, banner=self.banner,
-                   timeout=timeout, pasv=list(pasv_ports),
-                   masquerade=masquerade_address, no_epsv=no_epsv)
+            f.write(script_text)
         self.log_path = os.path.join(self.dir, 'server.log')
         self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([SERVER_PYTHON, script, json.dumps(cfg)],
+        self.proc = subprocess.Popen(nsexec(ns, [SERVER_PYTHON, script, json.dumps(cfg)]),
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=self._logf)
         _procs.append(self.proc)
@@ -353,10 +494,10 @@ class PyftpdServer:
             r, _, _ = select.select([self.proc.stdout], [], [], 15)
             line = self.proc.stdout.readline() if r else b''
             if not line.strip().isdigit():
-                raise AssertionError('pyftpdlib server did not start: %r\n%s'
-                                     % (line, self.log()))
+                raise AssertionError('%s server did not start: %r\n%s'
+                                     % (what, line, self.log()))
             self.port = int(line)
-            wait_listening(self.proc, [self.port], 10, 'pyftpdlib', self.log)
+            wait_listening(self.proc, [self.port], 10, what, self.log)
         except BaseException:
             self.stop()
             raise
@@ -365,17 +506,14 @@ class PyftpdServer:
         return ('[%s]:%d' if ':' in self.host else '%s:%d') % (self.host, self.port)
 
     def log(self):
-        try:
-            with open(self.log_path, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        except OSError:
-            return ''
+        return read_text(self.log_path)
 
     def stop(self):
         if self.proc is not None:
             _stop_proc(self.proc)
             self.proc.stdout.close()
             self._logf.close()
+            self.proc = None
 
     def __enter__(self):
         return self
@@ -438,7 +576,11 @@ class Ftpgate:
     .port (first listen port), .ports, .log(), .log_mark()/.log_since(),
     .alive(), .stop() (SIGTERM, SIGKILL after 5 s; returns exit status)."""
 
-    def __init__(self, config, wait=True, timeout=10.0, args=(), wrapper=()):
+    def __init__(self, config, wait=True, timeout=10.0, args=(), ns=None, wait_ports=(),
+                 wrapper=()):
+        """ns: run in that network namespace; wait_ports: more ports to
+        wait for than the listen ones (passthrough's forwarded range);
+        wrapper: a command prefix (setpriv with the unit's capabilities)."""
         self.text = render_config(config)
         self.dir = tmpdir('ftpgate-')
         self.conf = os.path.join(self.dir, 'ftpgate.ini')
@@ -450,24 +592,22 @@ class Ftpgate:
         self._logf = open(self.log_path, 'wb')
         if not os.access(FTPGATE, os.X_OK):
             raise AssertionError('ftpgate binary not found: %s' % FTPGATE)
-        self.proc = subprocess.Popen(list(wrapper) + [FTPGATE, '-f', '-c', self.conf] + list(args),
+        self.proc = subprocess.Popen(list(wrapper) + nsexec(ns, [FTPGATE, '-f', '-c', self.conf] +
+                                                           list(args)),
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=self._logf)
         _procs.append(self.proc)
         started_gates.append(self)
         if wait:
             try:
-                wait_listening(self.proc, self.ports, timeout, 'ftpgate', self.log)
+                wait_listening(self.proc, list(self.ports) + list(wait_ports), timeout,
+                               'ftpgate', self.log)
             except BaseException:
                 self.stop()
                 raise
 
     def log(self):
-        try:
-            with open(self.log_path, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        except OSError:
-            return ''
+        return read_text(self.log_path)
 
     def log_mark(self):
         return os.path.getsize(self.log_path)
@@ -500,6 +640,15 @@ class Ftpgate:
 
     def __exit__(self, *a):
         self.stop()
+
+
+def use_private_binary():
+    """Run a private copy of the binary from now on: src/ftpgate may be
+    rebuilt while a long test runs."""
+    global FTPGATE
+    d = tmpdir('ftpgate-bin-')
+    shutil.copy2(FTPGATE, os.path.join(d, 'ftpgate'))
+    FTPGATE = os.path.join(d, 'ftpgate')
 
 
 def run_ftpgate(args, timeout=10):
@@ -555,6 +704,18 @@ def retr_bytes(ftp, name, rest=None):
     return bytes(buf)
 
 
+def sha_retr(ftp, name, rest=None):
+    """RETR name (from rest); return (sha256 hex, byte count) of the data."""
+    h = hashlib.sha256()
+    n = [0]
+
+    def cb(b):
+        h.update(b)
+        n[0] += len(b)
+    ftp.retrbinary('RETR ' + name, cb, rest=rest)
+    return h.hexdigest(), n[0]
+
+
 def curl(args, timeout=90):
     """Run curl with args; return CompletedProcess (bytes).  Raises with the
     verbose output if curl fails."""
@@ -604,6 +765,18 @@ def diag(text):
     for line in str(text).rstrip('\n').split('\n'):
         sys.stdout.write('# %s\n' % line)
     sys.stdout.flush()
+
+
+def start_tap(*tools):
+    """A Tap for a test script, after bailing out unless the ftpgate binary
+    and each (what, path) of tools are executable."""
+    t = Tap()
+    if not os.access(FTPGATE, os.X_OK):
+        t.bail('ftpgate binary not found: %s' % FTPGATE)
+    for what, path in tools:
+        if not os.access(path, os.X_OK):
+            t.bail('%s not found' % what)
+    return t
 
 
 class Tap:
@@ -788,6 +961,22 @@ class RawCtl:
 
     def __exit__(self, *a):
         self.close()
+
+
+def raw_greeted(port, host='127.0.0.1', timeout=10, source=None):
+    """A RawCtl to port, past its 220 greeting."""
+    c = RawCtl(host, port, timeout=timeout, source=source)
+    g = c.reply()
+    assert g.startswith(b'220'), 'greeting: %r' % g
+    return c
+
+
+def raw_login(c, user='u', passwd='p'):
+    """USER and PASS on a RawCtl: 331 then 230."""
+    r = c.cmd('USER ' + user)
+    assert r.startswith(b'331'), 'USER: %r' % r
+    r = c.cmd('PASS ' + passwd)
+    assert r.startswith(b'230'), 'PASS: %r' % r
 
 
 class FakeConn:
@@ -1007,6 +1196,8 @@ Handler.timeout = cfg['timeout']
 Handler.auth_failed_timeout = 0.1
 Handler.permit_foreign_addresses = False
 Handler.passive_ports = range(cfg['pasv'][0], cfg['pasv'][1] + 1)
+if cfg.get('masquerade'):
+    Handler.masquerade_address = cfg['masquerade']
 server = FTPServer((cfg['host'], cfg['port']), Handler)
 server.max_cons = 1024
 sys.stdout.write('%d\n' % server.socket.getsockname()[1])
@@ -1019,41 +1210,22 @@ class PyftpdTLSServer(PyftpdServer):
     """pyftpdlib TLS_FTPHandler (explicit FTPS, tls_control_required and
     tls_data_required) in a subprocess: user u/p + anonymous read-only,
     rooted at root_dir.  tls13_only: the server refuses TLS < 1.3.
-    Same interface as PyftpdServer."""
+    masquerade_address: the address its 227 announces.  Same interface as
+    PyftpdServer."""
 
     def __init__(self, root_dir, certfile, keyfile, host='127.0.0.1', port=0,
-                 timeout=60, pasv_ports=None, tls13_only=False):
+                 timeout=60, pasv_ports=None, tls13_only=False, masquerade_address=None):
         self.root = root_dir
         self.host = host
-        self.proc = None
-        self.dir = tmpdir('pyftpd-tls-')
         self.banner = 'ftptest-tls-backend-%s ready' % os.urandom(4).hex()
         if pasv_ports is None:
             pasv_ports = port_range(100)
         self.pasv_ports = pasv_ports
-        script = os.path.join(self.dir, 'server.py')
-        with open(script, 'w') as f:
-            f.write(_TLS_SERVER_SCRIPT)
-        cfg = dict(root=root_dir, host=host, port=port, banner=self.banner,
-                   timeout=timeout, pasv=list(pasv_ports), cert=certfile, key=keyfile,
-                   tls13_only=tls13_only)
-        self.log_path = os.path.join(self.dir, 'server.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([SERVER_PYTHON, script, json.dumps(cfg)],
-                                     stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._logf)
-        _procs.append(self.proc)
-        try:
-            r, _, _ = select.select([self.proc.stdout], [], [], 15)
-            line = self.proc.stdout.readline() if r else b''
-            if not line.strip().isdigit():
-                raise AssertionError('pyftpdlib TLS server did not start: %r\n%s'
-                                     % (line, self.log()))
-            self.port = int(line)
-            wait_listening(self.proc, [self.port], 10, 'pyftpdlib-tls', self.log)
-        except BaseException:
-            self.stop()
-            raise
+        self._launch('pyftpd-tls-', _TLS_SERVER_SCRIPT, 'pyftpdlib TLS',
+                     dict(root=root_dir, host=host, port=port, banner=self.banner,
+                          timeout=timeout, pasv=list(pasv_ports), cert=certfile,
+                          key=keyfile, tls13_only=tls13_only,
+                          masquerade=masquerade_address))
 
 
 def pyftpdlib_tls_available():
@@ -1100,82 +1272,37 @@ def vsftpd_unavailable():
     return None
 
 
-class VsftpdServer:
-    """vsftpd in the foreground (listen=YES, background=NO) on 127.0.0.1,
-    anonymous login only (no password), anon_root .root (not writable)
-    with a writable .root/up; passive ports in their own range.  With
-    cert/key: explicit FTPS forced for anonymous control and data
-    (require_ssl_reuse=YES unless ssl_reuse=False).  extra: more
-    'key=value' lines.  .port, .addr(), .log(), .stop().  Run as root,
-    sessions run as user ftp; otherwise run_as_launching_user=YES.
-    host, port, pasv_address: other than 127.0.0.1, a free port and host;
-    ns: run in that network namespace (ip netns exec)."""
+class ForkingServer:
+    """Common part of the servers that fork a process per session (vsftpd,
+    ProFTPD, Pure-FTPd): a temporary directory .dir with a login root .root
+    holding a writable .up (owned by up_owner (uid, gid) when given), a
+    process started in its own session (stdout and stderr to .out_path) and
+    stopped by PID with every descendant (sessions call setsid).  Subclasses
+    set .kind, .host, .port and may extend log()."""
 
-    def __init__(self, cert=None, key=None, pasv_ports=None, ssl_reuse=True,
-                 active=True, extra=(), host='127.0.0.1', port=None, pasv_address=None,
-                 ns=None):
-        self.host = host
+    kind = 'server'
+
+    def _make_tree(self, prefix, root_name, up_owner=None, more_dirs=()):
         self.proc = None
-        self.dir = tmpdir('vsftpd-')
+        self.dir = tmpdir(prefix)
         os.chmod(self.dir, 0o755)
-        self.root = os.path.join(self.dir, 'anon')
+        self.root = os.path.join(self.dir, root_name)
         self.up = os.path.join(self.root, 'up')
-        empty = os.path.join(self.dir, 'empty')
-        for p in (self.root, self.up, empty):
+        for p in (self.root, self.up) + tuple(os.path.join(self.dir, d) for d in more_dirs):
             os.makedirs(p)
             os.chmod(p, 0o755)
-        root_mode = os.geteuid() == 0
-        if root_mode:
-            import pwd
-            pw = pwd.getpwnam('ftp')
-            os.chown(self.up, pw.pw_uid, pw.pw_gid)
-        if pasv_ports is None:
-            pasv_ports = port_range(100)
-        self.pasv_ports = pasv_ports
-        self.port = port or free_port()
-        self.log_path = os.path.join(self.dir, 'vsftpd.log')
-        self.xfer_log = os.path.join(self.dir, 'vsftpd-protocol.log')
-        conf = ['listen=YES', 'listen_ipv6=NO', 'listen_address=%s' % host,
-                'listen_port=%d' % self.port, 'background=NO',
-                'seccomp_sandbox=NO', 'isolate=NO', 'isolate_network=NO',
-                'secure_chroot_dir=%s' % empty,
-                'anonymous_enable=YES', 'local_enable=NO', 'no_anon_password=YES',
-                'anon_root=%s' % self.root, 'write_enable=YES', 'anon_upload_enable=YES',
-                'anon_umask=022', 'anon_other_write_enable=YES',
-                'pasv_enable=YES', 'pasv_address=%s' % (pasv_address or host),
-                'pasv_min_port=%d' % pasv_ports[0], 'pasv_max_port=%d' % pasv_ports[1],
-                'port_enable=%s' % ('YES' if active else 'NO'),
-                'connect_from_port_20=NO', 'max_clients=0', 'max_per_ip=0',
-                'dirmessage_enable=NO', 'idle_session_timeout=120',
-                'data_connection_timeout=60', 'syslog_enable=NO',
-                'xferlog_enable=YES', 'xferlog_std_format=NO', 'log_ftp_protocol=YES',
-                'vsftpd_log_file=%s' % self.xfer_log]
-        if not root_mode:
-            conf.append('run_as_launching_user=YES')
-        if cert:
-            conf += ['ssl_enable=YES', 'rsa_cert_file=%s' % cert,
-                     'rsa_private_key_file=%s' % (key or cert),
-                     'allow_anon_ssl=YES', 'force_anon_logins_ssl=YES',
-                     'force_anon_data_ssl=YES', 'force_local_logins_ssl=YES',
-                     'force_local_data_ssl=YES', 'ssl_tlsv1=YES', 'ssl_sslv2=NO',
-                     'ssl_sslv3=NO', 'ssl_ciphers=HIGH', 'ssl_request_cert=NO',
-                     'require_ssl_reuse=%s' % ('YES' if ssl_reuse else 'NO'),
-                     'debug_ssl=YES']
-        conf += list(extra)
-        self.conf = os.path.join(self.dir, 'vsftpd.conf')
-        with open(self.conf, 'w') as f:
-            f.write('\n'.join(conf) + '\n')
-        os.chmod(self.conf, 0o644)
-        self._logf = open(self.log_path, 'wb')
-        cmd = [VSFTPD, self.conf]
-        if ns:
-            cmd = [shutil.which('ip') or '/usr/sbin/ip', 'netns', 'exec', ns] + cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self._logf, stderr=self._logf,
+        if up_owner is not None:
+            os.chown(self.up, up_owner[0], up_owner[1])
+        self.out_path = os.path.join(self.dir, 'stdout-stderr.log')
+
+    def _start(self, cmd, env=None, ns=None, timeout=15):
+        self._logf = open(self.out_path, 'wb')
+        self.proc = subprocess.Popen(nsexec(ns, cmd), stdin=subprocess.DEVNULL,
+                                     stdout=self._logf, stderr=self._logf, env=env,
                                      start_new_session=True)
         _procs.append(self.proc)
         try:
-            wait_listening(self.proc, [self.port], 10, 'vsftpd', self.log)
+            wait_listening(self.proc, [self.port], timeout, self.kind, self.log)
         except BaseException:
             self.stop()
             raise
@@ -1183,19 +1310,19 @@ class VsftpdServer:
     def addr(self):
         return '%s:%d' % (self.host, self.port)
 
+    def put(self, src):
+        """Hard-link (or copy) src into the login root."""
+        dst = os.path.join(self.root, os.path.basename(src))
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
     def log(self):
-        out = []   # protocol log first: offsets into it stay valid
-        for p in (self.xfer_log, self.log_path):
-            try:
-                with open(p, 'rb') as f:
-                    out.append(f.read().decode('utf-8', 'replace'))
-            except OSError:
-                pass
-        return '\n'.join(out)
+        return read_text(self.out_path)
 
     def stop(self):
-        """Stop the listener and its session processes (by PID; vsftpd's
-        sessions call setsid, so they are not in its process group)."""
+        """The listener and its session processes, by PID."""
         if self.proc is None:
             return
         kids = _descendants(self.proc.pid) if self.proc.poll() is None else []
@@ -1213,6 +1340,75 @@ class VsftpdServer:
 
     def __exit__(self, *a):
         self.stop()
+
+
+class VsftpdServer(ForkingServer):
+    """vsftpd in the foreground (listen=YES, background=NO) on host,
+    anonymous login only (no password), anon_root .root (not writable)
+    with a writable .up; passive ports in their own range, announced as
+    pasv_address (default host).  With cert/key: explicit FTPS
+    (implicit_ssl with implicit=True), forced for anonymous control and
+    data unless force_tls=False, require_ssl_reuse=YES unless
+    ssl_reuse=False.  In network namespace ns when given.  extra: more
+    'key=value' lines.  .port, .addr(), .log(), .stop().  Run as root,
+    sessions run as user ftp; otherwise run_as_launching_user=YES."""
+
+    kind = 'vsftpd'
+
+    def __init__(self, cert=None, key=None, pasv_ports=None, ssl_reuse=True,
+                 active=True, extra=(), host='127.0.0.1', port=None, pasv_address=None,
+                 force_tls=True, implicit=False, ns=None):
+        root_mode = os.geteuid() == 0
+        owner = None
+        if root_mode:
+            import pwd
+            pw = pwd.getpwnam('ftp')
+            owner = (pw.pw_uid, pw.pw_gid)
+        self._make_tree('vsftpd-', 'anon', owner, ('empty',))
+        self.host = host
+        if pasv_ports is None:
+            pasv_ports = port_range(100)
+        self.pasv_ports = pasv_ports
+        self.port = port or free_port(host)
+        self.xfer_log = os.path.join(self.dir, 'vsftpd-protocol.log')
+        conf = ['listen=YES', 'listen_ipv6=NO', 'listen_address=%s' % host,
+                'listen_port=%d' % self.port, 'background=NO',
+                'seccomp_sandbox=NO', 'isolate=NO', 'isolate_network=NO',
+                'secure_chroot_dir=%s' % os.path.join(self.dir, 'empty'),
+                'anonymous_enable=YES', 'local_enable=NO', 'no_anon_password=YES',
+                'anon_root=%s' % self.root, 'write_enable=YES', 'anon_upload_enable=YES',
+                'anon_umask=022', 'anon_other_write_enable=YES',
+                'pasv_enable=YES', 'pasv_address=%s' % (pasv_address or host),
+                'pasv_min_port=%d' % pasv_ports[0], 'pasv_max_port=%d' % pasv_ports[1],
+                'port_enable=%s' % ('YES' if active else 'NO'),
+                'connect_from_port_20=NO', 'max_clients=0', 'max_per_ip=0',
+                'dirmessage_enable=NO', 'idle_session_timeout=120',
+                'data_connection_timeout=60', 'syslog_enable=NO',
+                'xferlog_enable=YES', 'xferlog_std_format=NO', 'log_ftp_protocol=YES',
+                'vsftpd_log_file=%s' % self.xfer_log]
+        if not root_mode:
+            conf.append('run_as_launching_user=YES')
+        if cert:
+            force = 'YES' if force_tls else 'NO'
+            conf += ['ssl_enable=YES', 'rsa_cert_file=%s' % cert,
+                     'rsa_private_key_file=%s' % (key or cert),
+                     'allow_anon_ssl=YES', 'force_anon_logins_ssl=%s' % force,
+                     'force_anon_data_ssl=%s' % force, 'force_local_logins_ssl=YES',
+                     'force_local_data_ssl=YES', 'ssl_tlsv1=YES', 'ssl_sslv2=NO',
+                     'ssl_sslv3=NO', 'ssl_ciphers=HIGH', 'ssl_request_cert=NO',
+                     'require_ssl_reuse=%s' % ('YES' if ssl_reuse else 'NO'),
+                     'implicit_ssl=%s' % ('YES' if implicit else 'NO'),
+                     'debug_ssl=YES']
+        conf += list(extra)
+        self.conf = os.path.join(self.dir, 'vsftpd.conf')
+        with open(self.conf, 'w') as f:
+            f.write('\n'.join(conf) + '\n')
+        os.chmod(self.conf, 0o644)
+        self._start([VSFTPD, self.conf], ns=ns)
+
+    def log(self):
+        # protocol log first: offsets into it stay valid
+        return '\n'.join((read_text(self.xfer_log), read_text(self.out_path)))
 
 
 def tls_client_context(cafile=None, min_version=None, max_version=None):

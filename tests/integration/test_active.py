@@ -5,7 +5,6 @@ checks, EPSV ALL, FEAT rewriting; real clients (curl, ftplib, lftp) against
 a pyftpdlib backend, loopback only.  TAP output."""
 
 import ftplib
-import hashlib
 import io
 import os
 import re
@@ -24,22 +23,12 @@ MODES = ('passive', 'active', 'client')
 CLIENT_MODES = ('PASV', 'EPSV', 'PORT', 'EPRT')
 LFTP = shutil.which('lftp') or '/usr/bin/lftp'
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-if not os.access(T.CURL, os.X_OK):
-    t.bail('curl not found')
+t = T.start_tap(('curl', T.CURL))
 
 # --------------------------------------------------------------------------
 # fixture: backend root, pyftpdlib, one ftpgate per backend_data_mode
 
-ROOT = T.tmpdir('ftproot-')
-LOCAL = T.tmpdir('ftplocal-')
-LISTDIR = os.path.join(ROOT, 'list')
-os.makedirs(LISTDIR)
-os.makedirs(os.path.join(ROOT, 'up'))
-for _name, _size in (('a.txt', 10), ('b.bin', 4096), ('c d.txt', 7)):
-    T.make_random_file(os.path.join(LISTDIR, _name), nbytes=_size)
+ROOT, LOCAL, LISTDIR = T.backend_tree((('a.txt', 10), ('b.bin', 4096), ('c d.txt', 7)))
 FILE = os.path.join(ROOT, 'file4.bin')
 FILE_SHA = T.make_random_file(FILE, FILE_MIB)
 UP_SRC = os.path.join(LOCAL, 'up-src.bin')
@@ -101,17 +90,6 @@ def mode_login(mode, gate=None, host='127.0.0.1', source=None):
               source_address=(source, 0) if source else None)
     f.login('u', 'p')
     return f
-
-
-def sha_retr(ftp, name):
-    h = hashlib.sha256()
-    n = [0]
-
-    def cb(b):
-        h.update(b)
-        n[0] += len(b)
-    ftp.retrbinary('RETR ' + name, cb)
-    return h.hexdigest(), n[0]
 
 
 def rr(ftp, line):
@@ -197,7 +175,7 @@ def combo(bdm, cmode):
         os.unlink(dst)
         # ftplib download, upload, LIST
         f = mode_login(cmode, g)
-        sha, n = sha_retr(f, 'file4.bin')
+        sha, n = T.sha_retr(f, 'file4.bin')
         assert n == FILE_MIB * MiB and sha == FILE_SHA, 'ftplib RETR: %d bytes, sha mismatch' % n
         r = f.storbinary('STOR up/%s-f.bin' % tag, io.BytesIO(UP_DATA))
         assert r.startswith('226'), r
@@ -244,7 +222,7 @@ def c_source_address():
     try:
         for cmode in ('PORT', 'EPRT'):
             f = mode_login(cmode, g, host='127.0.0.5', source='127.0.0.1')
-            sha, n = sha_retr(f, 'file4.bin')
+            sha, n = T.sha_retr(f, 'file4.bin')
             assert sha == FILE_SHA, 'sha256 mismatch'
             assert f.data_peers == ['127.0.0.5'], \
                 '%s: data connection came from %s, want 127.0.0.5' % (cmode, f.data_peers)
@@ -290,7 +268,7 @@ def c_port_closed():
                 f.sock.settimeout(20)
                 assert f.sendcmd('NOOP').startswith('200'), 'out of step: %r' % f.replies[-1]
             else:
-                sha, n = sha_retr(f, 'file4.bin')
+                sha, n = T.sha_retr(f, 'file4.bin')
                 assert sha == FILE_SHA
                 f.quit()
             f.close()
@@ -449,7 +427,7 @@ def c_ipv6_client():
             smark = srv_mark()
             gmark = g.log_mark()
             f = mode_login('EPRT', g, host='::1')
-            sha, n = sha_retr(f, 'file4.bin')
+            sha, n = T.sha_retr(f, 'file4.bin')
             assert sha == FILE_SHA, 'EPRT download over IPv6: sha mismatch'
             eprt = [c for c in f.sent if c.startswith('EPRT ')]
             assert eprt and eprt[0].startswith('EPRT |2|::1|'), f.sent
@@ -476,7 +454,7 @@ def c_ipv6_client():
             f = mode_login('EPSV', g, host='::1')
             r = rr(f, 'EPSV 2')
             assert r.startswith('229 '), r
-            sha, n = sha_retr(f, 'file4.bin')
+            sha, n = T.sha_retr(f, 'file4.bin')
             assert sha == FILE_SHA, 'EPSV download over IPv6: sha mismatch'
             f.quit()
             blog = srv_log_since(smark)
@@ -495,7 +473,7 @@ def c_ipv6_backend():
                 gmark = g.log_mark()
                 for cmode in ('PASV', 'PORT'):
                     f = mode_login(cmode, g)
-                    sha, n = sha_retr(f, 'file4.bin')
+                    sha, n = T.sha_retr(f, 'file4.bin')
                     assert sha == FILE_SHA, '%s/%s: sha mismatch' % (bdm, cmode)
                     r = f.storbinary('STOR up/v6b.bin', io.BytesIO(UP_DATA))
                     assert r.startswith('226'), r
@@ -530,7 +508,7 @@ def c_bounce_refused():
     r = rr(f, 'RETR file4.bin')
     assert r[:1] in '45', 'RETR after a refused PORT: %r' % r
     assert f.sendcmd('NOOP').startswith('200')
-    sha, n = sha_retr(f, 'file4.bin')   # a proper PORT works
+    sha, n = T.sha_retr(f, 'file4.bin')   # a proper PORT works
     assert sha == FILE_SHA
     f.quit()
 
@@ -580,6 +558,44 @@ def c_bounce_allowed():
 # --------------------------------------------------------------------------
 # 5. refused and malformed arguments, EPSV ALL
 
+def c_bounce_never():
+    """allow_foreign_address = yes still refuses 0.0.0.0, multicast, the
+    backend's address and the proxy's own (issue 10.12).  The backend on
+    127.0.0.3, the proxy on 127.0.0.4, the client from 127.0.0.1; loopback
+    targets are allowed here only because the client is on loopback itself
+    (the unit test covers a remote client)."""
+    srv = T.PyftpdServer(ROOT, host='127.0.0.3')
+    g = T.Ftpgate(T.gate_config(srv, listen_host='127.0.0.4', backend_data_mode='client',
+                                allow_foreign_address='yes'))
+    try:
+        mark = g.log_mark()
+        f = ModeFTP('PORT')
+        f.connect('127.0.0.4', g.port, timeout=20, source_address=('127.0.0.1', 0))
+        f.login('u', 'p')
+        for cmd, why in (('PORT 0,0,0,0,200,1', 'the unspecified address'),
+                         ('EPRT |1|0.0.0.0|51201|', 'the unspecified address'),
+                         ('PORT 224,0,0,1,200,1', 'a multicast or broadcast address'),
+                         ('PORT 255,255,255,255,200,1', 'a multicast or broadcast address'),
+                         ('PORT 127,0,0,3,200,1', "the backend's address"),
+                         ('EPRT |1|127.0.0.3|51201|', "the backend's address"),
+                         ('PORT 127,0,0,4,200,1', "the proxy's own address"),
+                         ('EPRT |1|127.0.0.4|51201|', "the proxy's own address")):
+            r = rr(f, cmd)
+            verb = cmd.split(' ')[0]
+            assert r == '504 %s refused: not an address the proxy connects to.' % verb, \
+                '%s: %r' % (cmd, r)
+            assert g.wait_log(r'refused %s to \S+: %s' % (verb, re.escape(why)), mark), \
+                'no log line for %s:\n%s' % (cmd, g.log_since(mark)[-2000:])
+            mark = g.log_mark()
+        # the client's own address and a third (loopback) host still work
+        assert rr(f, 'PORT 127,0,0,1,200,1') == '200 PORT command successful.'
+        assert rr(f, 'PORT 127,0,0,2,200,1') == '200 PORT command successful.'
+        f.quit()
+    finally:
+        g.stop()
+        srv.stop()
+
+
 def c_refusals():
     f = mode_login('EPSV', G)
     exact = [
@@ -617,7 +633,7 @@ def c_refusals():
         r = rr(f, cmd)
         verb = cmd.split()[0]
         assert r == '503 %s not allowed after EPSV ALL.' % verb, '%s -> %r' % (cmd, r)
-    sha, n = sha_retr(f, 'file4.bin')
+    sha, n = T.sha_retr(f, 'file4.bin')
     assert sha == FILE_SHA, 'EPSV download after EPSV ALL differs'
     assert f.sendcmd('NOOP').startswith('200')
     f.quit()
@@ -730,6 +746,8 @@ else:
     t.skip('IPv6 backend behind an IPv4 listener (PASV, PORT)', '::1 not available')
 t.case('bounce: PORT/EPRT to 127.0.0.2 refused with 504 and logged', c_bounce_refused, 30)
 t.case('allow_foreign_address = yes: transfer to a listener on 127.0.0.2', c_bounce_allowed, 30)
+t.case('allow_foreign_address = yes: never 0.0.0.0, multicast, the backend or the proxy',
+       c_bounce_never, 30)
 t.case('privileged ports, malformed PORT/EPRT, TLS/LPRT 502, EPSV ALL', c_refusals, 30)
 t.case('FEAT: EPRT and EPSV first, no AUTH/PBSZ/PROT/CCC/LPRT/LPSV', c_feat, 30)
 t.case('ftpgate alive, no sanitizer reports', c_healthy, 30)

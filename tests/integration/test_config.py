@@ -11,9 +11,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftptest as T  # noqa: E402
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
+t = T.start_tap()
 
 WORK = T.tmpdir('cfgtest-')
 

@@ -9,6 +9,7 @@ a normal client must still be served.  Loopback only.  TAP."""
 
 import ftplib
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -26,9 +27,7 @@ RSS_LIMIT_KB = 50 * 1024
 TOO_LONG = b'500 Command line too long.\r\n'
 SYNTAX = b'500 Syntax error, command unrecognized.\r\n'
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
+t = T.start_tap()
 
 ROOT = T.tmpdir('ftproot-')
 MID = os.path.join(ROOT, 'mid.bin')
@@ -63,17 +62,10 @@ def direct_replies(cmds):
 
 
 def ctl(gate=None, source=None):
-    c = T.RawCtl('127.0.0.1', (gate or G).port, timeout=10, source=source)
-    g = c.reply()
-    assert g.startswith(b'220'), 'greeting: %r' % g
-    return c
+    return T.raw_greeted((gate or G).port, source=source)
 
 
-def raw_login(c):
-    r = c.cmd('USER u')
-    assert r.startswith(b'331'), r
-    r = c.cmd('PASS p')
-    assert r.startswith(b'230'), r
+raw_login = T.raw_login
 
 
 def rss(gate=None):
@@ -418,6 +410,30 @@ def c_per_ip():
         g.stop()
 
 
+def c_per_ip_default():
+    """max_sessions_per_ip not set: 16 sessions from one address, the 17th
+    gets 421; another address is not limited by them (issue 10.12)."""
+    cfg = T.gate_config(SRV)
+    assert 'max_sessions_per_ip' not in T.render_config(cfg)
+    g = T.Ftpgate(cfg)
+    conns = []
+    try:
+        mark = g.log_mark()
+        for i in range(16):
+            conns.append(ctl(g))
+        with T.RawCtl('127.0.0.1', g.port) as c:
+            data, how = c.until_closed(5)
+        assert data == b'421 Too many connections, try again later.\r\n', \
+            '17th session from 127.0.0.1: %r' % data
+        assert g.wait_log(r'max_sessions_per_ip \(16\)', mark), g.log_since(mark)
+        with ctl(g, source='127.0.0.2') as o:
+            assert o.cmd('NOOP') == noop_reply()
+    finally:
+        for c in conns:
+            c.close()
+        g.stop()
+
+
 # --------------------------------------------------------------------------
 # 6. broken backends
 
@@ -655,6 +671,96 @@ def c_fake_unsolicited():
     still_serves()
 
 
+def c_fake_extra_reply_in_flight():
+    """A reply that cannot answer the command in flight (an extra 227 while
+    TYPE I is in flight, an extra 200 while SIZE is) is logged and dropped;
+    ftplib gets the real replies (issue 10.8)."""
+    def type_i(c, line, fb):
+        c.send(b'227 Entering Passive Mode (127,0,0,1,4,1).\r\n')   # TYPE is in flight
+        c.send(b'200 Type set to I.\r\n')
+    fb = scripted_backend({
+        'TYPE': type_i,
+        'SIZE': b'200 bogus\r\n213 4242\r\n',
+        'MDTM': b'150 stray preliminary\r\n213 20200102030405\r\n',
+        'PWD': b'257 "/" is the current directory.\r\n',
+    })
+    g = gate_for(fb)
+    try:
+        mark = g.log_mark()
+        f = T.ftp_login(g.port)
+        try:
+            r = f.sendcmd('TYPE I')
+            assert r == '200 Type set to I.', 'TYPE I answered %r' % r
+            r = f.sendcmd('SIZE x')
+            assert r == '213 4242', 'SIZE answered %r' % r
+            r = f.sendcmd('MDTM x')
+            assert r == '213 20200102030405', 'MDTM answered %r' % r
+            assert f.pwd() == '/', f.replies[-1]
+            assert f.sendcmd('NOOP') == '200 fake ok', f.replies[-1]
+            f.quit()
+        finally:
+            f.close()
+        log = g.log_since(mark)
+        for code, verb in (('227', 'TYPE'), ('200', 'SIZE'), ('150', 'MDTM')):
+            assert re.search(r'dropped a %s reply that cannot answer %s' % (code, verb), log), \
+                'no log line for the %s during %s:\n%s' % (code, verb, log[-2000:])
+        assert not fb.errors, fb.errors
+    finally:
+        g.stop()
+        fb.stop()
+    still_serves()
+
+
+def c_long_lines_in_pieces():
+    """Lines the proxy accepts (<= 4096 bytes) but the backend answers twice
+    (pyftpdlib: a line over 2048 bytes gets "500 Command too long." and then
+    "500 Command "" not understood."), sent pipelined in pieces of 2046 and
+    2048 bytes with a normal command after them: each line gets one reply,
+    the normal command its own (issue 10.9).  First a scripted backend that
+    sends the second 500 late (after the proxy could have forwarded the next
+    command): deterministic; then pyftpdlib itself, 20 times."""
+    def long_line(c, line, fb):
+        if len(line) > 2048:
+            c.send(b'500 Command too long.\r\n')
+            time.sleep(0.3)
+            c.send(b'500 Command "" not understood.\r\n')
+        else:
+            c.send(b'200 site ok\r\n')
+    fb = scripted_backend({'SITE': long_line, 'SYST': b'215 UNIX Type: L8\r\n'})
+    g = gate_for(fb)
+    lines = b''.join(b'SITE ' + b'a' * (n - 7) + b'\r\n' for n in (2046, 2048, 4096, 4096))
+    want = b'200 site ok\r\n' * 2 + b'500 Command too long.\r\n' * 2 + b'215 UNIX Type: L8\r\n'
+
+    def pieces(c, data):
+        off, sizes = 0, itertools.cycle((2046, 2048))
+        while off < len(data):
+            n = next(sizes)
+            c.send(data[off:off + n])
+            off += n
+            time.sleep(0.01)
+
+    try:
+        with ctl(g) as c:
+            raw_login(c)
+            pieces(c, lines + b'SYST\r\n')
+            got = b''.join(c.reply(5) for _ in range(5))
+            assert got == want, 'scripted backend: %r' % got
+            assert c.pending(0.5) == b'', 'a reply too many'
+        assert g.wait_log(r'dropped an extra 500 reply'), g.log()[-2000:]
+    finally:
+        g.stop()
+        fb.stop()
+    want = (b'500 Command too long.\r\n' * 3 + b'215 UNIX Type: L8\r\n')
+    for i in range(20):
+        with ctl() as c:
+            raw_login(c)
+            pieces(c, b'NOOP ' + b'a' * 4089 + b'\r\n' + lines[2046 + 2048:] + b'SYST\r\n')
+            got = b''.join(c.reply(5) for _ in range(4))
+            assert got == want, 'pyftpdlib, round %d: %r' % (i, got)
+            assert c.pending(0.1) == b'', 'round %d: a reply too many' % i
+    still_serves()
+
+
 def rst_backend(final):
     """RETR bad: send 1 MB on the data connection, then RST it, then `final`
     on the control connection.  RETR good: 100 kB, clean close, 226."""
@@ -752,6 +858,27 @@ def c_log_escaping():
     still_serves()
 
 
+def c_malformed_pass_not_logged():
+    """A PASS line that does not parse is logged as "bad command" at debug
+    level without its password (issue 10.12)."""
+    mark = G.log_mark()
+    lines = (b'PASS S3cr3tA\x01\r\n', b'PASS\tS3cr3tB\r\n', b' pass S3cr3tC\r\n',
+             b'PASSS3cr3tD\r\n', b'\xff\xf4PaSs S3cr3tE\x7f\r\n')
+    with ctl() as c:
+        assert c.cmd('USER u').startswith(b'331')
+        for line in lines:
+            c.send(line)
+            r = c.reply()
+            assert r == SYNTAX, '%r: %r' % (line, r)
+        raw_login(c)
+    assert G.wait_log(r'(?s)(bad command.*){%d}' % len(lines), mark), G.log_since(mark)
+    log = G.log_since(mark)
+    for w in 'ABCDE':
+        assert 'S3cr3t' + w not in log, 'password %s in the log:\n%s' % (w, log[-2000:])
+    assert len(re.findall(r'bad command "(PASS|PaSs| pass)"', log)) == len(lines), log[-2000:]
+    still_serves()
+
+
 # --------------------------------------------------------------------------
 # 8. out of file descriptors
 
@@ -786,7 +913,8 @@ def low_fd_gate():
     one and the backend socket failing."""
     for lim in (NOFILE, NOFILE + 1):
         # soft < hard: ftpgate must raise its soft limit itself
-        g = LowFdGate(T.gate_config(SRV, connect_timeout=5), 16, lim)
+        g = LowFdGate(T.gate_config(SRV, connect_timeout=5, max_sessions_per_ip=0),
+                      16, lim)
         left = lim - open_fds(g.proc.pid)
         if left % 2 == 0:
             return g, lim, left
@@ -901,17 +1029,23 @@ t.case('login_timeout=2: 421 Login timeout, then close', c_login_timeout, 30)
 t.case('client stops reading a 64 MiB RETR: RSS bounded', c_stops_reading, 30)
 t.case('client floods commands, never reads: RSS bounded', c_command_flood, 30)
 t.case('max_sessions_per_ip = 2: third connection 421', c_per_ip, 30)
+t.case('max_sessions_per_ip unset: 16 from one address, the 17th 421', c_per_ip_default, 30)
 t.case('backend never greets: 421 within connect_timeout', c_fake_no_greeting, 20)
 t.case('backend malformed reply: 421 and close', c_fake_malformed_greeting, 20)
 t.case('backend reply line > 8192 bytes: 421 and close', c_fake_long_reply, 40)
 t.case('backend 227 to 127.0.0.9: proxy uses the control address', c_fake_227_elsewhere, 20)
 t.case('backend unsolicited replies dropped, stream in step', c_fake_unsolicited, 20)
+t.case('backend extra reply while a command is in flight: dropped, ftplib in step',
+       c_fake_extra_reply_in_flight, 20)
+t.case('lines the backend answers twice, in 2 KiB pieces: one reply each, stream in step',
+       c_long_lines_in_pieces, 60)
 t.case('backend RSTs data mid-RETR then 426: client gets 426, session usable',
        rst_case(b'426 Connection reset; transfer aborted.\r\n',
                 '426 Connection reset; transfer aborted.'), 30)
 t.case('backend RSTs data mid-RETR then 226: client must get a 4xx',
        rst_case(b'226 Transfer complete.\r\n', None), 30)
 t.case('log escaping: ESC, CR, 8-bit bytes; no password', c_log_escaping, 20)
+t.case('malformed PASS lines: logged without the password', c_malformed_pass_not_logged, 20)
 t.case('out of descriptors slows accepting, does not kill the proxy', c_out_of_fds, 40)
 t.case('ftpgate alive, no sanitizer reports', c_healthy, 15)
 t.done()

@@ -19,23 +19,13 @@ import ftptest as T  # noqa: E402
 MiB = T.MiB
 BIG_MIB = 64
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-if not os.access(T.CURL, os.X_OK):
-    t.bail('curl not found')
+t = T.start_tap(('curl', T.CURL))
 
 # --------------------------------------------------------------------------
 # fixture: backend root, pyftpdlib server, ftpgate in front
 
-ROOT = T.tmpdir('ftproot-')
-LOCAL = T.tmpdir('ftplocal-')
-LISTDIR = os.path.join(ROOT, 'list')
-os.makedirs(LISTDIR)
-os.makedirs(os.path.join(ROOT, 'up'))
-os.makedirs(os.path.join(LISTDIR, 'subdir'))
-for name, size in (('a.txt', 10), ('b.bin', 4096), ('with space.txt', 7), ('empty', 0)):
-    T.make_random_file(os.path.join(LISTDIR, name), nbytes=size)
+ROOT, LOCAL, LISTDIR = T.backend_tree(
+    (('a.txt', 10), ('b.bin', 4096), ('with space.txt', 7), ('empty', 0)), ('subdir',))
 BIG = os.path.join(ROOT, 'big.bin')
 MID = os.path.join(ROOT, 'mid.bin')
 BIG_SHA = T.make_random_file(BIG, BIG_MIB)
@@ -45,7 +35,8 @@ with open(MID, 'rb') as _f:
 
 try:
     SRV = T.PyftpdServer(ROOT, long_banner=True)
-    G = T.Ftpgate(T.gate_config(SRV))
+    # 50 concurrent sessions from 127.0.0.1 (c11): no per-address limit
+    G = T.Ftpgate(T.gate_config(SRV, max_sessions_per_ip=0))
 except Exception as e:  # noqa
     t.bail('setup failed: %s' % str(e).replace('\n', ' | ')[:2000])
 
@@ -56,17 +47,6 @@ def url(path, gate=None, host='127.0.0.1'):
 
 def login(gate=None, host='127.0.0.1'):
     return T.ftp_login((gate or G).port, host=host)
-
-
-def sha_retr(ftp, name, rest=None):
-    h = hashlib.sha256()
-    n = [0]
-
-    def cb(b):
-        h.update(b)
-        n[0] += len(b)
-    ftp.retrbinary('RETR ' + name, cb, rest=rest)
-    return h.hexdigest(), n[0]
 
 
 def code(resp):
@@ -195,7 +175,7 @@ def c06_ftplib_pasv_trust():
     f = login()
     f.trust_server_pasv_ipv4_address = True
     f.set_pasv(True)
-    sha, n = sha_retr(f, 'big.bin')
+    sha, n = T.sha_retr(f, 'big.bin')
     assert 'PASV' in f.sent and 'EPSV' not in f.sent, f.sent
     r227 = [r for r in f.replies if r.startswith('227')]
     assert r227 and parse_227(r227[0])[0] == '127.0.0.1', r227
@@ -331,7 +311,7 @@ def abort_case(urgent):
             assert total < size, 'transfer was not cut short'
         r = f.sendcmd('NOOP')
         assert r.startswith('200'), 'reply stream out of step after ABOR: NOOP -> %r' % r
-        sha, n = sha_retr(f, 'big.bin')
+        sha, n = T.sha_retr(f, 'big.bin')
         assert n == size and sha == BIG_SHA, 'download after ABOR differs (%d bytes)' % n
         r = f.sendcmd('NOOP')
         assert r.startswith('200'), r
@@ -367,7 +347,7 @@ def c11_concurrent():
         try:
             f = login()
             barrier.wait()    # all N sessions open at once
-            sha, n = sha_retr(f, 'mid.bin')
+            sha, n = T.sha_retr(f, 'mid.bin')
             assert sha == MID_SHA and n == MiB, 'sha256 mismatch (%d bytes)' % n
             f.quit()
             with lock:
@@ -392,7 +372,7 @@ def c12_ipv6():
     g = T.Ftpgate(T.gate_config(SRV, listen_host='::1'))
     try:
         f = login(g, host='::1')
-        sha, n = sha_retr(f, 'big.bin')
+        sha, n = T.sha_retr(f, 'big.bin')
         assert 'EPSV' in f.sent, f.sent
         assert any(r.startswith('229') for r in f.replies), f.replies
         assert sha == BIG_SHA, 'sha256 mismatch'
@@ -455,11 +435,11 @@ def c15_no_pasv():
     r = expect_fail_reply(lambda: f.sendcmd('LIST'), 'LIST without PASV')
     assert f.sendcmd('NOOP').startswith('200'), f.replies[-1]
     # a PASV is good for one transfer only
-    sha, n = sha_retr(f, 'mid.bin')
+    sha, n = T.sha_retr(f, 'mid.bin')
     assert sha == MID_SHA
     r = expect_fail_reply(lambda: f.sendcmd('RETR mid.bin'), 'second RETR after one PASV')
     assert f.sendcmd('PWD').startswith('257'), f.replies[-1]
-    sha, n = sha_retr(f, 'mid.bin')
+    sha, n = T.sha_retr(f, 'mid.bin')
     assert sha == MID_SHA
     f.quit()
 
@@ -485,7 +465,7 @@ def c16_data_timeout():
                                  '(then recv -> %r)' % (port, extra))
         r = f.sendcmd('NOOP')
         assert r.startswith('200'), 'after data timeout NOOP -> %r' % r
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA
         f.quit()
     finally:
@@ -523,7 +503,7 @@ def c17_misc():
     r = expect_fail_reply(lambda: f.sendcmd('CWD /no-such-dir'), 'CWD missing')
     assert r.startswith('550'), r
     assert f.sendcmd('TYPE I').startswith('200'), f.replies[-1]
-    sha, n = sha_retr(f, 'mid.bin')
+    sha, n = T.sha_retr(f, 'mid.bin')
     assert sha == MID_SHA
     assert f.sendcmd('PWD').startswith('257'), f.replies[-1]
     # multi-line replies relayed whole, replies stay in step
@@ -545,7 +525,7 @@ def c19_public_address():
         host, port = parse_227(f.sendcmd('PASV'))
         assert host == '127.0.0.3', 'PASV announced %s, want public_address 127.0.0.3' % host
         # ftplib (default) ignores the 227 address and connects to 127.0.0.1
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA
         assert f.sendcmd('NOOP').startswith('200'), f.replies[-1]
         f.quit()

@@ -20,13 +20,11 @@ pyftpdlib + python3-openssl for the pyftpdlib TLS backend (skipped without)."""
 import atexit
 import ftplib
 import hashlib
-import json
 import os
 import re
-import select
+import socket
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -42,7 +40,7 @@ PROXY_IP = '127.0.0.2'      # ftpgate's listen address (and its forwarders')
 BACK_IP = '127.0.0.1'       # backends' address; clients' source address
 STRANGER_IP = '127.0.0.3'
 CMD_TIMEOUT = 40            # bound on every external command
-IP = shutil.which('ip') or '/usr/sbin/ip'
+IP = T.IP
 PT_REFUSED_502 = ('502 Active mode is not available through this proxy; '
                   'use passive mode (PASV/EPSV).')
 END_RE = (r'end: client (?P<client>\S+) backend (?P<backend>\S+) user "[^"]*" '
@@ -54,7 +52,7 @@ END_RE = (r'end: client (?P<client>\S+) backend (?P<backend>\S+) user "[^"]*" '
 # (atexit is LIFO: this runs before ftptest's own cleanup)
 
 _my_procs = []
-_created_ns = []
+TOPO = T.NetnsTopology('fpt')
 
 
 def _cleanup():
@@ -64,93 +62,20 @@ def _cleanup():
         except Exception:
             pass
     del _my_procs[:]
-    for ns in list(_created_ns):
-        try:
-            subprocess.run([IP, 'netns', 'del', ns], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=10)
-        except Exception:
-            pass
-        _created_ns.remove(ns)
+    TOPO.delete()
 
 
 atexit.register(_cleanup)
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-for _what, _path in (('curl', T.CURL), ('openssl CLI', T.OPENSSL)):
-    if not os.access(_path, os.X_OK):
-        t.bail('%s not found' % _what)
+t = T.start_tap(('curl', T.CURL), ('openssl CLI', T.OPENSSL))
 _why = T.vsftpd_unavailable()
 if _why:
     t.bail(_why)
-
-# A private copy of the binary: src/ftpgate may be rebuilt while this runs.
-_bindir = T.tmpdir('ftpgate-bin-')
-shutil.copy2(T.FTPGATE, os.path.join(_bindir, 'ftpgate'))
-T.FTPGATE = os.path.join(_bindir, 'ftpgate')
+T.use_private_binary()
 
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True):
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError('command failed (exit %d): %s\n%s'
-                             % (r.returncode, ' '.join(cmd),
-                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
-    return r
-
-
-def read_text(path):
-    try:
-        with open(path, 'rb') as f:
-            return f.read().decode('utf-8', 'replace')
-    except OSError:
-        return ''
-
-
-def pid_listening_ports(pid):
-    """Ports in LISTEN state owned by pid, from /proc/PID/net/tcp* (pid's own
-    network namespace)."""
-    inodes = set()
-    fddir = '/proc/%d/fd' % pid
-    for fd in os.listdir(fddir):
-        try:
-            m = re.match(r'socket:\[(\d+)\]', os.readlink(os.path.join(fddir, fd)))
-        except OSError:
-            continue
-        if m:
-            inodes.add(m.group(1))
-    ports = set()
-    for tab in ('tcp', 'tcp6'):
-        try:
-            with open('/proc/%d/net/%s' % (pid, tab)) as f:
-                next(f)
-                for line in f:
-                    fl = line.split()
-                    if fl[3] == '0A' and fl[9] in inodes:
-                        ports.add(int(fl[1].rsplit(':', 1)[1], 16))
-        except OSError:
-            pass
-    return ports
-
-
-def wait_pid_listening(proc, ports, what, logfn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    want = set(ports)
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError('%s exited with status %s before listening\n%s'
-                                 % (what, proc.returncode, logfn()))
-        try:
-            have = pid_listening_ports(proc.pid)
-        except OSError:
-            have = set()
-        if want <= have:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError('%s not listening on %s after %.0f s\n%s'
-                                 % (what, sorted(want - have), timeout, logfn()))
-        time.sleep(0.05)
+    return T.run_cmd(cmd, timeout=timeout, check=check)
 
 
 # --------------------------------------------------------------------------
@@ -168,173 +93,24 @@ def make_self_signed(d):
     return os.path.join(d, 'srv.pem'), os.path.join(d, 'srv.key')
 
 
-class Vsftpd:
-    """vsftpd in the foreground, anonymous only (no password), explicit FTPS
-    offered but not forced (force_anon_*_ssl=NO: plain clients log in too),
-    require_ssl_reuse=YES; or implicit FTPS.  anon_root .root (not
-    writable) with .up (owned by ftp).  In namespace ns when given.
-    .port, .addr(), .log(), .stop()."""
-
-    def __init__(self, cert, key, pasv_ports, pasv_address, listen_ip=BACK_IP,
-                 port=None, implicit=False, ns=None):
-        import pwd
-        self.host = listen_ip
-        self.proc = None
-        self.dir = T.tmpdir('pt-vsftpd-')
-        os.chmod(self.dir, 0o755)
-        self.root = os.path.join(self.dir, 'anon')
-        self.up = os.path.join(self.root, 'up')
-        empty = os.path.join(self.dir, 'empty')
-        for p in (self.root, self.up, empty):
-            os.makedirs(p)
-            os.chmod(p, 0o755)
-        root_mode = os.geteuid() == 0
-        if root_mode:
-            pw = pwd.getpwnam('ftp')
-            os.chown(self.up, pw.pw_uid, pw.pw_gid)
-        self.pasv_ports = pasv_ports
-        self.port = port or T.free_port(listen_ip)
-        self.log_path = os.path.join(self.dir, 'vsftpd.log')
-        self.proto_log = os.path.join(self.dir, 'vsftpd-protocol.log')
-        conf = ['listen=YES', 'listen_ipv6=NO', 'listen_address=%s' % listen_ip,
-                'listen_port=%d' % self.port, 'background=NO',
-                'seccomp_sandbox=NO', 'isolate=NO', 'isolate_network=NO',
-                'secure_chroot_dir=%s' % empty,
-                'anonymous_enable=YES', 'local_enable=NO', 'no_anon_password=YES',
-                'anon_root=%s' % self.root, 'write_enable=YES', 'anon_upload_enable=YES',
-                'anon_umask=022', 'pasv_enable=YES', 'pasv_address=%s' % pasv_address,
-                'pasv_min_port=%d' % pasv_ports[0], 'pasv_max_port=%d' % pasv_ports[1],
-                'port_enable=YES', 'connect_from_port_20=NO', 'max_clients=0',
-                'max_per_ip=0', 'dirmessage_enable=NO', 'idle_session_timeout=120',
-                'data_connection_timeout=60', 'syslog_enable=NO',
-                'xferlog_enable=YES', 'xferlog_std_format=NO', 'log_ftp_protocol=YES',
-                'vsftpd_log_file=%s' % self.proto_log,
-                'ssl_enable=YES', 'rsa_cert_file=%s' % cert, 'rsa_private_key_file=%s' % key,
-                'allow_anon_ssl=YES', 'force_anon_logins_ssl=NO', 'force_anon_data_ssl=NO',
-                'ssl_tlsv1=YES', 'ssl_sslv2=NO', 'ssl_sslv3=NO', 'ssl_ciphers=HIGH',
-                'ssl_request_cert=NO', 'require_ssl_reuse=YES',
-                'implicit_ssl=%s' % ('YES' if implicit else 'NO')]
-        if not root_mode:
-            conf.append('run_as_launching_user=YES')
-        self.conf = os.path.join(self.dir, 'vsftpd.conf')
-        with open(self.conf, 'w') as f:
-            f.write('\n'.join(conf) + '\n')
-        os.chmod(self.conf, 0o644)
-        self._logf = open(self.log_path, 'wb')
-        cmd = [T.VSFTPD, self.conf]
-        if ns:
-            cmd = [IP, 'netns', 'exec', ns] + cmd    # execs: the PID is vsftpd's
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf, start_new_session=True)
-        _my_procs.append(self)
-        try:
-            wait_pid_listening(self.proc, [self.port], 'vsftpd', self.log, 10)
-        except BaseException:
-            self.stop()
-            raise
-
-    def addr(self):
-        return '%s:%d' % (self.host, self.port)
-
-    def put(self, src):
-        """Hard-link (or copy) src into the anonymous root."""
-        dst = os.path.join(self.root, os.path.basename(src))
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    def log(self):
-        return read_text(self.log_path) + read_text(self.proto_log)
-
-    def stop(self):
-        """The listener and its session processes (they call setsid), by PID."""
-        if self.proc is None:
-            return
-        kids = T._descendants(self.proc.pid) if self.proc.poll() is None else []
-        T._stop_proc(self.proc)
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._logf.close()
-        self.proc = None
+def Vsftpd(cert, key, pasv_ports, pasv_address, listen_ip=BACK_IP, port=None,
+           implicit=False, ns=None):
+    """vsftpd, anonymous only (no password), explicit FTPS offered but not
+    forced (plain clients log in too), require_ssl_reuse=YES; or implicit
+    FTPS.  In namespace ns when given."""
+    vs = T.VsftpdServer(cert, key, pasv_ports, host=listen_ip, port=port,
+                        pasv_address=pasv_address, force_tls=False, implicit=implicit, ns=ns)
+    _my_procs.append(vs)
+    return vs
 
 
-_PYTLS_SCRIPT = r'''
-import json, logging, sys
-cfg = json.loads(sys.argv[1])
-from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import TLS_FTPHandler
-from pyftpdlib.servers import FTPServer
-logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
-                    format='%(asctime)s %(levelname)s %(message)s')
-auth = DummyAuthorizer()
-auth.add_user('u', 'p', cfg['root'], perm='elradfmwMT')
-
-class Handler(TLS_FTPHandler):
-    pass
-
-Handler.certfile = cfg['cert']
-Handler.keyfile = cfg['key']
-Handler.tls_control_required = True
-Handler.tls_data_required = True
-Handler.authorizer = auth
-Handler.timeout = 60
-Handler.permit_foreign_addresses = False
-Handler.passive_ports = range(cfg['pasv'][0], cfg['pasv'][1] + 1)
-Handler.masquerade_address = cfg['masquerade']
-server = FTPServer((cfg['host'], 0), Handler)
-server.max_cons = 256
-sys.stdout.write('%d\n' % server.socket.getsockname()[1])
-sys.stdout.flush()
-server.serve_forever()
-'''
-
-
-class PyTLS:
+def PyTLS(root, cert, key, pasv_ports):
     """pyftpdlib TLS_FTPHandler (TLS required on control and data) on
     127.0.0.1, user u/p on root, masquerading as 127.0.0.2 in its 227."""
-
-    def __init__(self, root, cert, key, pasv_ports):
-        self.root = root
-        self.host = BACK_IP
-        self.dir = T.tmpdir('pt-pyftpd-')
-        script = os.path.join(self.dir, 'server.py')
-        with open(script, 'w') as f:
-            f.write(_PYTLS_SCRIPT)
-        cfg = dict(root=root, host=BACK_IP, cert=cert, key=key, pasv=list(pasv_ports),
-                   masquerade=PROXY_IP)
-        self.log_path = os.path.join(self.dir, 'server.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([T.SERVER_PYTHON, script, json.dumps(cfg)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._logf)
-        _my_procs.append(self)
-        try:
-            r, _, _ = select.select([self.proc.stdout], [], [], 15)
-            line = self.proc.stdout.readline() if r else b''
-            if not line.strip().isdigit():
-                raise AssertionError('pyftpdlib TLS did not start: %r\n%s' % (line, self.log()))
-            self.port = int(line)
-            wait_pid_listening(self.proc, [self.port], 'pyftpdlib', self.log, 10)
-        except BaseException:
-            self.stop()
-            raise
-
-    def addr(self):
-        return '%s:%d' % (self.host, self.port)
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def stop(self):
-        if self.proc is not None:
-            T._stop_proc(self.proc)
-            self.proc.stdout.close()
-            self._logf.close()
-            self.proc = None
+    srv = T.PyftpdTLSServer(root, cert, key, host=BACK_IP, pasv_ports=pasv_ports,
+                            masquerade_address=PROXY_IP)
+    _my_procs.append(srv)
+    return srv
 
 
 # --------------------------------------------------------------------------
@@ -771,83 +547,24 @@ def case_idle():
 # --------------------------------------------------------------------------
 # network namespaces
 
-PID = os.getpid()
-NS_C, NS_G, NS_S = 'fptc-%d' % PID, 'fptg-%d' % PID, 'fpts-%d' % PID
+NS_C, NS_G, NS_S = TOPO.client, TOPO.gate, TOPO.server
 CLIENT_IP, GATE_IP, GATE_BACK_IP, SERVER_IP = (
-    '203.0.113.2', '203.0.113.1', '198.51.100.1', '198.51.100.2')
+    TOPO.CLIENT_IP, TOPO.GATE_IP, TOPO.GATE_BACK_IP, TOPO.SERVER_IP)
 NS_FTP_PORT = 2121
 NS_PASV = (41000, 41019)
-
-
-def nsexec(ns, cmd):
-    return [IP, 'netns', 'exec', ns] + list(cmd)
+nsexec = T.nsexec
 
 
 def make_topology():
     """None, or the reason why namespaces cannot be used here."""
-    if os.geteuid() != 0:
-        return 'needs root to create network namespaces (euid %d)' % os.geteuid()
-    if not os.access(IP, os.X_OK):
-        return 'iproute2 "ip" command not found'
-    for ns in (NS_C, NS_G, NS_S):
-        if os.path.exists('/run/netns/' + ns):
-            run([IP, 'netns', 'del', ns], check=False)
-        r = run([IP, 'netns', 'add', ns], check=False)
-        if r.returncode != 0:
-            return 'ip netns add failed: %s' % r.stderr.decode('utf-8', 'replace').strip()
-        _created_ns.append(ns)
-    r = run([IP, '-n', NS_G, 'link', 'add', 'toclient', 'type', 'veth',
-             'peer', 'name', 'eth0', 'netns', NS_C], check=False)
-    if r.returncode != 0:
-        return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
-    run([IP, '-n', NS_G, 'link', 'add', 'toserver', 'type', 'veth',
-         'peer', 'name', 'eth0', 'netns', NS_S])
-    for ns, dev, addr in ((NS_C, 'eth0', CLIENT_IP), (NS_G, 'toclient', GATE_IP),
-                          (NS_G, 'toserver', GATE_BACK_IP), (NS_S, 'eth0', SERVER_IP)):
-        run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
-        run([IP, '-n', ns, 'link', 'set', dev, 'up'])
-    for ns in (NS_C, NS_G, NS_S):
-        run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
-    run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
-    deadline = time.monotonic() + 5
-    for ns, a in ((NS_C, CLIENT_IP), (NS_G, GATE_IP), (NS_G, GATE_BACK_IP), (NS_S, SERVER_IP)):
-        while True:
-            out = run([IP, '-n', ns, '-o', 'addr', 'show']).stdout.decode()
-            if any((' %s/' % a) in ln and 'tentative' not in ln for ln in out.splitlines()):
-                break
-            if time.monotonic() > deadline:
-                return 'address %s in %s stays tentative' % (a, ns)
-            time.sleep(0.05)
-    return None
+    return TOPO.build(CMD_TIMEOUT) or TOPO.wait_addresses()
 
 
-class NsGate:
-    """ftpgate -f inside the gateway namespace (.log(), .conf for Tap)."""
-
-    def __init__(self, text):
-        self.dir = T.tmpdir('pt-ns-ftpgate-')
-        self.conf = os.path.join(self.dir, 'ftpgate.ini')
-        self.text = text
-        with open(self.conf, 'w') as f:
-            f.write(text)
-        self.log_path = os.path.join(self.dir, 'ftpgate.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(nsexec(NS_G, [T.FTPGATE, '-f', '-c', self.conf]),
-                                     stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf)
-        _my_procs.append(self)
-        T.started_gates.append(self)
-        wait_pid_listening(self.proc, [NS_FTP_PORT, NS_PASV[0], NS_PASV[1]], 'ftpgate',
-                           self.log, 10)
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def stop(self):
-        if self.proc is not None:
-            T._stop_proc(self.proc)
-            self._logf.close()
-            self.proc = None
+def NsGate(text):
+    """ftpgate -f inside the gateway namespace, its forwarded ports open."""
+    g = T.Ftpgate(text, ns=NS_G, wait_ports=NS_PASV)
+    _my_procs.append(g)
+    return g
 
 
 def case_netns():

@@ -6,8 +6,10 @@ and Pure-FTPd servers, configured with exactly the settings the README's
   Pure-FTPd: pure-ftpd -P <proxy IP> -p LOW:HIGH
 For each server: curl --ssl-reqd -k LIST, a 16 MiB download and a 16 MiB
 upload (sha256-checked), with PASV trusting the 227
-(--no-ftp-skip-pasv-ip --disable-epsv) and with EPSV.  TAP output; see
-ftptest.py for the environment variables.
+(--no-ftp-skip-pasv-ip --disable-epsv) and with EPSV.  Pure-FTPd also
+behind a plain site: ftplib aborts a 64 MiB RETR after 1 MiB (ABOR, data
+socket closed) and must get a 4xx for RETR and a 2xx for ABOR.  TAP output;
+see ftptest.py for the environment variables.
 
 The servers are not installed: their Debian packages (proftpd-core,
 proftpd-mod-crypto for mod_tls.so, pure-ftpd) are fetched with
@@ -31,7 +33,7 @@ import os
 import pwd
 import re
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 
@@ -75,35 +77,15 @@ def _cleanup():
 
 atexit.register(_cleanup)
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-for _what, _path in (('curl', T.CURL), ('openssl CLI', T.OPENSSL)):
-    if not os.access(_path, os.X_OK):
-        t.bail('%s not found' % _what)
-
-# A private copy of the binary: src/ftpgate may be rebuilt while this runs.
-_bindir = T.tmpdir('ftpgate-bin-')
-shutil.copy2(T.FTPGATE, os.path.join(_bindir, 'ftpgate'))
-T.FTPGATE = os.path.join(_bindir, 'ftpgate')
+t = T.start_tap(('curl', T.CURL), ('openssl CLI', T.OPENSSL))
+T.use_private_binary()
 
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True, **kw):
-    r = subprocess.run(cmd, stdin=kw.pop('stdin', subprocess.DEVNULL), capture_output=True,
-                       timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError('command failed (exit %d): %s\n%s'
-                             % (r.returncode, ' '.join(cmd),
-                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
-    return r
+    return T.run_cmd(cmd, timeout=timeout, check=check, **kw)
 
 
-def read_text(path):
-    try:
-        with open(path, 'rb') as f:
-            return f.read().decode('utf-8', 'replace')
-    except OSError:
-        return ''
+read_text = T.read_text
 
 
 def one_line(text, n=500):
@@ -194,62 +176,20 @@ def session_identity():
     return pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name, pw.pw_uid, pw.pw_gid
 
 
-class Server:
+class Server(T.ForkingServer):
     """Common parts: a directory, a login u/PASSWORD whose home (.root) holds
     the download file and a writable .up, a process stopped by PID."""
 
-    kind = 'server'
-
     def _prepare(self, prefix):
-        self.dir = T.tmpdir(prefix)
-        os.chmod(self.dir, 0o755)
-        self.root = os.path.join(self.dir, 'home')
-        self.up = os.path.join(self.root, 'up')
-        for p in (self.root, self.up):
-            os.makedirs(p)
-            os.chmod(p, 0o755)
         self.user, self.group, self.uid, self.gid = session_identity()
-        os.chown(self.up, self.uid, self.gid)
+        self._make_tree(prefix, 'home', (self.uid, self.gid))
         self.password = 'pw-' + os.urandom(6).hex()
         self.host = BACK_IP
         self.port = T.free_port(BACK_IP)
-        self.proc = None
-        self.out_path = os.path.join(self.dir, 'stdout-stderr.log')
 
     def _start(self, cmd, env=None):
-        self._logf = open(self.out_path, 'wb')
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf, env=env, start_new_session=True)
+        super()._start(cmd, env)
         _my_procs.append(self)
-        try:
-            T.wait_listening(self.proc, [self.port], 15, self.kind, self.log)
-        except BaseException:
-            self.stop()
-            raise
-
-    def addr(self):
-        return '%s:%d' % (self.host, self.port)
-
-    def put(self, src):
-        dst = os.path.join(self.root, os.path.basename(src))
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    def stop(self):
-        """The listener and its session processes, by PID."""
-        if self.proc is None:
-            return
-        kids = T._descendants(self.proc.pid) if self.proc.poll() is None else []
-        T._stop_proc(self.proc)
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._logf.close()
-        self.proc = None
 
 
 class ProFTPD(Server):
@@ -513,6 +453,65 @@ def case_upload(s):
     return fn
 
 
+def abor_rounds(port, s, name, rounds=3):
+    """ftplib: RETR name, after 1 MiB ABOR and close the data socket; read replies until the ABOR's 2xx (at most 10 s
+    each).  Returns the replies of each round."""
+    f = T.RecordingFTP()
+    f.connect('127.0.0.1', port, timeout=20)
+    out = []
+    try:
+        f.login('u', s.password)
+        f.voidcmd('TYPE I')
+        for _ in range(rounds):
+            conn = f.transfercmd('RETR ' + name)
+            n = 0
+            while n < MiB:
+                b = conn.recv(65536)
+                assert b, 'data connection closed after %d bytes' % n
+                n += len(b)
+            f.putcmd('ABOR')    # no urgent data: it confuses Pure-FTPd itself
+            conn.close()
+            f.sock.settimeout(10)
+            got = []
+            while not got or got[-1][:3] not in ('225', '226'):
+                try:
+                    got.append(f.getmultiline())
+                except (socket.timeout, TimeoutError):
+                    raise AssertionError('no 2xx for ABOR within 10 s; replies after '
+                                         'ABOR: %r' % got) from None
+                assert len(got) <= 3, 'replies after ABOR: %r' % got
+            out.append(got)
+            assert f.sendcmd('NOOP').startswith('200'), 'after ABOR: %r' % f.replies[-1]
+        f.quit()
+    finally:
+        f.close()
+    return out
+
+
+def case_abor(s):
+    """Issue 10.11: with Pure-FTPd behind a plain site, the client gets a 4xx
+    for the aborted RETR and a 2xx for the ABOR, every time; directly
+    against the server the same client passes (a control)."""
+    def fn():
+        name = 'abor64.bin'
+        path = os.path.join(s.root, name)
+        if not os.path.exists(path):
+            T.make_random_file(path, 64)
+            os.chmod(path, 0o644)
+        T.diag('direct: %r' % abor_rounds(s.port, s, name, 1))
+        g = T.Ftpgate(T.gate_config(s.addr()))
+        try:
+            rounds = abor_rounds(g.port, s, name)
+            T.diag('through ftpgate: %r' % rounds)
+            for got in rounds:
+                assert len(got) == 2 and got[0][:1] == '4' and got[1][:3] in ('225', '226'), \
+                    'want a 4xx for RETR, then the ABOR\'s 2xx: %r' % got
+            assert g.alive()
+        finally:
+            g.stop()
+    return fn
+
+
 def with_logs(fn, server):
     """Add the tail of the server's logs to a failure."""
     def wrapped():
@@ -529,8 +528,10 @@ def with_logs(fn, server):
 
 SERVERS = (
     ('ProFTPD', 'MasqueradeAddress + PassivePorts',
-     ['usr/sbin/proftpd', 'usr/lib/proftpd/mod_tls.so']),
-    ('Pure-FTPd', 'pure-ftpd -P -p', ['usr/sbin/pure-ftpd', 'usr/bin/pure-pw']),
+     ['usr/sbin/proftpd', 'usr/lib/proftpd/mod_tls.so'], ()),
+    ('Pure-FTPd', 'pure-ftpd -P -p', ['usr/sbin/pure-ftpd', 'usr/bin/pure-pw'],
+     (('plain site (tls = off): ftplib ABOR of a 64 MiB RETR after 1 MiB, 3 times: '
+       '4xx for RETR, 2xx for ABOR', case_abor, 60),)),
 )
 CASES = (
     ('direct to the server (no proxy): curl --ssl-reqd LIST and download', case_direct, 60),
@@ -584,7 +585,7 @@ def failing(msg):
 
 
 try:
-    for sname, how, files in SERVERS:
+    for sname, how, files, extra in SERVERS:
         why = WHY or missing_libs([os.path.join(PKGROOT, f) for f in files])
         server, start_err = None, None
         if why:
@@ -601,7 +602,7 @@ try:
                     sname, server.addr(), rng[0], rng[1], PROXY_IP))
             except Exception as e:  # noqa
                 start_err = '%s did not start: %s' % (sname, str(e)[-3000:])
-        for cname, mk, tmo in CASES:
+        for cname, mk, tmo in CASES + extra:
             name = '%s (%s): %s' % (sname, how, cname)
             if why:
                 t.skip(name, why)

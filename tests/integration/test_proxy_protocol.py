@@ -163,9 +163,9 @@ def c02_v1_client_address():
             r = str(e)
         assert r.startswith('504'), r
         f.quit()
-        log = g.log_since(mark)
-        assert re.search(r'start: client 127\.0\.0\.2:40001 to 127\.0\.0\.1', log), log
-        assert re.search(r'end: client 127\.0\.0\.2:40001 ', log), log
+        assert g.wait_log(r'end: client 127\.0\.0\.2:40001 ', mark), g.log_since(mark)
+        assert re.search(r'start: client 127\.0\.0\.2:40001 to 127\.0\.0\.1',
+                         g.log_since(mark)), g.log_since(mark)
         # The passive port takes the header's client only: a data connection
         # from the balancer's address is a stranger.
         mark = g.log_mark()

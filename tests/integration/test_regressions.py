@@ -24,9 +24,7 @@ import ftptest as T  # noqa: E402
 MiB = T.MiB
 RSS_LIMIT_KB = 60 * 1024
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
+t = T.start_tap()
 
 
 # --------------------------------------------------------------------------
@@ -93,17 +91,10 @@ def accept_data(st):
 
 
 def ctl(g, timeout=10):
-    c = T.RawCtl('127.0.0.1', g.port, timeout=timeout)
-    r = c.reply()
-    assert r.startswith(b'220'), 'greeting: %r' % r
-    return c
+    return T.raw_greeted(g.port, timeout=timeout)
 
 
-def raw_login(c):
-    r = c.cmd('USER u')
-    assert r.startswith(b'331'), r
-    r = c.cmd('PASS p')
-    assert r.startswith(b'230'), r
+raw_login = T.raw_login
 
 
 def epsv_port(c):
@@ -398,7 +389,8 @@ def c_reload_bind_fail_emfile():
     taken.bind(('127.0.0.1', 0))
     taken.listen(1)
     c_port = taken.getsockname()[1]
-    cfg = T.gate_config(fb.addr(), listen_port=a, log_level='info', connect_timeout=5)
+    cfg = T.gate_config(fb.addr(), listen_port=a, log_level='info', connect_timeout=5,
+                        max_sessions_per_ip=0)   # many sessions from 127.0.0.1
     cfg['site:test']['listen'] = '127.0.0.1:%d, 127.0.0.1:%d' % (a, b)
     g = LowFdGate(cfg, 16, NOFILE)
     socks = []
@@ -467,7 +459,8 @@ def c_pasv_emfile():
         # a session with a passive port open; an even number of descriptors
         # left, so that sessions (two each) use them all up
         for lim in (NOFILE, NOFILE + 1):
-            g = LowFdGate(T.gate_config(fb.addr(), log_level='info', connect_timeout=5),
+            g = LowFdGate(T.gate_config(fb.addr(), log_level='info', connect_timeout=5,
+                                        max_sessions_per_ip=0),
                           16, lim)
             c = ctl(g)
             raw_login(c)

@@ -5,7 +5,6 @@ and log files with SIGUSR1.  Real clients (curl, ftplib, raw sockets)
 against a pyftpdlib backend, loopback only.  TAP output."""
 
 import ftplib
-import hashlib
 import http.client
 import io
 import os
@@ -27,11 +26,7 @@ BIG_MIB = 64       # privilege drop, shutdown
 HUGE_MIB = 200     # reload: a download that outlives the SIGHUP
 PROMTOOL = '/usr/bin/promtool'
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-if not os.access(T.CURL, os.X_OK):
-    t.bail('curl not found')
+t = T.start_tap(('curl', T.CURL))
 
 # --------------------------------------------------------------------------
 # fixture: one backend for every case; each case starts its own ftpgate
@@ -78,13 +73,8 @@ def login(port, user='u', passwd='p'):
 
 
 def raw_login(port, user='u', passwd='p'):
-    c = T.RawCtl('127.0.0.1', port)
-    r = c.reply()
-    assert r.startswith(b'220'), 'greeting: %r' % r
-    r = c.cmd('USER ' + user)
-    assert r.startswith(b'331'), 'USER: %r' % r
-    r = c.cmd('PASS ' + passwd)
-    assert r.startswith(b'230'), 'PASS: %r' % r
+    c = T.raw_greeted(port)
+    T.raw_login(c, user, passwd)
     return c
 
 
@@ -93,17 +83,6 @@ def pasv_host(c):
     r = c.cmd('PASV').decode('latin-1')
     assert r.startswith('227'), 'PASV: %r' % r
     return ftplib.parse227(r.strip())
-
-
-def sha_retr(ftp, name):
-    h = hashlib.sha256()
-    n = [0]
-
-    def cb(b):
-        h.update(b)
-        n[0] += len(b)
-    ftp.retrbinary('RETR ' + name, cb)
-    return h.hexdigest(), n[0]
 
 
 def wait_for(pred, timeout, step=0.05):
@@ -284,7 +263,7 @@ def c01_privdrop():
         assert nobody.pw_uid == 65534 and nobody.pw_gid == 65534, \
             'nobody is %d:%d here' % (nobody.pw_uid, nobody.pw_gid)
         f = login(g.port)
-        sha, n = sha_retr(f, 'big.bin')
+        sha, n = T.sha_retr(f, 'big.bin')
         assert n == BIG_MIB * MiB and sha == BIG_SHA, 'download differs (%d bytes)' % n
         assert f.sendcmd('NOOP').startswith('200')
         f.quit()
@@ -357,7 +336,7 @@ def c03_reload():
         r = f.sendcmd('PASV')
         assert ftplib.parse227(r)[0] == '127.0.0.7', \
             'after a failed reload PASV announces %r, want 127.0.0.7' % r
-        sha, n = sha_retr(f, 'mid.bin')   # ftplib connects to the control host
+        sha, n = T.sha_retr(f, 'mid.bin')   # ftplib connects to the control host
         assert sha == MID_SHA and n == MID_SIZE
         f.quit()
     finally:
@@ -383,7 +362,7 @@ def c04_reload_listener():
         assert g.wait_log(r'reloaded ', mark, 10), g.log_since(mark)
         T.wait_listening(g.proc, [p1, p2], 5, 'ftpgate', g.log)
         f2 = login(p2)
-        sha, n = sha_retr(f2, 'mid.bin')
+        sha, n = T.sha_retr(f2, 'mid.bin')
         assert sha == MID_SHA
         f1 = login(p1)
         assert f1.sendcmd('NOOP').startswith('200')
@@ -406,7 +385,7 @@ def c04_reload_listener():
             raise AssertionError('removed port %d still accepts (got %r, %s)' % (p2, data, how))
         # the session that came in on the removed listener goes on
         assert f2.sendcmd('NOOP').startswith('200'), f2.replies[-1]
-        sha, n = sha_retr(f2, 'mid.bin')
+        sha, n = T.sha_retr(f2, 'mid.bin')
         assert sha == MID_SHA, 'session on a removed listener: download differs'
         f2.quit()
         f1 = login(p1)
@@ -620,7 +599,7 @@ def c09_xferlog():
         shutil.copy(MID, os.path.join(ROOT, 'sub', 'x9.bin'))
         up = os.urandom(777777)
         f = login(g.port)
-        sha, n = sha_retr(f, 'sub/x9.bin')
+        sha, n = T.sha_retr(f, 'sub/x9.bin')
         assert sha == MID_SHA
         assert f.storbinary('STOR up/x9-up.bin', io.BytesIO(up)).startswith('226')
         # an aborted download: completion "i"

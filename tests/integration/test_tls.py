@@ -10,7 +10,6 @@ backend, the openssl CLI, curl; lftp and vsftpd are optional (their cases
 are skipped without them)."""
 
 import ftplib
-import hashlib
 import io
 import os
 import re
@@ -29,13 +28,7 @@ BIG_MIB = 64
 MID_MIB = 4
 LFTP = shutil.which('lftp')
 
-t = T.Tap()
-if not os.access(T.FTPGATE, os.X_OK):
-    t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-if not os.access(T.CURL, os.X_OK):
-    t.bail('curl not found')
-if not os.access(T.OPENSSL, os.X_OK):
-    t.bail('openssl CLI not found')
+t = T.start_tap(('curl', T.CURL), ('openssl CLI', T.OPENSSL))
 
 # A private copy of the binary: src/ftpgate may be rebuilt while this runs.
 _bindir = T.tmpdir('ftpgate-bin-')
@@ -143,17 +136,6 @@ class EpsvFTP_TLS(T.ReuseFTP_TLS):
         return ftplib.parse229(self.sendcmd('EPSV'), self.sock.getpeername())
 
 
-def sha_retr(ftp, name):
-    h = hashlib.sha256()
-    n = [0]
-
-    def cb(b):
-        h.update(b)
-        n[0] += len(b)
-    ftp.retrbinary('RETR ' + name, cb)
-    return h.hexdigest(), n[0]
-
-
 def expect_fail_reply(fn, what):
     try:
         r = fn()
@@ -239,7 +221,7 @@ def c01_offload():
         for cls, verb in ((T.ReuseFTP_TLS, 'PASV'), (EpsvFTP_TLS, 'EPSV')):
             f = tls_login(g.port, cls=cls)
             assert f.sock.version() in ('TLSv1.2', 'TLSv1.3'), f.sock.version()
-            sha, n = sha_retr(f, 'mid.bin')
+            sha, n = T.sha_retr(f, 'mid.bin')
             assert (sha, n) == (MID_SHA, MID_MIB * MiB), '%s: RETR differs (%d bytes)' % (verb, n)
             data = os.urandom(MiB + 3)
             assert f.storbinary('STOR up/c01f.bin', io.BytesIO(data)).startswith('226')
@@ -272,7 +254,7 @@ def c02_implicit():
         assert r.startswith('503'), r
         f.login('u', 'p')
         f.prot_p()
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA, 'implicit ftplib download differs'
         f.quit()
 
@@ -323,7 +305,7 @@ def c04_both_vsftpd():
         # one transfer per session here (several per session: a case of its own)
         f = tls_login(g.port, user='anonymous', passwd='a@b')
         f.set_pasv(False)
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA, 'ftplib active download differs (%d bytes)' % n
         assert 'PORT' in ' '.join(f.sent), f.sent
         assert f.sendcmd('NOOP').startswith('200')
@@ -356,7 +338,7 @@ def c04b_many_per_session():
                     f = tls_login(g.port, user='anonymous', passwd='a@b')
                 f.set_pasv(kind.endswith('PASV'))
                 for i in range(3):
-                    sha, n = sha_retr(f, 'mid.bin')
+                    sha, n = T.sha_retr(f, 'mid.bin')
                     assert sha == MID_SHA, 'RETR %d differs' % (i + 1)
                     done.append('RETR')
                 data = os.urandom(MiB)
@@ -383,7 +365,7 @@ def c05_backend_active(b):
             for client_pasv in (True, False):   # one transfer per session
                 f = tls_login(g.port, user=b.user, passwd=b.passwd)
                 f.set_pasv(client_pasv)
-                sha, n = sha_retr(f, 'mid.bin')
+                sha, n = T.sha_retr(f, 'mid.bin')
                 assert sha == MID_SHA, 'client %s: download differs (%d bytes)' % (
                     'PASV' if client_pasv else 'PORT', n)
                 assert f.sendcmd('NOOP').startswith('200')
@@ -410,7 +392,7 @@ def c06_backend_verify():
         assert g.alive()
     with gate(TSRV, **btls_site(backend_ca=C['other_ca'], backend_tls_verify='no')) as g:
         f = T.ftp_login(g.port)
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA
         f.quit()
 
@@ -497,7 +479,7 @@ def c09_session_reuse():
         f.quit()
         assert g.wait_log(r'(?i)did not resume', mark), g.log_since(mark)[-2000:]
         f = tls_login(g.port)
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA, 'reuse subclass download differs'
         f.quit()
     with gate(SRV, **tls_site(tls_require_session_reuse='no')) as g:
@@ -518,7 +500,7 @@ def c10_require_data_tls():
         assert r.startswith('521 Data connections must be protected: use PROT P.'), r
         assert f.sendcmd('NOOP').startswith('200'), f.replies[-1]
         assert f.prot_p().startswith('200 Protection level set to Private.')
-        sha, n = sha_retr(f, 'mid.bin')
+        sha, n = T.sha_retr(f, 'mid.bin')
         assert sha == MID_SHA
         f.quit()
         # a plaintext client cannot transfer at all
@@ -711,7 +693,7 @@ def c14_bad_handshake():
         assert g.alive(), 'ftpgate died'
         # the established session and a new one still work
         assert a.sendcmd('NOOP').startswith('200')
-        sha, n = sha_retr(a, 'mid.bin')
+        sha, n = T.sha_retr(a, 'mid.bin')
         assert sha == MID_SHA
         a.quit()
         curl_get(['--cacert', C['ca'], url(g, 'mid.bin', scheme='ftps')], L('c14.bin'), MID_SHA)

@@ -314,6 +314,66 @@ static void test_unmap_same(void)
 	is_int(ftp_addr_same_ip(NULL, (struct sockaddr *)&v4), 0, "NULL -> 0");
 }
 
+/* An IPv4 or IPv6 address in a sockaddr_storage (port 0). */
+static struct sockaddr *ip(struct sockaddr_storage *ss, const char *text)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (strchr(text, ':')) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+		s6->sin6_family = AF_INET6;
+		if (inet_pton(AF_INET6, text, &s6->sin6_addr) != 1)
+			abort();
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+		s4->sin_family = AF_INET;
+		if (inet_pton(AF_INET, text, &s4->sin_addr) != 1)
+			abort();
+	}
+	return (struct sockaddr *)ss;
+}
+
+/* ftp_addr_foreign_refused(a) for a client, backend, proxy address and public_address. */
+static const char *foreign(const char *a, const char *client, const char *pub)
+{
+	struct sockaddr_storage x, c, b, l, p;
+
+	return ftp_addr_foreign_refused(ip(&x, a), ip(&c, client), ip(&b, "198.51.100.10"),
+	                                ip(&l, "203.0.113.1"), pub ? ip(&p, pub) : NULL);
+}
+
+static void test_foreign(void)
+{
+	const char *cl = "192.0.2.7";
+
+	ok(foreign("192.0.2.99", cl, NULL) == NULL, "a third host is allowed");
+	ok(foreign("2001:db8::99", "2001:db8::7", NULL) == NULL, "a third IPv6 host is allowed");
+	is_str(foreign("0.0.0.0", cl, NULL), "the unspecified address", "0.0.0.0 refused");
+	is_str(foreign("0.1.2.3", cl, NULL), "the unspecified address", "0/8 refused");
+	is_str(foreign("::", "2001:db8::7", NULL), "the unspecified address", ":: refused");
+	is_str(foreign("127.0.0.1", cl, NULL), "a loopback address",
+	       "127.0.0.1 refused for a remote client");
+	is_str(foreign("127.9.9.9", cl, NULL), "a loopback address", "127/8 refused");
+	is_str(foreign("::1", "2001:db8::7", NULL), "a loopback address", "::1 refused");
+	ok(foreign("127.0.0.2", "127.0.0.1", NULL) == NULL,
+	   "loopback allowed for a client that is itself on loopback");
+	is_str(foreign("198.51.100.10", cl, NULL), "the backend's address", "the backend refused");
+	is_str(foreign("203.0.113.1", cl, NULL), "the proxy's own address",
+	       "where the client connected to refused");
+	is_str(foreign("203.0.113.50", cl, "203.0.113.50"), "the proxy's own address",
+	       "public_address refused");
+	ok(foreign("203.0.113.50", cl, NULL) == NULL, "the same address without public_address");
+	is_str(foreign("224.0.0.1", cl, NULL), "a multicast or broadcast address",
+	       "multicast refused");
+	is_str(foreign("255.255.255.255", cl, NULL), "a multicast or broadcast address",
+	       "broadcast refused");
+	is_str(foreign("ff02::1", "2001:db8::7", NULL), "a multicast or broadcast address",
+	       "IPv6 multicast refused");
+	struct sockaddr_storage c;
+	ok(ftp_addr_foreign_refused(NULL, ip(&c, cl), NULL, NULL, NULL) != NULL, "NULL refused");
+	ok(ftp_addr_foreign_refused(ip(&c, "192.0.2.99"), NULL, NULL, NULL, NULL) == NULL,
+	   "no client/backend/proxy addresses: a third host still allowed");
+}
+
 int main(void)
 {
 	test_227();
@@ -322,5 +382,6 @@ int main(void)
 	test_eprt();
 	test_format();
 	test_unmap_same();
+	test_foreign();
 	return tap_done();
 }

@@ -224,6 +224,40 @@ static void test_lookup(void)
 	   "non-transfer verbs");
 }
 
+static size_t log_len(const char *s)
+{
+	size_t n = strlen(s);
+	char *p = malloc(n ? n : 1);
+	if (p == NULL)
+		abort();
+	memcpy(p, s, n);
+	size_t r = ftp_cmd_log_len(p, n);
+	free(p);
+	return r;
+}
+
+/* A password never reaches a log, whatever the shape of the PASS line. */
+static void test_log_len(void)
+{
+	is_int(log_len("USER joe\r\n"), 10, "USER: all of it");
+	is_int(log_len("NOOP x\x01"
+	               "y\r\n"),
+	       10, "a malformed other line: all of it");
+	is_int(log_len("PASS secret\r\n"), 4, "PASS: the verb only");
+	is_int(log_len("pass secret"), 4, "lower case");
+	is_int(log_len("PaSs\tsecret"), 4, "PASS with a tab");
+	is_int(log_len("PASSsecret"), 4, "PASS glued to the password");
+	is_int(log_len("  PASS secret"), 6, "leading spaces: up to the verb");
+	is_int(log_len("\x01\x02pass se\x7f"
+	               "cret"),
+	       6, "leading control bytes");
+	is_int(log_len("PASS"), 4, "PASS alone");
+	is_int(log_len("PAS secret"), 10, "PAS is not PASS");
+	is_int(log_len("XPASS secret"), 12, "XPASS is not PASS");
+	is_int(log_len(""), 0, "empty line");
+	is_int(ftp_cmd_log_len(NULL, 5), 0, "NULL");
+}
+
 int main(void)
 {
 	test_telnet();
@@ -231,5 +265,6 @@ int main(void)
 	test_parse_bad();
 	test_parse_len();
 	test_lookup();
+	test_log_len();
 	return tap_done();
 }

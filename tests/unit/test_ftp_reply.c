@@ -183,11 +183,101 @@ static void test_bounds(void)
 	       "huge len rejected (no overflow)");
 }
 
+/* Which codes can answer which command: the reply stream stays in step. */
+static void test_answers(void)
+{
+	/* the examples of a backend out of step */
+	ok(!ftp_reply_answers("TYPE", 227), "227 cannot answer TYPE");
+	ok(ftp_reply_answers("TYPE", 200), "200 answers TYPE");
+	ok(!ftp_reply_answers("SIZE", 200), "200 cannot answer SIZE");
+	ok(ftp_reply_answers("SIZE", 213), "213 answers SIZE");
+	ok(!ftp_reply_answers("PASV", 200), "200 cannot answer PASV");
+	ok(ftp_reply_answers("PASV", 227), "227 answers PASV");
+	ok(ftp_reply_answers("EPSV", 229) && !ftp_reply_answers("EPSV", 227), "EPSV: 229, not 227");
+	ok(ftp_reply_answers("EPSV", 200) && ftp_reply_answers("EPSV", 220),
+	   "EPSV ALL: 200 (vsftpd, ProFTPD), 220 (pyftpdlib)");
+	/* errors answer anything */
+	int errs = 1;
+	for (int c = 400; c <= 599; c++)
+		errs &= ftp_reply_answers("TYPE", c) && ftp_reply_answers("RETR", c) &&
+		        ftp_reply_answers("XYZZY", c);
+	ok(errs, "every 4xx/5xx answers TYPE, RETR and an unknown verb");
+	ok(ftp_reply_answers("NOOP", 421) && ftp_reply_answers("NOOP", 500) &&
+	       ftp_reply_answers("USER", 530) && ftp_reply_answers("ABOR", 502),
+	   "4xx/5xx answer any command");
+	/* login */
+	ok(ftp_reply_answers("USER", 331) && ftp_reply_answers("USER", 230) &&
+	       ftp_reply_answers("USER", 332),
+	   "USER: 331, 230 (anonymous without password), 332");
+	ok(!ftp_reply_answers("USER", 200) && !ftp_reply_answers("USER", 227),
+	   "USER: not 200, not 227");
+	ok(ftp_reply_answers("PASS", 230) && ftp_reply_answers("PASS", 202) &&
+	       !ftp_reply_answers("PASS", 331),
+	   "PASS: 230, 202, not 331");
+	/* transfers: preliminary replies, then 226/250; pyftpdlib's 225 for RETR+ABOR */
+	static const char *const xfer[] = {"RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"};
+	int all = 1;
+	for (size_t i = 0; i < sizeof(xfer) / sizeof(xfer[0]); i++)
+		all &= ftp_reply_answers(xfer[i], 150) && ftp_reply_answers(xfer[i], 125) &&
+		       ftp_reply_answers(xfer[i], 226) && ftp_reply_answers(xfer[i], 250) &&
+		       ftp_reply_answers(xfer[i], 225) && !ftp_reply_answers(xfer[i], 200) &&
+		       !ftp_reply_answers(xfer[i], 227);
+	ok(all, "transfers: 125/150, 225/226/250; not 200 or 227");
+	ok(!ftp_reply_answers("TYPE", 150) && !ftp_reply_answers("NOOP", 150) &&
+	       !ftp_reply_answers("ABOR", 150),
+	   "150 answers no command but a transfer");
+	ok(ftp_reply_answers("REIN", 120) && ftp_reply_answers("REIN", 220) &&
+	       ftp_reply_answers("REIN", 230),
+	   "REIN: 120, 220, 230 (pyftpdlib)");
+	ok(ftp_reply_answers("ABOR", 225) && ftp_reply_answers("ABOR", 226) &&
+	       !ftp_reply_answers("ABOR", 250),
+	   "ABOR: 225, 226");
+	/* what the four real servers send */
+	ok(ftp_reply_answers("CDUP", 250) && ftp_reply_answers("CDUP", 200), "CDUP: 200 or 250");
+	ok(ftp_reply_answers("CWD", 250) && ftp_reply_answers("PWD", 257) &&
+	       ftp_reply_answers("MKD", 257) && ftp_reply_answers("RMD", 250) &&
+	       ftp_reply_answers("DELE", 250) && ftp_reply_answers("RNFR", 350) &&
+	       ftp_reply_answers("RNTO", 250) && ftp_reply_answers("REST", 350),
+	   "file commands");
+	ok(!ftp_reply_answers("PWD", 250) && !ftp_reply_answers("RNFR", 250) &&
+	       !ftp_reply_answers("REST", 200),
+	   "file commands: not each other's codes");
+	ok(ftp_reply_answers("SYST", 215) && ftp_reply_answers("HELP", 214) &&
+	       ftp_reply_answers("STAT", 211) && ftp_reply_answers("STAT", 213) &&
+	       ftp_reply_answers("FEAT", 211) && ftp_reply_answers("OPTS", 200) &&
+	       ftp_reply_answers("NOOP", 200) && ftp_reply_answers("ALLO", 202) &&
+	       ftp_reply_answers("MODE", 200) && ftp_reply_answers("STRU", 200) &&
+	       ftp_reply_answers("MDTM", 213) && ftp_reply_answers("MFMT", 213) &&
+	       ftp_reply_answers("MLST", 250) && ftp_reply_answers("QUIT", 221),
+	   "informational commands");
+	ok(!ftp_reply_answers("SYST", 200) && !ftp_reply_answers("FEAT", 200) &&
+	       !ftp_reply_answers("QUIT", 200) && !ftp_reply_answers("NOOP", 227),
+	   "informational commands: not 200/227");
+	ok(ftp_reply_answers("AUTH", 234) && ftp_reply_answers("PBSZ", 200) &&
+	       ftp_reply_answers("PROT", 200) && ftp_reply_answers("CCC", 200) &&
+	       !ftp_reply_answers("AUTH", 200),
+	   "RFC 2228: AUTH 234, PBSZ/PROT/CCC 200");
+	ok(ftp_reply_answers("PORT", 200) && ftp_reply_answers("EPRT", 200) &&
+	       !ftp_reply_answers("PORT", 227),
+	   "PORT/EPRT: 200");
+	/* verbs the table does not know: any 2xx/3xx, no 1xx */
+	ok(ftp_reply_answers("SITE", 200) && ftp_reply_answers("SITE", 214) &&
+	       ftp_reply_answers("SITE", 350) && ftp_reply_answers("XCRC", 250) &&
+	       !ftp_reply_answers("SITE", 150),
+	   "SITE and unknown verbs: any 2xx/3xx");
+	/* bounds */
+	ok(!ftp_reply_answers("TYPE", 0) && !ftp_reply_answers("TYPE", 99) &&
+	       !ftp_reply_answers("TYPE", 600) && !ftp_reply_answers("XYZZY", -1),
+	   "codes outside 100..599 answer nothing");
+	ok(!ftp_reply_answers(NULL, 200) && ftp_reply_answers(NULL, 500), "no verb: only an error");
+}
+
 int main(void)
 {
 	test_single();
 	test_bad_first();
 	test_multi();
 	test_bounds();
+	test_answers();
 	return tap_done();
 }
