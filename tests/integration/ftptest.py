@@ -330,70 +330,62 @@ def nsexec(ns, cmd):
     return list(cmd) if ns is None else [IP, 'netns', 'exec', ns] + list(cmd)
 
 
-class NetnsTopology:
-    """Three network namespaces with no default route, no forwarding:
+def ns_sysctl(ns, name, value, timeout=20):
+    """Set sysctl name (net.ipv4.ip_forward) to value in namespace ns."""
+    path = '/proc/sys/' + name.replace('.', '/')
+    run_cmd(nsexec(ns, ['/bin/sh', '-c', 'echo "$1" > "$2"', 'sh', str(value), path]),
+            timeout=timeout)
 
-      client PREFIXc-PID       gateway PREFIXg-PID                server PREFIXs-PID
-      203.0.113.2/24 --veth-- 203.0.113.1/24 | 198.51.100.1/24 --veth-- 198.51.100.2/24
 
-    The veth pairs are created inside the gateway namespace and one end
-    moved: nothing appears in the namespace the test runs in.  .client,
-    .gate, .server are the namespace names; build() makes them, delete()
-    removes what was made (call it from the test's cleanup, after its
-    processes in them are stopped)."""
+def netns_unavailable():
+    """None if this process can make network namespaces, else the reason."""
+    if os.geteuid() != 0:
+        return 'needs root to create network namespaces (euid %d)' % os.geteuid()
+    if not os.access(IP, os.X_OK):
+        return 'iproute2 "ip" command not found'
+    return None
 
-    CLIENT_IP = '203.0.113.2'
-    GATE_IP = '203.0.113.1'
-    GATE_BACK_IP = '198.51.100.1'
-    SERVER_IP = '198.51.100.2'
 
-    def __init__(self, prefix):
-        pid = os.getpid()
-        self.client, self.gate, self.server = ('%s%s-%d' % (prefix, r, pid) for r in 'cgs')
+class Netns:
+    """Network namespaces a test makes, joined by veth pairs: add() a
+    namespace (lo up), veth() a pair, addr() an address on a device (set
+    up); wait_addresses() until they are usable; delete() removes every
+    namespace made (call it from the test's cleanup, after its processes in
+    them are stopped).  Failing commands raise AssertionError."""
+
+    def __init__(self, timeout=20):
+        self.timeout = timeout
         self.created = []
+        self.addrs = []      # (namespace, device, address) in the order added
 
-    def build(self, timeout=20):
-        """None, or the reason why namespaces cannot be made here."""
-        def run(cmd, check=True):
-            return run_cmd(cmd, timeout=timeout, check=check)
-        if os.geteuid() != 0:
-            return 'needs root to create network namespaces (euid %d)' % os.geteuid()
-        if not os.access(IP, os.X_OK):
-            return 'iproute2 "ip" command not found'
-        for ns in (self.client, self.gate, self.server):
-            # a leftover of an earlier run with the same PID cannot be in use
-            if os.path.exists('/run/netns/' + ns):
-                run([IP, 'netns', 'del', ns], check=False)
-            r = run([IP, 'netns', 'add', ns], check=False)
-            if r.returncode != 0:
-                return 'ip netns add %s failed: %s' % (
-                    ns, r.stderr.decode('utf-8', 'replace').strip())
-            self.created.append(ns)
-        r = run([IP, '-n', self.gate, 'link', 'add', 'toclient', 'type', 'veth',
-                 'peer', 'name', 'eth0', 'netns', self.client], check=False)
-        if r.returncode != 0:
-            return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
-        run([IP, '-n', self.gate, 'link', 'add', 'toserver', 'type', 'veth',
-             'peer', 'name', 'eth0', 'netns', self.server])
-        for ns, dev, addr in self.addresses():
-            run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
-            run([IP, '-n', ns, 'link', 'set', dev, 'up'])
-        for ns in (self.client, self.gate, self.server):
-            run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
-        # the gateway must not route between its two networks
-        run(nsexec(self.gate, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
-        return None
+    def _run(self, cmd, check=True):
+        return run_cmd(cmd, timeout=self.timeout, check=check)
 
-    def addresses(self):
-        """(namespace, device, address) of every address of the topology."""
-        return ((self.client, 'eth0', self.CLIENT_IP), (self.gate, 'toclient', self.GATE_IP),
-                (self.gate, 'toserver', self.GATE_BACK_IP),
-                (self.server, 'eth0', self.SERVER_IP))
+    def add(self, ns):
+        """Make namespace ns, lo up."""
+        # a leftover of an earlier run with the same PID cannot be in use
+        if os.path.exists('/run/netns/' + ns):
+            self._run([IP, 'netns', 'del', ns], check=False)
+        self._run([IP, 'netns', 'add', ns])
+        self.created.append(ns)
+        self._run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
+
+    def veth(self, ns, dev, peer_ns, peer_dev):
+        """A veth pair made inside ns (dev) with its peer moved to peer_ns
+        (peer_dev): nothing appears in the namespace the test runs in."""
+        self._run([IP, '-n', ns, 'link', 'add', dev, 'type', 'veth',
+                   'peer', 'name', peer_dev, 'netns', peer_ns])
+
+    def addr(self, ns, dev, cidr):
+        """Address cidr (a.b.c.d/len) on dev in ns, dev up."""
+        self._run([IP, '-n', ns, 'addr', 'add', cidr, 'dev', dev])
+        self._run([IP, '-n', ns, 'link', 'set', dev, 'up'])
+        self.addrs.append((ns, dev, cidr.split('/')[0]))
 
     def wait_addresses(self, timeout=5.0):
         """None once every address is usable (not tentative), else the reason."""
         deadline = time.monotonic() + timeout
-        for ns, _dev, a in self.addresses():
+        for ns, _dev, a in self.addrs:
             while True:
                 out = run_cmd([IP, '-n', ns, '-o', 'addr', 'show'],
                               check=False).stdout.decode()
@@ -413,6 +405,51 @@ class NetnsTopology:
             except Exception:
                 pass
             self.created.remove(ns)
+
+
+class NetnsTopology(Netns):
+    """Three network namespaces with no default route, no forwarding:
+
+      client PREFIXc-PID       gateway PREFIXg-PID                server PREFIXs-PID
+      203.0.113.2/24 --veth-- 203.0.113.1/24 | 198.51.100.1/24 --veth-- 198.51.100.2/24
+
+    .client, .gate, .server are the namespace names; build() makes them."""
+
+    CLIENT_IP = '203.0.113.2'
+    GATE_IP = '203.0.113.1'
+    GATE_BACK_IP = '198.51.100.1'
+    SERVER_IP = '198.51.100.2'
+
+    def __init__(self, prefix):
+        super().__init__()
+        pid = os.getpid()
+        self.client, self.gate, self.server = ('%s%s-%d' % (prefix, r, pid) for r in 'cgs')
+
+    def build(self, timeout=20):
+        """None, or the reason why namespaces cannot be made here."""
+        why = netns_unavailable()
+        if why:
+            return why
+        self.timeout = timeout
+        try:
+            for ns in (self.client, self.gate, self.server):
+                self.add(ns)
+            self.veth(self.gate, 'toclient', self.client, 'eth0')
+            self.veth(self.gate, 'toserver', self.server, 'eth0')
+        except AssertionError as e:
+            return 'cannot make namespaces and veth pairs: %s' % (
+                ' | '.join(str(e).strip().splitlines())[:500])
+        for ns, dev, addr in self.addresses():
+            self.addr(ns, dev, addr + '/24')
+        # the gateway must not route between its two networks
+        ns_sysctl(self.gate, 'net.ipv4.ip_forward', 0, timeout)
+        return None
+
+    def addresses(self):
+        """(namespace, device, address) of every address of the topology."""
+        return ((self.client, 'eth0', self.CLIENT_IP), (self.gate, 'toclient', self.GATE_IP),
+                (self.gate, 'toserver', self.GATE_BACK_IP),
+                (self.server, 'eth0', self.SERVER_IP))
 
 
 # --------------------------------------------------------------------------

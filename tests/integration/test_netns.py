@@ -33,30 +33,28 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftptest as T  # noqa: E402
 
-PID = os.getpid()
-NS_C = 'fgc-%d' % PID
-NS_G = 'fgg-%d' % PID
-NS_S = 'fgs-%d' % PID
-ALL_NS = (NS_C, NS_G, NS_S)
+TOPO = T.NetnsTopology('fg')
+NS_C, NS_G, NS_S = TOPO.client, TOPO.gate, TOPO.server
 
-CLIENT_IP = '203.0.113.2'
-GATE_IP = '203.0.113.1'
-GATE_BACK_IP = '198.51.100.1'
-SERVER_IP = '198.51.100.2'
+CLIENT_IP = TOPO.CLIENT_IP
+GATE_IP = TOPO.GATE_IP
+GATE_BACK_IP = TOPO.GATE_BACK_IP
+SERVER_IP = TOPO.SERVER_IP
 FTP_PORT = 2121
 GATE_PASV = (40000, 40100)
 SERVER_PASV = (50000, 50100)
 FILE_MIB = 8
 CMD_TIMEOUT = 20          # bound on every command we run
 
-IP = shutil.which('ip') or '/usr/sbin/ip'
+IP = T.IP
+nsexec = T.nsexec
 
 # --------------------------------------------------------------------------
 # process / namespace bookkeeping (cleanup runs before ftptest's own atexit
 # handler, since atexit is LIFO and ftptest registered first)
 
 _my_procs = []
-_created_ns = []
+NAT = T.Netns(CMD_TIMEOUT)   # README recipe 1's namespaces, made by its case
 
 
 def _cleanup():
@@ -67,13 +65,8 @@ def _cleanup():
             pass
         if p in _my_procs:
             _my_procs.remove(p)
-    for ns in list(_created_ns):
-        try:
-            subprocess.run([IP, 'netns', 'del', ns], stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=10)
-        except Exception:
-            pass
-        _created_ns.remove(ns)
+    TOPO.delete()
+    NAT.delete()
 
 
 atexit.register(_cleanup)
@@ -87,189 +80,36 @@ def skip_all(reason):
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True):
     """Run cmd (list); return CompletedProcess (bytes)."""
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                       timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError('command failed (exit %d): %s\n%s'
-                             % (r.returncode, ' '.join(cmd),
-                                (r.stdout + r.stderr).decode('utf-8', 'replace')[-3000:]))
-    return r
+    return T.run_cmd(cmd, timeout=timeout, check=check)
 
-
-def nsexec(ns, cmd):
-    """ip netns exec execs the command: the PID stays the command's."""
-    return [IP, 'netns', 'exec', ns] + list(cmd)
-
-
-def ns_listening_ports(pid):
-    """Ports in LISTEN state owned by pid, read from /proc/PID/net/tcp*
-    (which shows pid's own network namespace, unlike /proc/net)."""
-    inodes = set()
-    fddir = '/proc/%d/fd' % pid
-    for fd in os.listdir(fddir):
-        try:
-            m = re.match(r'socket:\[(\d+)\]', os.readlink(os.path.join(fddir, fd)))
-        except OSError:
-            continue
-        if m:
-            inodes.add(m.group(1))
-    ports = set()
-    for tab in ('tcp', 'tcp6'):
-        try:
-            with open('/proc/%d/net/%s' % (pid, tab)) as f:
-                next(f)
-                for line in f:
-                    fl = line.split()
-                    if fl[3] == '0A' and fl[9] in inodes:
-                        ports.add(int(fl[1].rsplit(':', 1)[1], 16))
-        except OSError:
-            pass
-    return ports
-
-
-def wait_ns_listening(proc, port, what, logfn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError('%s exited with status %s before listening\n%s'
-                                 % (what, proc.returncode, logfn()))
-        try:
-            if port in ns_listening_ports(proc.pid):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError('%s not listening on %d after %.0f s\n%s'
-                                 % (what, port, timeout, logfn()))
-        time.sleep(0.05)
-
-
-def read_text(path):
-    try:
-        with open(path, 'rb') as f:
-            return f.read().decode('utf-8', 'replace')
-    except OSError:
-        return ''
-
-
-# --------------------------------------------------------------------------
-# topology
 
 def make_topology():
-    """Returns None, or a reason to skip."""
-    if os.geteuid() != 0:
-        return 'needs root to create network namespaces (euid %d)' % os.geteuid()
-    if not os.access(IP, os.X_OK):
-        return 'iproute2 "ip" command not found'
-    for ns in ALL_NS:
-        # a leftover of an earlier run with the same PID cannot be in use
-        if os.path.exists('/run/netns/' + ns):
-            run([IP, 'netns', 'del', ns], check=False)
-        r = run([IP, 'netns', 'add', ns], check=False)
-        if r.returncode != 0:
-            return 'ip netns add %s failed: %s' % (
-                ns, r.stderr.decode('utf-8', 'replace').strip())
-        _created_ns.append(ns)
-    # veth pairs are created inside the gateway namespace and one end moved:
-    # nothing ever appears in the namespace the test runs in.
-    r = run([IP, '-n', NS_G, 'link', 'add', 'toclient', 'type', 'veth',
-             'peer', 'name', 'eth0', 'netns', NS_C], check=False)
-    if r.returncode != 0:
-        return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
-    run([IP, '-n', NS_G, 'link', 'add', 'toserver', 'type', 'veth',
-         'peer', 'name', 'eth0', 'netns', NS_S])
-    for ns, dev, addr in ((NS_C, 'eth0', CLIENT_IP),
-                          (NS_G, 'toclient', GATE_IP),
-                          (NS_G, 'toserver', GATE_BACK_IP),
-                          (NS_S, 'eth0', SERVER_IP)):
-        run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
-        run([IP, '-n', ns, 'link', 'set', dev, 'up'])
-    for ns in ALL_NS:
-        run([IP, '-n', ns, 'link', 'set', 'lo', 'up'])
-    # the gateway must not route between its two networks
-    run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 0 > /proc/sys/net/ipv4/ip_forward']))
+    """None, or a reason to skip."""
+    why = TOPO.build(CMD_TIMEOUT)
+    if why:
+        return why
     # README recipe 4's sysctl: no connection the gateway opens (active mode)
     # takes one of the ports the passthrough recipe binds
-    run(nsexec(NS_G, ['/bin/sh', '-c', 'echo 50000-50999 > '
-                      '/proc/sys/net/ipv4/ip_local_reserved_ports']))
+    T.ns_sysctl(NS_G, 'net.ipv4.ip_local_reserved_ports', '50000-50999', CMD_TIMEOUT)
     return None
-
-
-def ns_addr_ready(ns, addr, timeout=5.0):
-    """Wait until addr is usable in ns (not tentative)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = run([IP, '-n', ns, '-o', 'addr', 'show'], check=False).stdout.decode()
-        for line in out.splitlines():
-            if (' %s/' % addr) in line and 'tentative' not in line:
-                return True
-        time.sleep(0.05)
-    return False
 
 
 # --------------------------------------------------------------------------
 # processes in namespaces
 
-def stop_mine(proc):
-    T._stop_proc(proc, 2.0)
-    if proc in _my_procs:
-        _my_procs.remove(proc)
+def ns_backend(root, ns=NS_S, host=SERVER_IP, port=FTP_PORT, pasv=SERVER_PASV):
+    """pyftpdlib (ftptest's server) inside a namespace (default: the server's)."""
+    srv = T.PyftpdServer(root, host=host, port=port, banner='ftptest-netns-backend ready',
+                         timeout=30, pasv_ports=pasv, ns=ns)
+    _my_procs.append(srv.proc)
+    return srv
 
 
-class NsBackend:
-    """pyftpdlib (ftptest's server script) inside a namespace (default: the
-    server's)."""
-
-    def __init__(self, root, ns=NS_S, host=SERVER_IP, port=FTP_PORT, pasv=SERVER_PASV):
-        self.dir = T.tmpdir('netns-pyftpd-')
-        self.root = root
-        script = os.path.join(self.dir, 'server.py')
-        with open(script, 'w') as f:
-            f.write(T._SERVER_SCRIPT)
-        cfg = dict(root=root, host=host, port=port,
-                   banner='ftptest-netns-backend ready', timeout=30,
-                   pasv=list(pasv), masquerade=None, no_epsv=False)
-        self.log_path = os.path.join(self.dir, 'server.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(
-            nsexec(ns, [T.SERVER_PYTHON, script, json.dumps(cfg)]),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._logf)
-        _my_procs.append(self.proc)
-        wait_ns_listening(self.proc, port, 'pyftpdlib', self.log, 15)
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def stop(self):
-        stop_mine(self.proc)
-
-
-class NsGate:
-    """ftpgate -f -c FILE inside the gateway namespace.  Has .log() and
-    .conf so that ftptest's Tap dumps its log when a case fails."""
-
-    def __init__(self, text, port=FTP_PORT, ns=NS_G):
-        self.dir = T.tmpdir('netns-ftpgate-')
-        self.conf = os.path.join(self.dir, 'ftpgate.ini')
-        with open(self.conf, 'w') as f:
-            f.write(text)
-        self.log_path = os.path.join(self.dir, 'ftpgate.log')
-        self._logf = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(nsexec(ns, [T.FTPGATE, '-f', '-c', self.conf]),
-                                     stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=self._logf)
-        _my_procs.append(self.proc)
-        T.started_gates.append(self)
-        wait_ns_listening(self.proc, port, 'ftpgate', self.log, 10)
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self):
-        stop_mine(self.proc)
+def ns_gate(text, ns=NS_G):
+    """ftpgate -f -c FILE inside a namespace (default: the gateway's)."""
+    g = T.Ftpgate(text, ns=ns)
+    _my_procs.append(g.proc)
+    return g
 
 
 # --------------------------------------------------------------------------
@@ -315,11 +155,11 @@ connect_timeout = 5
 ''' % (GATE_IP, FTP_PORT, SERVER_IP, FTP_PORT, GATE_PASV[0], GATE_PASV[1])
 
 try:
-    for ns, a in ((NS_C, CLIENT_IP), (NS_G, GATE_IP), (NS_G, GATE_BACK_IP), (NS_S, SERVER_IP)):
-        if not ns_addr_ready(ns, a):
-            raise AssertionError('address %s in %s still tentative' % (a, ns))
-    SRV = NsBackend(ROOT)
-    G = NsGate(GATE_CONF)
+    _reason = TOPO.wait_addresses()
+    if _reason:
+        raise AssertionError(_reason)
+    SRV = ns_backend(ROOT)
+    G = ns_gate(GATE_CONF)
 except Exception as e:  # noqa
     t.bail('setup failed: %s' % str(e).replace('\n', ' | ')[:3000])
 
@@ -510,7 +350,7 @@ _active_gate = []
 def active_gate():
     """The backend_data_mode = active ftpgate, started on first use."""
     if not _active_gate:
-        _active_gate.append(NsGate(ACTIVE_GATE_CONF, ACTIVE_GATE_PORT))
+        _active_gate.append(ns_gate(ACTIVE_GATE_CONF))
     return _active_gate[0]
 
 
@@ -776,14 +616,14 @@ def recipe_ini(n):
     return sect.group(1)
 
 
-def recipe_gate(n, port=21, ns=NS_G, subst=()):
+def recipe_gate(n, ns=NS_G, subst=()):
     text = recipe_ini(n)
     for a, b in subst:
         assert a in text, '%r not in recipe %d:\n%s' % (a, n, text)
         text = text.replace(a, b)
     r = T.run_ftpgate(['-t', '-c', write_tmp('recipe%d.ini' % n, text)])
     assert r.returncode == 0, 'recipe %d: -t: %s' % (n, r.stdout + r.stderr)
-    return NsGate('[global]\nlog_level = debug\n\n' + text, port, ns)
+    return ns_gate('[global]\nlog_level = debug\n\n' + text, ns)
 
 
 def write_tmp(name, text):
@@ -815,9 +655,9 @@ def pasv_227(err):
 # Recipe 1: client (its own ns) -- provider NAT (1:1: 203.0.113.10 <->
 # 192.0.2.10, a security group opening 21 and 50000-50999) -- the VM, with
 # the FTP server on 127.0.0.1:2121 and ftpgate on :21.
-NS_K = 'fgk-%d' % PID
-NS_N = 'fgn-%d' % PID
-NS_V = 'fgv-%d' % PID
+NS_K = 'fgk-%d' % os.getpid()
+NS_N = 'fgn-%d' % os.getpid()
+NS_V = 'fgv-%d' % os.getpid()
 ELASTIC_IP = '203.0.113.10'
 VM_IP = '192.0.2.10'
 NFT = shutil.which('nft') or '/usr/sbin/nft'
@@ -837,29 +677,21 @@ table ip provider {
 
 def make_nat_topology():
     for ns in (NS_K, NS_N, NS_V):
-        if os.path.exists('/run/netns/' + ns):
-            run([IP, 'netns', 'del', ns], check=False)
-        run([IP, 'netns', 'add', ns])
-        _created_ns.append(ns)
-    run([IP, '-n', NS_N, 'link', 'add', 'name', 'internet', 'type', 'veth',
-         'peer', 'name', 'eth0', 'netns', NS_K])
-    run([IP, '-n', NS_N, 'link', 'add', 'name', 'tovm', 'type', 'veth',
-         'peer', 'name', 'eth0', 'netns', NS_V])
+        NAT.add(ns)
+    NAT.veth(NS_N, 'internet', NS_K, 'eth0')
+    NAT.veth(NS_N, 'tovm', NS_V, 'eth0')
     for ns, dev, addr in ((NS_K, 'eth0', CLIENT_IP + '/24'),
                           (NS_N, 'internet', GATE_IP + '/24'),
                           (NS_N, 'internet', ELASTIC_IP + '/32'),
                           (NS_N, 'tovm', '192.0.2.1/24'),
                           (NS_V, 'eth0', VM_IP + '/24')):
-        run([IP, '-n', ns, 'addr', 'add', addr, 'dev', dev])
-        run([IP, '-n', ns, 'link', 'set', 'dev', dev, 'up'])
-    for ns in (NS_K, NS_N, NS_V):
-        run([IP, '-n', ns, 'link', 'set', 'dev', 'lo', 'up'])
+        NAT.addr(ns, dev, addr)
     run([IP, '-n', NS_V, 'route', 'add', 'default', 'via', '192.0.2.1'])
-    run(nsexec(NS_N, ['/bin/sh', '-c', 'echo 1 > /proc/sys/net/ipv4/ip_forward']))
+    T.ns_sysctl(NS_N, 'net.ipv4.ip_forward', 1, CMD_TIMEOUT)
     rules = write_tmp('nat.nft', NAT_RULES)
     run(nsexec(NS_N, [NFT, '-f', rules]))
-    for ns, a in ((NS_K, CLIENT_IP), (NS_V, VM_IP)):
-        assert ns_addr_ready(ns, a), 'address %s in %s still tentative' % (a, ns)
+    why = NAT.wait_addresses()
+    assert not why, why
 
 
 def case_recipe_nat_vm():
@@ -867,7 +699,7 @@ def case_recipe_nat_vm():
         T.diag('SKIP: nft (Debian package nftables) not installed: no 1:1 NAT to build')
         return
     make_nat_topology()
-    srv = NsBackend(RECIPE_ROOT, ns=NS_V, host='127.0.0.1', port=2121, pasv=(40000, 40999))
+    srv = ns_backend(RECIPE_ROOT, ns=NS_V, host='127.0.0.1', port=2121, pasv=(40000, 40999))
     gate = recipe_gate(1, ns=NS_V)
     try:
         url = 'ftp://u:p@%s/file' % ELASTIC_IP
@@ -892,7 +724,7 @@ def case_recipe_nat_vm():
 def with_lan_backend(fn):
     """fn with a plain pyftpdlib on 198.51.100.2:21 (passive 41000-41099)."""
     def wrapped():
-        srv = NsBackend(RECIPE_ROOT, port=21, pasv=(41000, 41099))
+        srv = ns_backend(RECIPE_ROOT, port=21, pasv=(41000, 41099))
         try:
             fn()
         except AssertionError as e:
