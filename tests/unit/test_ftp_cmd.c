@@ -4,20 +4,7 @@
 
 #include "ftp_cmd.h"
 #include "tap.h"
-
-/*
- * Copy n bytes into a heap block of exactly n bytes (no NUL terminator), so
- * that AddressSanitizer flags any read past len.
- */
-static char *exact(const char *s, size_t n)
-{
-	char *p = malloc(n ? n : 1);
-
-	if (p == NULL)
-		abort();
-	memcpy(p, s, n);
-	return p;
-}
+#include "testutil.h"
 
 /* Parse the first n bytes of s from an exact-size buffer. */
 static int parse_n(const char *s, size_t n, struct ftp_cmd *c, char *argbuf, size_t argsz)
