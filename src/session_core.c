@@ -103,6 +103,9 @@ int core_transferring(const struct core *c)
 
 /* One line, CRLF added, to the client (to_backend = 0) or the backend. */
 static void send_linev(struct core *c, int to_backend, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static void send_linev(struct core *c, int to_backend, const char *fmt, va_list ap)
 {
 	char buf[2 * CORE_CMD_LINE_MAX + 32];
 	int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);

@@ -7,6 +7,7 @@ pkgs=(build-essential autoconf automake pkg-config
       python3 python3-pyftpdlib python3-openssl
       curl lftp iproute2 procps openssl vsftpd haproxy nftables
       prometheus mandoc systemd
+      clang libclang-rt-14-dev
       libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2)
 missing=()
 for p in "${pkgs[@]}"; do

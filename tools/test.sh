@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (README Quick start; CI runs it through .ci/run):
 # install what the build and tests need, build with -Werror,
-# run the whole test suite (plain build, then ASan/UBSan build), distcheck,
-# and end with "N passed, N failed".
+# run the whole test suite (plain build, then ASan/UBSan build), each fuzz
+# target for FUZZ_SECONDS (default 30) in a clang build, distcheck, and end
+# with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -46,6 +47,25 @@ run_build() { # name, configure flags...
 run_build plain
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	run_build sanitize --enable-sanitizers
+
+# libFuzzer targets (clang, its own build dir): regression inputs, then
+# FUZZ_SECONDS (default 30) of fuzzing each; a crash fails the run.
+echo "=== fuzzing (${FUZZ_SECONDS:=30} s per target)"
+export FUZZ_SECONDS
+fuzz_start=$SECONDS
+rm -rf build-fuzz; mkdir build-fuzz
+if ! ( cd build-fuzz && CC=clang ../configure --enable-werror --enable-fuzzing >configure.out 2>&1 ); then
+	tail -20 build-fuzz/configure.out; echo "configure (fuzz) failed"; fail=$((fail + 1)); status=1
+elif ! make -C build-fuzz -j"$(nproc)" fuzz >build-fuzz/make.out 2>&1; then
+	tail -40 build-fuzz/make.out; echo "build (fuzz) failed"; fail=$((fail + 1)); status=1
+else
+	tests/fuzz/run.sh build-fuzz | tee build-fuzz/fuzz.out
+	p=$(grep -c '^fuzz .*: ok' build-fuzz/fuzz.out)
+	f=$(grep -c '^fuzz .*: FAILED' build-fuzz/fuzz.out)
+	pass=$((pass + p)); fail=$((fail + f))
+	[ "$f" -eq 0 ] || status=1
+fi
+echo "fuzzing took $((SECONDS - fuzz_start)) s"
 
 echo "=== make distcheck"
 if make -C build-plain distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >build-plain/distcheck.out 2>&1; then

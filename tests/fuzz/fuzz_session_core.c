@@ -7,14 +7,9 @@
  * invariants must hold (core_invariants()); a broken one aborts. Owns
  * nothing: script_run() frees what it made.
  */
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-
 #include "../unit/core_harness.h"
+#include "fuzz.h"
 #include "log.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
