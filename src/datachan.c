@@ -620,9 +620,14 @@ void datachan_tls_go(struct datachan *dc)
 		held |= dc->side[i].hs_hold;
 		dc->side[i].hs_hold = 0;
 	}
-	/* Run from the loop, not from inside the caller's callback. */
-	if (held && dc->pumping && dc->side[0].ev_wr)
-		event_active(dc->side[0].ev_wr, EV_WRITE, 0);
+	/* Run from the loop, not from inside the caller's callback. By the
+	 * kick timer: an event made active by hand is not put into epoll by
+	 * an event_add() before its callback ran, and the pump's own
+	 * bookkeeping would then wait for it for ever. */
+	if (held && dc->pumping && dc->kick) {
+		struct timeval now = {0, 0};
+		evtimer_add(dc->kick, &now);
+	}
 }
 
 enum io_result { IO_OK, IO_EOF, IO_WANT_READ, IO_WANT_WRITE, IO_ERROR };
