@@ -140,6 +140,10 @@ static void dc_release(struct datachan *dc)
 /* Finish the pair; the callback is the last thing that touches dc. */
 static void dc_finish(struct datachan *dc, int ok)
 {
+	/* Ended cleanly: the backend's new tickets may be used from now on. */
+	for (int i = 0; ok && i < 2; i++)
+		if (dc->side[i].ssl)
+			tls_keep_sessions(dc->side[i].ssl);
 	dc_release(dc);
 	dc->pumping = 0;
 	dc->cbs.done(dc, ok, ok ? NULL : dc->reason, dc->arg);
@@ -611,6 +615,10 @@ void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int serv
 	s->require_reuse = require_reuse;
 	/* As a TLS client the proxy speaks first; wait for datachan_tls_go(). */
 	s->hs_hold = !server;
+	/* Tickets from the backend count only once the pair ended cleanly
+	 * (dc_finish); without memory for that they count at once. */
+	if (!server)
+		(void)tls_hold_sessions(ssl);
 }
 
 void datachan_tls_go(struct datachan *dc)
@@ -803,10 +811,7 @@ static int tls_handshake_step(struct datachan *dc, struct dc_end *s)
 	if (r == 1) {
 		s->hs_done = 1;
 		if (s->tls_server && s->require_reuse && !SSL_session_reused(s->ssl)) {
-			snprintf(dc->reason, sizeof(dc->reason),
-			         "the %s data connection did not resume the control connection's "
-			         "TLS session",
-			         side_name[s->idx]);
+			snprintf(dc->reason, sizeof(dc->reason), "%s", DATACHAN_NO_REUSE);
 			dc_finish(dc, 0);
 			return -1;
 		}

@@ -587,6 +587,12 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	}
 }
 
+/* The proxy refused the client's TLS data connection: it did not resume the session. */
+static int dc_refused_no_reuse(const struct session *s)
+{
+	return s->dc_done && !s->dc_ok && strcmp(s->dc_reason, DATACHAN_NO_REUSE) == 0;
+}
+
 /* The held final reply of a transfer may go to the client now. */
 static void finish_transfer_reply(struct session *s)
 {
@@ -596,7 +602,14 @@ static void finish_transfer_reply(struct session *s)
 	if (!s->held)
 		return;
 	evbuffer_copyout(s->held, res, 3);
-	if (s->dc_ok || res[0] != '2') {
+	if (dc_refused_no_reuse(s)) {
+		/* The proxy refused the data connection: say why (as vsftpd
+		 * does), not what the backend made of the cut. */
+		reply_client(s, "522 SSL connection failed: session reuse required "
+		                "(the TLS data connection must resume the control connection's "
+		                "TLS session).");
+		snprintf(res, sizeof(res), "522");
+	} else if (s->dc_ok || res[0] != '2') {
 		evbuffer_add_buffer(bufferevent_get_output(s->cbev), s->held);
 	} else {
 		/* The backend says done but the client did not get every byte. */
@@ -950,8 +963,9 @@ static void handle_reply(struct session *s, int code, struct evbuffer *rep)
 				break;
 			}
 		}
-		if (code >= 400 || (!s->dc && !s->dc_done)) {
-			/* Failed, or the data pair is already gone (ABOR): relay as is. */
+		if ((code >= 400 && !dc_refused_no_reuse(s)) || (!s->dc && !s->dc_done)) {
+			/* Failed, or the data pair is already gone (ABOR): relay as is.
+			 * (A failure the proxy caused itself is answered as held.) */
 			dc_drop(s);
 			fifo_pop(s);
 			relay_reply(s, rep);
@@ -1096,7 +1110,8 @@ static int check_active_addr(struct session *s, const struct ftp_cmd *c,
 static int data_tls_setup(struct session *s)
 {
 	if (s->client_tls && s->client_prot_p) {
-		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
+		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx),
+		                          bufferevent_openssl_get_ssl(s->cbev));
 		if (!ssl)
 			goto oom;
 		datachan_set_tls(s->dc, DC_CLIENT, ssl, 1, s->conf->tls_require_session_reuse);
@@ -1310,7 +1325,7 @@ static int client_start_tls(struct session *s)
 		log_warn("%s: dropped %zu bytes of plaintext sent after AUTH", s->tag, junk);
 		evbuffer_drain(in, junk);
 	}
-	SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 0);
+	SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), NULL);
 	struct bufferevent *bev =
 	    ssl ? bev_start_tls(s, s->cbev, ssl, BUFFEREVENT_SSL_ACCEPTING) : NULL;
 	if (!bev)
