@@ -64,9 +64,11 @@ int datachan_side_connected(const struct datachan *dc, enum dc_side side);
  * With require_reuse the handshake must resume a session, or the pair
  * fails with the reason DATACHAN_NO_REUSE. The handshake starts when the
  * pump starts (after the transfer command), and a TLS side gets
- * close_notify before its EOF. Sessions the backend issues on a TLS-client
- * side count (tls_keep_sessions) only if the pair ends cleanly. A pair with
- * a TLS side moves bytes through OpenSSL instead of splice(2).
+ * close_notify before its EOF. A TLS peer that closes without close_notify
+ * fails the pair (the data may be cut), and then no close_notify goes to
+ * the other side. Sessions the backend issues on a TLS-client side count
+ * (tls_keep_sessions) only if the pair ends cleanly. A pair with a TLS
+ * side moves bytes through OpenSSL instead of splice(2).
  */
 #define DATACHAN_NO_REUSE                                                                          \
 	"the client data connection did not resume the control connection's TLS session"

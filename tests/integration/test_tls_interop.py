@@ -4,7 +4,9 @@ several protected transfers in one session (curl, lftp, ftplib; downloads
 and uploads; tls = terminate and implicit; TLS 1.3 on both legs), a data
 connection that resumes another session's ticket, a TLS backend after ABOR
 (vsftpd, require_ssl_reuse=YES), REST after a partial download (ProFTPD),
-and the client-facing 522 for a data connection that does not resume.
+the client-facing 522 for a data connection that does not resume, a TLS
+record header that never completes (CPU), and TLS data connections cut
+without close_notify in either direction (426, no close_notify forged).
 Every file is compared by SHA-256.  Loopback only.  TAP output.
 
 Needs /usr/bin/python3 with pyftpdlib and python3-openssl, the openssl
@@ -18,6 +20,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -426,6 +429,159 @@ def c_no_reuse_522():
 
 
 # --------------------------------------------------------------------------
+# issue 10.2: a TLS record that never completes must not spin the event loop
+
+def c_partial_record_cpu():
+    with gate(PLAIN, data_timeout=30) as g:
+        f = login(g, PLAIN)
+        conn = f.transfercmd('STOR up/spin.bin')
+        # application data record of 16 KiB: its header and 100 bytes of it
+        os.write(conn.fileno(), b'\x17\x03\x03\x40\x00' + os.urandom(100))
+        time.sleep(0.5)
+        pid = g.proc.pid
+        c0, w0 = T.cpu_seconds(pid), time.monotonic()
+        time.sleep(3)
+        c1, w1 = T.cpu_seconds(pid), time.monotonic()
+        ratio = (c1 - c0) / (w1 - w0)
+        T.diag('ftpgate CPU while the record waits: %.2f s in %.2f s (%.0f %%)'
+               % (c1 - c0, w1 - w0, 100 * ratio))
+        conn.close()
+        T.diag('reply: %s' % final_reply(f))
+        assert ratio < 0.25, 'ftpgate busy at %.0f %% of a CPU on a partial TLS record' % (
+            100 * ratio)
+        assert retr_sha(f, 'mid.bin') == SHA['mid.bin']
+        f.quit()
+
+
+# --------------------------------------------------------------------------
+# issue 10.4: a TLS data connection cut without close_notify is a failed transfer
+
+class StrictFTP_TLS(T.ReuseFTP_TLS):
+    """Data connections raise SSLEOFError on a close without close_notify
+    (instead of reading it as the end), so the test sees what arrived.
+    Use it with strict_context() (Debian's Python 3.11 sets
+    OP_IGNORE_UNEXPECTED_EOF by default, which hides the difference)."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        conn = self.context.wrap_socket(conn, server_hostname=self.host,
+                                        session=self.sock.session, suppress_ragged_eofs=False)
+        return conn, size
+
+
+def strict_context():
+    ctx = T.tls_client_context(C['ca'], min_version=ssl.TLSVersion.TLSv1_3)
+    ctx.options &= ~getattr(ssl, 'OP_IGNORE_UNEXPECTED_EOF', 0)
+    return ctx
+
+
+def read_to_end(conn):
+    """(bytes, 'close_notify' | 'no close_notify' | error)"""
+    buf = bytearray()
+    conn.settimeout(20)
+    while True:
+        try:
+            b = conn.recv(65536)
+        except ssl.SSLEOFError:
+            return bytes(buf), 'no close_notify'
+        except (ssl.SSLError, OSError) as e:
+            return bytes(buf), repr(e)
+        if not b:
+            return bytes(buf), 'close_notify'
+        buf.extend(b)
+
+
+def c_client_truncates_upload():
+    with gate(PLAIN) as g:
+        f = login(g, PLAIN)
+        mark = g.log_mark()
+        conn = f.transfercmd('STOR up/trunc.bin')
+        conn.sendall(os.urandom(2 * MiB))
+        conn.close()     # Python sends no close_notify on close(): a cut
+        r = final_reply(f)
+        T.diag('upload cut without close_notify -> %s' % r)
+        assert r.startswith('426'), 'a cut upload was answered %r, want 426' % r
+        assert g.wait_log(r'without close_notify', mark), g.log_since(mark)[-2000:]
+        stor_check(f, PLAIN, 'after-trunc.bin')     # a proper upload still succeeds
+        f.quit()
+
+
+def truncating_backend(data, events):
+    """A FakeBackend handler: implicit FTPS server whose RETR sends data
+    and closes the TLS data connection without close_notify, then 226."""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(C['cert'], C['key'])
+
+    def handler(conn, fb):
+        conn.sock = sctx.wrap_socket(conn.sock, server_side=True)
+        conn.send('220 truncating test server\r\n')
+        lsock = None
+        while True:
+            line = conn.readline()
+            if line is None:
+                return
+            verb = line.split(' ')[0].upper()
+            if verb == 'USER':
+                conn.send('331 password\r\n')
+            elif verb == 'PASS':
+                conn.send('230 in\r\n')
+            elif verb in ('EPSV', 'PASV'):
+                lsock = socket.socket()
+                lsock.bind(('127.0.0.1', 0))
+                lsock.listen(1)
+                p = lsock.getsockname()[1]
+                if verb == 'EPSV':
+                    conn.send('229 Entering Extended Passive Mode (|||%d|)\r\n' % p)
+                else:
+                    conn.send('227 Entering Passive Mode (127,0,0,1,%d,%d)\r\n' % (p >> 8,
+                                                                                  p & 255))
+            elif verb == 'RETR' and lsock:
+                lsock.settimeout(20)
+                d, _ = lsock.accept()
+                lsock.close()
+                lsock = None
+                conn.send('150 here it comes\r\n')
+                ds = sctx.wrap_socket(d, server_side=True)
+                ds.sendall(data)
+                time.sleep(0.3)
+                ds.close()            # no close_notify: the download is cut
+                events.append('cut after %d bytes' % len(data))
+                conn.send('226 Transfer complete.\r\n')
+            elif verb == 'QUIT':
+                conn.send('221 bye\r\n')
+                return
+            else:
+                conn.send('200 ok\r\n')
+    return handler
+
+
+def c_backend_truncates_download():
+    data = os.urandom(3 * MiB)
+    events = []
+    with T.FakeBackend(truncating_backend(data, events)) as fb:
+        cfg = T.gate_config(fb.addr(), passive_ports=GP, tls='terminate',
+                            tls_cert=C['chain'], tls_key=C['key'], backend_tls='implicit',
+                            backend_ca=C['ca'])
+        with T.Ftpgate(cfg) as g:
+            f = StrictFTP_TLS(context=strict_context())
+            f.connect('127.0.0.1', g.port, timeout=20)
+            f.auth()
+            f.login('u', 'p')
+            f.prot_p()
+            mark = g.log_mark()
+            conn = f.transfercmd('RETR cut.bin')
+            got, end = read_to_end(conn)
+            conn.close()
+            r = final_reply(f)
+            T.diag('backend: %s; client got %d bytes, %s, then %s' % (events, len(got), end, r))
+            assert not fb.errors, fb.errors
+            assert end != 'close_notify', 'the proxy forged close_notify toward the client'
+            assert r.startswith('426'), 'a cut download was answered %r, want 426' % r
+            assert g.wait_log(r'without close_notify', mark), g.log_since(mark)[-2000:]
+            f.quit()
+
+
+# --------------------------------------------------------------------------
 
 def maybe(name, fn, timeout, *req):
     why = {'tsrv': TLS_WHY if not TSRV else None, 'vs': VS_WHY if not VS else None,
@@ -470,6 +626,11 @@ if PROFTPD:
     PROFTPD.stop()
 maybe('stock FTP_TLS (no resumption): RETR and STOR get 522 session reuse required',
       c_no_reuse_522, 30)
+maybe('a TLS record cut after its header and 100 bytes does not spin the loop (CPU ratio)',
+      c_partial_record_cpu, 30)
+maybe('client cuts a TLS upload without close_notify: 426', c_client_truncates_upload, 30)
+maybe('TLS backend cuts a download without close_notify: 426, no close_notify to the client',
+      c_backend_truncates_download, 30)
 T.diag('total %.1f s' % (time.monotonic() - T0))
 for _s in (VS, TSRV, SRV):
     if _s:
