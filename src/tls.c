@@ -260,11 +260,11 @@ SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, 
 	 * connect (227, 229, 200): TLS 1.3 clients use a ticket once
 	 * (OpenSSL marks a resumed session as spent, so curl would do a
 	 * full handshake on its second data connection). The ticket carries
-	 * this control connection's session-id context like every other. */
+	 * this control connection's session-id context like every other.
+	 * Best effort: without it (OpenSSL refuses while the control
+	 * connection is in a handshake) a client may still hold a ticket. */
 	SSL_set_num_tickets(ssl, 0);
-	if (SSL_version(control) >= TLS1_3_VERSION && !SSL_new_session_ticket(control)) {
-		SSL_free(ssl);
-		return NULL;
-	}
+	if (SSL_version(control) >= TLS1_3_VERSION && !SSL_new_session_ticket(control))
+		ERR_clear_error();
 	return ssl;
 }
