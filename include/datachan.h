@@ -63,10 +63,17 @@ int datachan_side_connected(const struct datachan *dc, enum dc_side side);
  * Speak TLS on a side: ssl (owned by dc from now on) acts as server
  * (server = 1, the proxy toward its client) or client (toward the backend).
  * With require_reuse the handshake must resume a session, or the pair
- * fails. The handshake starts when the pump starts (after the transfer
- * command), and a TLS side gets close_notify before its EOF. A pair with
- * a TLS side moves bytes through OpenSSL instead of splice(2).
+ * fails with the reason DATACHAN_NO_REUSE. The handshake starts when the
+ * pump starts (after the transfer command), and a TLS side gets
+ * close_notify before its EOF. A TLS peer that closes without close_notify
+ * fails the pair (the data may be cut), and then no close_notify goes to
+ * the other side. Sessions the backend issues on a TLS-client side count
+ * (tls_keep_sessions) only if the pair ends cleanly. A pair with a TLS
+ * side moves bytes through OpenSSL instead of splice(2).
  */
+#define DATACHAN_NO_REUSE                                                                          \
+	"the client data connection did not resume the control connection's TLS session"
+
 void datachan_set_tls(struct datachan *dc, enum dc_side side, struct ssl_st *ssl, int server,
                       int require_reuse);
 

@@ -166,6 +166,7 @@ struct core {
 	char *held;        /* XS_HELD: the backend's final reply */
 	size_t held_len;
 	int data_ok;           /* XS_DATA_DONE: the pair delivered every byte */
+	int data_no_reuse;     /* ... or the proxy refused it: no TLS session reuse */
 	char data_reason[160]; /* ... or why not */
 	char xfer_cmd[96];     /* for the transfer log line (escaped) */
 	char xfer_path[512];   /* argument of the transfer command, for xferlog */
@@ -206,6 +207,9 @@ int core_wants_reply(const struct core *c);
 void core_backend_reply(struct core *c, int code, const char *rep, size_t len);
 void core_data_side(struct core *c, enum core_side side, int ok, const char *reason);
 void core_data_done(struct core *c, int ok, const char *reason);
+/* The pair failed because the proxy refused the client's TLS data
+ * connection: it did not resume the control connection's session. */
+void core_data_refused_no_reuse(struct core *c, const char *reason);
 void core_timer(struct core *c);
 void core_drain(struct core *c); /* proxy shutting down */
 /* The session's idle timer, from now. */

@@ -26,11 +26,14 @@ int tls_site_init(const struct site_conf *sc, const char *conf_path, SSL_CTX **s
 SSL *tls_backend_ssl(SSL_CTX *ctx, const struct site_conf *sc, SSL_SESSION *resume);
 
 /*
- * A new SSL for a client connection. sid_ctx ties sessions to one control
- * connection: a data connection can resume only a session of its own
- * control connection. Data connections issue no session tickets.
+ * A new SSL for a client connection: the control connection (control =
+ * NULL) or a data connection of the control connection control. sid_ctx
+ * ties sessions to one control connection: a data connection can resume
+ * only a session of its own control connection. Data connections issue no
+ * session tickets; with TLS 1.3 a new ticket for each is sent on control
+ * (with its next reply), as clients use a ticket only once.
  */
-SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, int data);
+SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, SSL *control);
 
 /*
  * A backend session keeps its latest TLS session in *slot (the SSL's ex-data
@@ -39,6 +42,17 @@ SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, 
  * the control session's chain (TLS 1.3 tickets are meant for one use).
  */
 void tls_track_session(SSL *ssl, SSL_SESSION **slot);
+
+/*
+ * On a backend data connection: sessions (tickets) it receives are held
+ * back, and reach the tracked slot only by tls_keep_sessions(), called
+ * when the connection ended cleanly (close_notify both ways). Servers
+ * drop the sessions of a connection that ended badly (an ABOR, a client
+ * that went away), so the slot keeps the previous one then. Returns -1
+ * when out of memory.
+ */
+int tls_hold_sessions(SSL *ssl);
+void tls_keep_sessions(SSL *ssl);
 
 /* The last OpenSSL error as text (for logs), or fallback. */
 const char *tls_error_string(unsigned long err, const char *fallback, char *buf, size_t size);

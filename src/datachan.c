@@ -49,6 +49,7 @@ struct dc_end {
 	int hs_done;          /* TLS handshake complete (always 1 without TLS) */
 	int want_rd, want_wr; /* TLS pump: what the last attempts waited for */
 	int hs_hold;          /* TLS client: do not start the handshake yet */
+	int rd_starved;       /* TLS: the last read wanted bytes from the socket */
 };
 
 /* dir[0]: client -> backend, dir[1]: backend -> client. Source side of dir d is d. */
@@ -142,6 +143,10 @@ static void dc_release(struct datachan *dc)
 /* Finish the pair; the callback is the last thing that touches dc. */
 static void dc_finish(struct datachan *dc, int ok)
 {
+	/* Ended cleanly: the backend's new tickets may be used from now on. */
+	for (int i = 0; ok && i < 2; i++)
+		if (dc->side[i].ssl)
+			tls_keep_sessions(dc->side[i].ssl);
 	dc_release(dc);
 	dc->pumping = 0;
 	dc->cbs.done(dc, ok, ok ? NULL : dc->reason, dc->arg);
@@ -622,6 +627,10 @@ void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int serv
 	s->require_reuse = require_reuse;
 	/* As a TLS client the proxy speaks first; wait for datachan_tls_go(). */
 	s->hs_hold = !server;
+	/* Tickets from the backend count only once the pair ended cleanly
+	 * (dc_finish); without memory for that they count at once. */
+	if (!server)
+		(void)tls_hold_sessions(ssl);
 }
 
 void datachan_tls_go(struct datachan *dc)
@@ -631,12 +640,18 @@ void datachan_tls_go(struct datachan *dc)
 		held |= dc->side[i].hs_hold;
 		dc->side[i].hs_hold = 0;
 	}
-	/* Run from the loop, not from inside the caller's callback. */
-	if (held && dc->pumping && dc->side[0].ev_wr)
-		event_active(dc->side[0].ev_wr, EV_WRITE, 0);
+	/* Run from the loop, not from inside the caller's callback. By the
+	 * kick timer: an event made active by hand is not put into epoll by
+	 * an event_add() before its callback ran, and the pump's own
+	 * bookkeeping would then wait for it for ever. */
+	if (held && dc->pumping && dc->kick) {
+		struct timeval now = {0, 0};
+		evtimer_add(dc->kick, &now);
+	}
 }
 
-enum io_result { IO_OK, IO_EOF, IO_WANT_READ, IO_WANT_WRITE, IO_ERROR };
+/* IO_TRUNC: the TLS peer closed the TCP connection without close_notify. */
+enum io_result { IO_OK, IO_EOF, IO_TRUNC, IO_WANT_READ, IO_WANT_WRITE, IO_ERROR };
 
 /* Record why an OpenSSL call failed, for dc->reason. */
 static enum io_result ssl_result(struct datachan *dc, struct dc_end *s, int r, const char *what)
@@ -651,11 +666,21 @@ static enum io_result ssl_result(struct datachan *dc, struct dc_end *s, int r, c
 	case SSL_ERROR_ZERO_RETURN:
 		return IO_EOF;
 	case SSL_ERROR_SYSCALL:
-		if (errno == 0 || errno == EAGAIN)
-			return errno ? IO_WANT_READ : IO_EOF; /* EOF without close_notify */
+		if (errno == EAGAIN)
+			return IO_WANT_READ;
+		if (errno == 0) {
+			ERR_clear_error();
+			return IO_TRUNC;
+		}
 		snprintf(dc->reason, sizeof(dc->reason), "%s %s: %s", what, side_name[s->idx],
 		         strerror(errno));
 		break;
+	case SSL_ERROR_SSL:
+		if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+			ERR_clear_error();
+			return IO_TRUNC;
+		}
+		/* fall through */
 	default:
 		tls_error_string(ERR_peek_last_error(), "TLS error", e, sizeof(e));
 		snprintf(dc->reason, sizeof(dc->reason), "%s %s data connection: %s", what,
@@ -722,6 +747,18 @@ static void want(struct dc_end *s, enum io_result r)
 		s->want_wr = 1;
 }
 
+/*
+ * A TLS peer closed direction d without close_notify. That loses nothing
+ * only when d carried no byte and it is the answer to a transfer the other
+ * way that has been delivered in full: a client that hangs up after its
+ * download (with close_notify from the proxy) without saying goodbye.
+ */
+static int truncation_harmless(const struct datachan *dc, int d)
+{
+	const struct dc_dir *dr = &dc->dir[d], *other = &dc->dir[1 - d];
+	return dr->bytes == 0 && dr->buf_len == 0 && other->done && other->bytes > 0;
+}
+
 /* Returns 1 if it moved something, 0 if it must wait, -1 if the pair failed (reported). */
 static int tls_dir_step(struct datachan *dc, int d)
 {
@@ -743,8 +780,8 @@ static int tls_dir_step(struct datachan *dc, int d)
 			moved = 1;
 			continue;
 		}
-		if (r == IO_ERROR || r == IO_EOF) {
-			if (r == IO_EOF)
+		if (r == IO_ERROR || r == IO_EOF || r == IO_TRUNC) {
+			if (r != IO_ERROR)
 				snprintf(dc->reason, sizeof(dc->reason),
 				         "%s closed the data connection", side_name[dst->idx]);
 			dc_finish(dc, 0);
@@ -781,12 +818,23 @@ static int tls_dir_step(struct datachan *dc, int d)
 	while (dr->buf_len < DC_TLS_BUF) {
 		size_t got = 0;
 		r = end_read(dc, src, dr->buf + dr->buf_len, DC_TLS_BUF - dr->buf_len, &got);
+		src->rd_starved = r == IO_WANT_READ;
 		if (r == IO_OK) {
 			dr->buf_len += got;
 			moved = 1;
 			continue;
 		}
-		if (r == IO_EOF) {
+		if (r == IO_TRUNC && !truncation_harmless(dc, d)) {
+			/* Whoever cut the connection may have cut the data: the
+			 * transfer failed, and the other side gets no close_notify. */
+			snprintf(dc->reason, sizeof(dc->reason),
+			         "the %s closed its TLS data connection without close_notify "
+			         "(truncated)",
+			         side_name[src->idx]);
+			dc_finish(dc, 0);
+			return -1;
+		}
+		if (r == IO_EOF || r == IO_TRUNC) {
 			dr->src_eof = 1;
 			moved = 1;
 			break;
@@ -810,18 +858,15 @@ static int tls_handshake_step(struct datachan *dc, struct dc_end *s)
 	if (r == 1) {
 		s->hs_done = 1;
 		if (s->tls_server && s->require_reuse && !SSL_session_reused(s->ssl)) {
-			snprintf(dc->reason, sizeof(dc->reason),
-			         "the %s data connection did not resume the control connection's "
-			         "TLS session",
-			         side_name[s->idx]);
+			snprintf(dc->reason, sizeof(dc->reason), "%s", DATACHAN_NO_REUSE);
 			dc_finish(dc, 0);
 			return -1;
 		}
 		return 1;
 	}
 	enum io_result res = ssl_result(dc, s, r, "handshake with");
-	if (res == IO_ERROR || res == IO_EOF) {
-		if (res == IO_EOF)
+	if (res == IO_ERROR || res == IO_EOF || res == IO_TRUNC) {
+		if (res != IO_ERROR)
 			snprintf(dc->reason, sizeof(dc->reason),
 			         "%s closed the data connection during the TLS handshake",
 			         side_name[s->idx]);
@@ -877,9 +922,11 @@ static int tls_service(struct datachan *dc)
 		set_wr(s, s->want_wr);
 		/* With read-ahead, OpenSSL may hold records (or the close_notify)
 		 * that it already took off the socket: no socket event will
-		 * announce them, so come back for them. */
+		 * announce them, so come back for them. Not when the last read
+		 * wanted more from the socket: what is held is part of a record,
+		 * and the socket event brings the rest. */
 		if (s->ssl && s->hs_done && !dr->src_eof && dr->buf_len == dr->buf_off &&
-		    SSL_has_pending(s->ssl))
+		    !s->rd_starved && SSL_has_pending(s->ssl))
 			again = 1;
 	}
 	if (again) {
@@ -928,11 +975,11 @@ static int tls_pump_begin(struct datachan *dc)
 			continue;
 		}
 		/* Data connections: keep OpenSSL's buffers (no malloc per
-		 * record), read whole socket buffers at once, and treat a TCP
-		 * close without close_notify as the end of the data. */
+		 * record) and read whole socket buffers at once. A TCP close
+		 * without close_notify is not the end of the data but a cut
+		 * (IO_TRUNC). */
 		SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
 		SSL_set_read_ahead(s->ssl, 1);
-		SSL_set_options(s->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
 		if (!SSL_set_fd(s->ssl, s->fd)) {
 			snprintf(dc->reason, sizeof(dc->reason), "TLS setup failed");
 			dc_finish(dc, 0);

@@ -300,7 +300,7 @@ static int client_start_tls(struct session *s)
 		log_warn("%s: dropped %zu bytes of plaintext sent after AUTH", s->tag, junk);
 		evbuffer_drain(in, junk);
 	}
-	SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 0);
+	SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), NULL);
 	struct bufferevent *bev =
 	    ssl ? bev_start_tls(s, s->cbev, ssl, BUFFEREVENT_SSL_ACCEPTING) : NULL;
 	if (!bev)
@@ -346,7 +346,8 @@ static int op_data_new(void *io, int client_tls, int backend_tls)
 	datachan_count_refused(s->dc, &s->site->state->stats.data_refused,
 	                       &s->site->state->refused_log);
 	if (client_tls) {
-		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
+		SSL *ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx),
+		                          bufferevent_openssl_get_ssl(s->cbev));
 		if (!ssl)
 			goto oom;
 		datachan_set_tls(s->dc, DC_CLIENT, ssl, 1, s->conf->tls_require_session_reuse);
@@ -404,7 +405,8 @@ static int op_data_client_tls(void *io, int on)
 	struct session *s = io;
 	SSL *ssl = NULL;
 	if (on) {
-		ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx), 1);
+		ssl = tls_client_ssl(s->site->tls_server, s->sid_ctx, sizeof(s->sid_ctx),
+		                     bufferevent_openssl_get_ssl(s->cbev));
 		if (!ssl) {
 			errno = ENOMEM;
 			return -1;
@@ -564,7 +566,10 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	s->dc = NULL;
 	if (!ok && (strstr(why, "TLS") || strstr(why, "SSL")))
 		s->site->state->stats.tls_handshake_failures++;
-	core_data_done(&s->core, ok, why);
+	if (!ok && strcmp(why, DATACHAN_NO_REUSE) == 0)
+		core_data_refused_no_reuse(&s->core, why);
+	else
+		core_data_done(&s->core, ok, why);
 	session_pump(s);
 }
 

@@ -253,6 +253,7 @@ static void transfer_end(struct core *c, int code)
 	free(c->held);
 	c->held = NULL;
 	c->held_len = 0;
+	c->data_no_reuse = 0;
 	xfer_set(c, XS_IDLE);
 	c->ops->transfer_end(c->io, code, r);
 	core_arm_idle(c);
@@ -269,7 +270,13 @@ static int reply_code(const char *rep, size_t len)
 static void release_held(struct core *c)
 {
 	int code = reply_code(c->held, c->held_len);
-	if (c->data_ok || code / 100 != 2) {
+	if (c->data_no_reuse) {
+		/* The proxy refused the data connection: say why (as vsftpd
+		 * does), not what the backend made of the cut. */
+		reply_client(c, "522 SSL connection failed: session reuse required (the TLS data "
+		                "connection must resume the control connection's TLS session).");
+		code = 522;
+	} else if (c->data_ok || code / 100 != 2) {
 		relay(c, c->held, c->held_len);
 	} else {
 		/* The backend says done but the client did not get every byte. */
@@ -364,6 +371,14 @@ void core_data_side(struct core *c, enum core_side side, int ok, const char *rea
 		transfer_forward(c, cmd);
 		free(cmd);
 	}
+}
+
+void core_data_refused_no_reuse(struct core *c, const char *reason)
+{
+	if (!c->pair)
+		return;
+	c->data_no_reuse = 1;
+	core_data_done(c, 0, reason);
 }
 
 void core_data_done(struct core *c, int ok, const char *reason)
@@ -824,8 +839,9 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			transfer_end(c, code);
 			break;
 		}
-		if (code >= 400 || c->xs == XS_ABORTED) {
-			/* Failed, or the data pair is already gone (ABOR): relay as is. */
+		if ((code >= 400 && !c->data_no_reuse) || c->xs == XS_ABORTED) {
+			/* Failed, or the data pair is already gone (ABOR): relay as
+			 * is. (A failure the proxy caused itself is answered as held.) */
 			fifo_pop(c);
 			relay(c, rep, len);
 			transfer_end(c, code);
@@ -951,6 +967,7 @@ static int pair_open(struct core *c)
 	}
 	c->pair = 1;
 	c->pair_client_tls = client_tls;
+	c->data_no_reuse = 0;
 	if (c->backend_tls_up && backend_tls != c->backend_prot_p) {
 		send_backend(c, "PROT %c", backend_tls ? 'P' : 'C');
 		fifo_push(c, EXP_BPROT);

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
@@ -11,7 +12,31 @@
 
 #include "tls.h"
 
-static int slot_idx = -1;
+static int slot_idx = -1; /* SSL ex-data: the SSL_SESSION ** a backend session keeps */
+static int held_idx = -1; /* SSL ex-data: struct held of a backend data connection */
+
+/*
+ * Sessions a backend data connection received, held until it ends cleanly.
+ * Owned by the SSL (freed with it by held_free).
+ */
+struct held {
+	SSL_SESSION *sess;
+};
+
+static void held_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	struct held *h = ptr;
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	if (!h)
+		return;
+	if (h->sess)
+		SSL_SESSION_free(h->sess);
+	free(h);
+}
 
 const char *tls_error_string(unsigned long err, const char *fallback, char *buf, size_t size)
 {
@@ -63,10 +88,17 @@ static int file_fail(char *err, size_t errsize, const char *path, const struct s
 	return -1;
 }
 
-/* A backend session ticket / session arrived: keep it for data connections. */
+/*
+ * A backend session ticket / session arrived: keep it for data connections,
+ * at once from the control connection, from a data connection only once it
+ * has ended cleanly (tls_keep_sessions).
+ */
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
 	SSL_SESSION **slot = SSL_get_ex_data(ssl, slot_idx);
+	struct held *h = SSL_get_ex_data(ssl, held_idx);
+	if (h)
+		slot = &h->sess;
 	if (!slot)
 		return 0;
 	if (*slot)
@@ -80,12 +112,40 @@ void tls_track_session(SSL *ssl, SSL_SESSION **slot)
 	SSL_set_ex_data(ssl, slot_idx, slot);
 }
 
+int tls_hold_sessions(SSL *ssl)
+{
+	if (SSL_get_ex_data(ssl, held_idx))
+		return 0;
+	struct held *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -1;
+	if (!SSL_set_ex_data(ssl, held_idx, h)) {
+		free(h);
+		return -1;
+	}
+	return 0;
+}
+
+void tls_keep_sessions(SSL *ssl)
+{
+	struct held *h = SSL_get_ex_data(ssl, held_idx);
+	SSL_SESSION **slot = SSL_get_ex_data(ssl, slot_idx);
+	if (!h || !h->sess || !slot)
+		return;
+	if (*slot)
+		SSL_SESSION_free(*slot);
+	*slot = h->sess;
+	h->sess = NULL;
+}
+
 int tls_site_init(const struct site_conf *sc, const char *path, SSL_CTX **server, SSL_CTX **client,
                   char *err, size_t errsize)
 {
 	*server = *client = NULL;
 	if (slot_idx < 0)
 		slot_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+	if (held_idx < 0)
+		held_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, held_free);
 
 	if (sc->tls == TLS_TERMINATE || sc->tls == TLS_IMPLICIT) {
 		SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
@@ -188,18 +248,44 @@ SSL *tls_backend_ssl(SSL_CTX *ctx, const struct site_conf *sc, SSL_SESSION *resu
 			SSL_set_tlsext_host_name(ssl, sc->backend_host);
 		}
 	}
-	if (resume)
-		SSL_set_session(ssl, resume);
+	if (resume) {
+		/* A copy: OpenSSL marks the session it resumed as spent (TLS 1.3
+		 * tickets are meant for one use; a connection freed without
+		 * close_notify spoils its session too). The control session's
+		 * newest session stays usable for the next data connection if
+		 * this one brings no new ticket or ends badly. */
+		SSL_SESSION *copy = SSL_SESSION_dup(resume);
+		if (!copy || !SSL_set_session(ssl, copy)) {
+			SSL_SESSION_free(copy);
+			SSL_free(ssl);
+			return NULL;
+		}
+		SSL_SESSION_free(copy); /* ssl holds its own reference */
+	}
 	return ssl;
 }
 
-SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, int data)
+SSL *tls_client_ssl(SSL_CTX *ctx, const unsigned char *sid_ctx, size_t sid_len, SSL *control)
 {
 	SSL *ssl = SSL_new(ctx);
 	if (!ssl)
 		return NULL;
 	SSL_set_session_id_context(ssl, sid_ctx, (unsigned int)sid_len);
-	if (data)
-		SSL_set_num_tickets(ssl, 0);
+	if (!control)
+		return ssl;
+	/* A data connection issues no tickets: a client that only writes
+	 * (an upload) never reads them, and closing a socket with unread
+	 * bytes sends a reset that can cut the tail of its upload. The
+	 * ticket for the next data connection goes out on the control
+	 * connection instead, ahead of the reply that leads the client to
+	 * connect (227, 229, 200): TLS 1.3 clients use a ticket once
+	 * (OpenSSL marks a resumed session as spent, so curl would do a
+	 * full handshake on its second data connection). The ticket carries
+	 * this control connection's session-id context like every other.
+	 * Best effort: without it (OpenSSL refuses while the control
+	 * connection is in a handshake) a client may still hold a ticket. */
+	SSL_set_num_tickets(ssl, 0);
+	if (SSL_version(control) >= TLS1_3_VERSION && !SSL_new_session_ticket(control))
+		ERR_clear_error();
 	return ssl;
 }

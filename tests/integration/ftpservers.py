@@ -1,9 +1,12 @@
-"""Real FTP servers that are not installed, for the tests and for
-tests/fuzz/capture_corpus.py: ProFTPD and Pure-FTPd from their Debian
-packages, fetched with `apt-get download` into a temporary directory and
-unpacked with `dpkg -x` (only one FTP server package, vsftpd, may be
-installed), started in the foreground and stopped by PID.  Their shared
-libraries must be installed (tools/install-deps.sh)."""
+"""ftpservers: real FTP servers for the integration tests, run from their
+Debian packages without installing them: ProFTPD (proftpd-core and
+proftpd-mod-crypto for mod_tls.so) and Pure-FTPd are fetched with
+`apt-get download` into a temporary directory and unpacked with `dpkg -x`
+(only one FTP server package, vsftpd, may be installed).  Their shared
+libraries must be installed (tools/install-deps.sh): libhiredis0.14
+libmemcached11 libmemcachedutil2 libpcre2-posix3 (ProFTPD), libsodium23
+(Pure-FTPd), libcap2.  The servers need root (they switch to nobody and
+chroot).  Owns the server processes it starts: stopped by PID at exit."""
 
 import atexit
 import glob
@@ -18,6 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftptest as T  # noqa: E402
+
 
 PROXY_IP = '127.0.0.2'      # ftpgate's listen address (and its forwarders')
 BACK_IP = '127.0.0.1'       # servers' address; clients' source address
@@ -301,6 +305,7 @@ class PureFTPd(Server):
     def log(self):
         return '\n'.join(read_text(p) for p in (self.out_path, self.xfer_log)) + \
             '\n(pure-ftpd logs to syslog; command line: pure-ftpd %s)' % ' '.join(self.args)
+
 
 
 def why_not_here():
