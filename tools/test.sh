@@ -2,7 +2,7 @@
 # The whole test suite (README Quick start; CI runs it through .ci/run):
 # install what the build and tests need, build with -Werror,
 # run the whole test suite (plain build, then ASan/UBSan build), each fuzz
-# target for FUZZ_SECONDS (default 30) in a clang build, distcheck, and end
+# target for FUZZ_SECONDS (default 60) in a clang build, distcheck, and end
 # with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -49,8 +49,8 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	run_build sanitize --enable-sanitizers
 
 # libFuzzer targets (clang, its own build dir): regression inputs, then
-# FUZZ_SECONDS (default 30) of fuzzing each; a crash fails the run.
-echo "=== fuzzing (${FUZZ_SECONDS:=30} s per target)"
+# FUZZ_SECONDS (default 60) of fuzzing each; a crash fails the run.
+echo "=== fuzzing (${FUZZ_SECONDS:=60} s per target)"
 export FUZZ_SECONDS
 fuzz_start=$SECONDS
 rm -rf build-fuzz; mkdir build-fuzz

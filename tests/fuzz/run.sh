@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the libFuzzer targets of a `configure --enable-fuzzing` build (CC=clang,
 # then `make fuzz`): for each target, first its regression inputs
-# (tests/fuzz/regress/NAME/, each once), then FUZZ_SECONDS seconds (default 30)
+# (tests/fuzz/regress/NAME/, each once), then FUZZ_SECONDS seconds (default 60)
 # of fuzzing from its seed corpus (tests/fuzz/corpus/NAME/, never written).
 #   tests/fuzz/run.sh BUILDDIR [NAME...]     NAME: ftp_cmd ftp_reply ftp_addr conf proxyproto session_core
 # What the fuzzer finds stays in BUILDDIR/fuzz-work/NAME/ (the next run goes
@@ -15,7 +15,7 @@ src=$(cd "$here/../.." && pwd)
 [ $# -ge 1 ] || { echo "usage: $0 BUILDDIR [NAME...]" >&2; exit 2; }
 build=$(cd "$1" && pwd) || exit 2
 shift
-secs=${FUZZ_SECONDS:-30}
+secs=${FUZZ_SECONDS:-60}
 jobs=${FUZZ_JOBS:-1}
 names=${*:-ftp_cmd ftp_reply ftp_addr conf proxyproto session_core}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
