@@ -48,6 +48,7 @@ enum exp_kind {
 	EXP_BAUTH,      /* the proxy's AUTH TLS to the backend */
 	EXP_BPBSZ,      /* the proxy's PBSZ 0 to the backend; then the greeting goes out */
 	EXP_BPROT,      /* the proxy's PROT to the backend before a data command */
+	EXP_BREST,      /* the proxy's REST 0: clears a restart marker of a refused transfer */
 	EXP_PT_AUTH,    /* passthrough: the client's AUTH; after 234 the relay goes blind */
 	EXP_PT_XFER,    /* passthrough: a transfer command, relayed */
 	EXP_PT_PASV,    /* passthrough: PASV/EPSV before AUTH; the port of 227/229 is noted */
@@ -149,6 +150,7 @@ struct core {
 	unsigned fifo_head, fifo_len;
 	int epsv_all;
 	int backend_no_epsv;
+	int rest_pending; /* the backend accepted a REST that no transfer has used yet */
 	int type_ascii;
 	char *greeting; /* held while TLS to the backend is negotiated */
 	size_t greeting_len;

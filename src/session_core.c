@@ -323,8 +323,23 @@ static int ready_to_forward(const struct core *c)
 	return 1;
 }
 
+/*
+ * The proxy answered a transfer command itself (425, 426, 521): the
+ * backend never saw it, so a REST it accepted would still apply to the
+ * next one and start it mid-file (found by the soak). Clear it.
+ */
+static void rest_forget(struct core *c)
+{
+	if (!c->rest_pending || c->closing)
+		return;
+	c->rest_pending = 0;
+	send_backend(c, "REST 0");
+	snprintf(fifo_push(c, EXP_BREST)->verb, FTP_VERB_MAX + 1, "REST");
+}
+
 static void transfer_forward(struct core *c, const char *cmd)
 {
+	c->rest_pending = 0;
 	send_backend(c, "%s", cmd);
 	snprintf(fifo_push(c, EXP_TRANSFER)->verb, FTP_VERB_MAX + 1, "%.*s", (int)strcspn(cmd, " "),
 	         cmd);
@@ -346,6 +361,7 @@ void core_data_side(struct core *c, enum core_side side, int ok, const char *rea
 			/* The command never reached the backend: answer it here. */
 			xfer_cancel(c);
 			reply_client(c, "425 Can't open data connection: %s.", why);
+			rest_forget(c);
 			return;
 		}
 		pair_drop(c);
@@ -404,6 +420,7 @@ void core_data_done(struct core *c, int ok, const char *reason)
 		/* Timed out before the client sent or the connections came up. */
 		xfer_cancel(c);
 		reply_client(c, "425 Can't open data connection: %s.", c->data_reason);
+		rest_forget(c);
 		break;
 	case XS_READY:
 		xfer_cancel(c); /* the next transfer command gets 425 */
@@ -628,6 +645,8 @@ static const char *exp_verb(const struct expect *e)
 		return "PBSZ";
 	case EXP_BPROT:
 		return "PROT";
+	case EXP_BREST:
+		return "REST";
 	default:
 		return e->verb; /* set by forward() and transfer_forward() */
 	}
@@ -779,6 +798,11 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			c->ops->pt_data_port(c->io, port);
 		break;
 	}
+	case EXP_BREST:
+		fifo_pop(c);
+		if (code != 350)
+			log_warn("%s: backend answered the proxy's REST 0 with %d", c->tag, code);
+		break;
 	case EXP_BPROT:
 		fifo_pop(c);
 		if (code / 100 != 2) {
@@ -794,6 +818,8 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			c->logged_in = 1;
 			core_arm_idle(c);
 		}
+		if (code == 350 && strcmp(cur.verb, "REST") == 0)
+			c->rest_pending = 1;
 		if (cur.long_line && code >= 400) {
 			/* The backend may have read the line in pieces and answer the
 			 * rest too: nothing more goes to it before this command's
@@ -837,6 +863,14 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			if (c->xs != XS_ABORTED)
 				xfer_set(c, XS_ABORTED);
 			transfer_end(c, code);
+			break;
+		}
+		if (c->xs == XS_ABORTED && code / 100 == 2 && !c->data_ok) {
+			/* ABOR cut the data before the backend's 226: the client
+			 * did not get the whole file, so it must not hear "complete". */
+			fifo_pop(c);
+			reply_client(c, "426 Connection closed; transfer aborted.");
+			transfer_end(c, 426);
 			break;
 		}
 		if ((code >= 400 && !c->data_no_reuse) || c->xs == XS_ABORTED) {
@@ -1057,11 +1091,13 @@ static void cmd_transfer(struct core *c, const struct ftp_cmd *cmd)
 
 	if (c->xs != XS_READY) {
 		reply_client(c, "425 Use PASV or EPSV first.");
+		rest_forget(c);
 		return;
 	}
 	if (c->conf->require_data_tls && !(c->client_tls && c->client_prot_p)) {
 		xfer_cancel(c);
 		reply_client(c, "521 Data connections must be protected: use PROT P.");
+		rest_forget(c);
 		return;
 	}
 	/* PBSZ/PROT may have come after PASV/PORT: the data connection gets
@@ -1071,6 +1107,7 @@ static void cmd_transfer(struct core *c, const struct ftp_cmd *cmd)
 		if (c->ops->data_client_tls(c->io, want_tls) < 0) {
 			xfer_cancel(c);
 			reply_client(c, "425 Can't open data connection: out of memory.");
+			rest_forget(c);
 			return;
 		}
 		c->pair_client_tls = want_tls;
@@ -1086,6 +1123,7 @@ static void cmd_transfer(struct core *c, const struct ftp_cmd *cmd)
 		         strerror(errno));
 		xfer_cancel(c);
 		reply_client(c, "425 Can't open data connection.");
+		rest_forget(c);
 		return;
 	}
 	if (ready_to_forward(c)) {
@@ -1100,6 +1138,7 @@ static void cmd_transfer(struct core *c, const struct ftp_cmd *cmd)
 	if (!c->pending_cmd) {
 		xfer_cancel(c);
 		reply_client(c, "425 Can't open data connection: out of memory.");
+		rest_forget(c);
 		return;
 	}
 	xfer_set(c, XS_CONNECTING);
@@ -1113,6 +1152,7 @@ static void cmd_abor(struct core *c, const struct ftp_cmd *cmd)
 		/* The transfer command never reached the backend: answer it here. */
 		xfer_cancel(c);
 		reply_client(c, "426 Connection closed; transfer aborted.");
+		rest_forget(c);
 		break;
 	case XS_SETUP:
 	case XS_READY:
@@ -1120,21 +1160,22 @@ static void cmd_abor(struct core *c, const struct ftp_cmd *cmd)
 		break;
 	case XS_RUNNING:
 		pair_drop(c);
+		c->data_ok = 0; /* cut before every byte was delivered */
 		xfer_set(c, XS_ABORTED);
 		break;
 	case XS_DATA_DONE:
 		xfer_set(c, XS_ABORTED);
 		break;
-	case XS_HELD: {
-		/* The backend had already finished: its reply goes out first. */
-		int code = reply_code(c->held, c->held_len);
+	case XS_HELD:
+		/* The backend had finished, but the client had not received
+		 * every byte: the held 226 would call a cut file complete (found
+		 * by the soak). The transfer's answer is 426, then ABOR's own. */
 		pair_drop(c);
-		relay(c, c->held, c->held_len);
 		fifo_pop(c);
 		xfer_set(c, XS_ABORTED);
-		transfer_end(c, code);
+		reply_client(c, "426 Connection closed; transfer aborted.");
+		transfer_end(c, 426);
 		break;
-	}
 	case XS_IDLE:
 	case XS_ABORTED:
 	case XS_COUNT:
@@ -1283,10 +1324,12 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 			/* Before AUTH every data connection is clear. */
 			reply_client(c, "521 Data connections must be protected: use AUTH TLS and "
 			                "PROT P.");
+			rest_forget(c);
 			break;
 		}
 		log_escape(c->xfer_cmd, sizeof(c->xfer_cmd), cmd->name, strlen(cmd->name));
 		forward(c, cmd, EXP_PT_XFER);
+		c->rest_pending = 0;
 		xfer_set(c, XS_RUNNING);
 		c->xfer_start_ms = c->ops->now_ms(c->io);
 		break;

@@ -198,8 +198,8 @@ static void test_abor(void)
 	backend(&t, "226 done\r\n");
 	t.len = 0;
 	client(&t, "ABOR\r\n");
-	expect(&t, "drop\nC:226 done\nend 226 aborted\nB:ABOR\n",
-	       "held: the held reply goes out first, then ABOR");
+	expect(&t, "drop\nC:426 Connection closed; transfer aborted.\nend 426 aborted\nB:ABOR\n",
+	       "held: the data was not all delivered, so 426 (never the held 226), then ABOR");
 	backend(&t, "225 no transfer\r\n");
 	expect(&t, "C:225 no transfer\n", "ABOR's reply");
 
@@ -216,6 +216,19 @@ static void test_abor(void)
 	backend(&t, "226 abor\r\n");
 	expect(&t, "C:226 done\nend 226 aborted\nC:226 abor\n", "both replies, in order");
 
+	/* ABOR cut the data; the backend had sent everything and says 226. */
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 opening\r\n");
+	client(&t, "ABOR\r\n");
+	t.len = 0;
+	backend(&t, "226 Transfer complete.\r\n");
+	expect(&t, "C:426 Connection closed; transfer aborted.\nend 426 aborted\n",
+	       "running, ABOR, then the backend's 226: the client hears 426 (its file is cut)");
+	backend(&t, "225 ABOR ok\r\n");
+	expect(&t, "C:225 ABOR ok\n", "then ABOR's own reply");
+
 	/* pyftpdlib: one 225 answers the transfer command and the ABOR. */
 	pasv(&t);
 	client(&t, "RETR f\r\n");
@@ -229,6 +242,52 @@ static void test_abor(void)
 	client(&t, "NOOP\r\n");
 	expect(&t, "B:NOOP\n", "the stream is in step");
 	finish(&t, "abor");
+}
+
+/* REST accepted by the backend, then a transfer the proxy refuses itself. */
+static void test_rest_refused_locally(void)
+{
+	struct t t;
+	start(&t, NULL);
+	login(&t);
+	client(&t, "REST 104\r\n");
+	backend(&t, "350 Restarting at 104.\r\n");
+	t.len = 0;
+	client(&t, "RETR f\r\n");
+	expect(&t, "C:425 Use PASV or EPSV first.\nB:REST 0\n",
+	       "the proxy refused RETR: the backend's restart marker is cleared");
+	client(&t, "NOOP\r\n");
+	expect(&t, "", "the next command waits for REST 0's answer");
+	backend(&t, "350 Restarting at 0.\r\n");
+	expect(&t, "B:NOOP\n", "REST 0's answer is the proxy's own, not relayed");
+	backend(&t, "200 ok\r\n");
+	t.len = 0;
+	/* A REST that a forwarded transfer consumed is not cleared again. */
+	client(&t, "REST 5\r\n");
+	backend(&t, "350 ok\r\n");
+	pasv(&t);
+	client(&t, "RETR f\r\n");
+	data_side(&t, CORE_BACKEND, 1, NULL);
+	backend(&t, "150 ok\r\n");
+	data_done(&t, 1, NULL);
+	t.len = 0;
+	backend(&t, "226 ok\r\n");
+	client(&t, "RETR f\r\n");
+	expect(&t, "C:226 ok\nend 226 ok\nC:425 Use PASV or EPSV first.\n",
+	       "no REST 0 after a transfer used the marker");
+	/* PORT to a client that cannot be reached: 425 from the proxy. */
+	client(&t, "REST 7\r\n");
+	backend(&t, "350 ok\r\n");
+	client(&t, "PORT 127,0,0,1,200,1\r\n");
+	backend(&t, "229 Entering Extended Passive Mode (|||40000|)\r\n");
+	client(&t, "RETR f\r\n");
+	t.len = 0;
+	data_side(&t, CORE_CLIENT, 0, "connect to client data port: Connection refused");
+	expect(&t,
+	       "drop\nC:425 Can't open data connection: connect to client data port: Connection "
+	       "refused.\nB:REST 0\n",
+	       "a client that cannot be reached: 425, and the marker is cleared");
+	finish(&t, "rest");
 }
 
 static void test_backend_gone_mid_transfer(void)
@@ -666,6 +725,7 @@ int main(void)
 	test_download();
 	test_abor();
 	test_backend_gone_mid_transfer();
+	test_rest_refused_locally();
 	test_epsv_all_rein_feat();
 	test_active();
 	test_timers();
