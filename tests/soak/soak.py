@@ -976,19 +976,32 @@ class Soak:
                    re.finditer(r'(?m)^ftpgate_sessions_open(?:\{[^}]*\})?\s+(\S+)', body))
 
     def wait_idle(self, timeout):
-        """Wait until no session is open and the descriptor count is steady."""
+        """Wait until no session is open and the descriptor count is steady
+        (counted before each scrape, 0.5 s after the previous one closed)."""
         pid = self.gate.proc.pid
         deadline = time.monotonic() + timeout
         prev = None
         while True:
-            so = self.metrics_sessions_open()
             fds = fd_count(pid)
-            if so == 0 and fds == prev and (self.base_fds is None or fds <= self.base_fds):
+            so = self.metrics_sessions_open()
+            if so == 0 and fds == prev and (self.base_fds is None or fds == self.base_fds):
                 return so, fds
             if time.monotonic() > deadline:
                 return so, fds
             prev = fds
             time.sleep(0.5)
+
+    def fd_kinds(self):
+        """Open descriptors of ftpgate by kind (socket, pipe, path...)."""
+        d = '/proc/%d/fd' % self.gate.proc.pid
+        kinds = collections.Counter()
+        for fd in os.listdir(d):
+            try:
+                t = os.readlink(os.path.join(d, fd))
+            except OSError:
+                continue
+            kinds[re.sub(r':\[\d+\]$', '', t)] += 1
+        return kinds
 
     # fault injector --------------------------------------------------------
     def injector(self):
@@ -1077,6 +1090,7 @@ class Soak:
         so, fds = self.wait_idle(30)
         warm = dict(self.st.c)
         self.base_fds = fds
+        self.base_kinds = self.fd_kinds()
         self.base_rss = T.vm_rss_kb(self.gate.proc.pid)
         sys.stderr.write('soak: idle before: %d descriptors, RSS %d KiB, sessions open %g; '
                          'warm-up %r\n' % (fds, self.base_rss, so, warm))
@@ -1102,7 +1116,23 @@ class Soak:
             w.join(max(0.1, deadline - time.monotonic()))
         stuck = sum(1 for w in ws if w.is_alive())
         self.elapsed = time.monotonic() - t0
+        # --leave-open N: a check of the checks (the leak figures must fail)
+        for i in range(self.a.leave_open):
+            threading.Thread(target=self.keep_open, args=(i,), daemon=True).start()
         return stuck
+
+    def keep_open(self, i):
+        """A logged-in session kept alive with NOOPs until the process ends."""
+        s = Session(self, self.sites[0], random.Random(i), -1000 - i)
+        try:
+            s.connect()
+            s.reply()
+            s.login()
+            while True:
+                s.cmd('NOOP')
+                time.sleep(2)
+        except (Closed, Hang, OpFail):
+            pass
 
     def finish(self, stuck):
         a = self.a
@@ -1112,6 +1142,12 @@ class Soak:
         if alive:
             so, fds = self.wait_idle(60)
             rss = T.vm_rss_kb(g.proc.pid)
+            if fds != self.base_fds:
+                now = self.fd_kinds()
+                sys.stderr.write('soak: descriptors by kind, idle before -> after: %s\n' % ', '.join(
+                    '%s %d -> %d' % (k, self.base_kinds[k], now[k])
+                    for k in sorted(set(now) | set(self.base_kinds))
+                    if now[k] != self.base_kinds[k]))
         leaked_fds = (fds - self.base_fds) if fds is not None else -1
         rss_growth = (rss - self.base_rss) if rss is not None else -1
         bound = a.rss_bound_mib * 1024 if a.rss_bound_mib else \
@@ -1180,6 +1216,9 @@ def main():
                    help='count a short RETR answered 226 after the client\'s ABOR as '
                    'abor_short_226 (a known ftpgate defect, tests/soak/README.md) '
                    'instead of a mismatch')
+    p.add_argument('--leave-open', type=int, default=0, metavar='N',
+                   help='keep N client connections open through the final checks '
+                   '(to see the leak check fail)')
     p.add_argument('--rss-bound-mib', type=float, default=0,
                    help='allowed RSS growth (default 64, 768 for a sanitizer build)')
     a = p.parse_args()
