@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """The short soak in make check: tests/soak/soak.py for 20 s with 40
-concurrent sessions and small files (up to 2 MiB), faults every 0.5 s on
+concurrent sessions and small files (up to 2 MiB), faults every 0.3 s on
 average, against the ftpgate under test (FTPGATE).  One TAP case whose name
 carries the soak's summary line; it fails unless the soak ends with 0
 mismatches, 0 hangs and 0 leaks.  SOAK_SEED picks the seed (default 14);
@@ -22,7 +22,7 @@ if not os.access(T.FTPGATE, os.X_OK):
 SOAK = os.path.join(T.SRCDIR, 'tests', 'soak', 'soak.py')
 seed = os.environ.get('SOAK_SEED', '14')
 args = [sys.executable, SOAK, '--seconds', str(SECONDS), '--sessions', str(SESSIONS),
-        '--max-mib', '2', '--fault-interval', '0.5', '--seed', seed,
+        '--max-mib', '2', '--fault-interval', '0.3', '--seed', seed,
         '--tolerate-abor-226'] + shlex.split(os.environ.get('SOAK_ARGS', ''))
 name = 'soak %d s, %d sessions, seed %s' % (SECONDS, SESSIONS, seed)
 why = T.vsftpd_unavailable()
