@@ -272,6 +272,9 @@ class Site:
 # a client session on raw sockets (exact control over timeouts and resets)
 
 _CTX = T.tls_client_context()
+# Python sets OP_IGNORE_UNEXPECTED_EOF: a TLS stream cut without close_notify
+# would read as a clean end.  The soak's client wants to see the cut.
+_CTX.options &= ~getattr(ssl, 'OP_IGNORE_UNEXPECTED_EOF', 0)
 _HELLO = None
 
 
@@ -538,8 +541,8 @@ class Session:
         if code == 226 and how in ('eof', 'tls-truncated'):
             listing = bytes(data).decode('latin-1')
             missing = [f.name for f in self.run.pool if f.name not in listing]
-            if missing and how == 'tls-truncated':
-                self.st.inc('tls_truncated_226')
+            if missing and self.pt_truncation_tolerated(how):
+                pass
             elif missing:
                 self.st.mismatch(self, 'LIST answered 226 without %s (%d bytes listed)'
                                  % (missing, len(listing)))
@@ -606,6 +609,16 @@ class Session:
         self.got = got
         return h.hexdigest(), keep, how
 
+    def pt_truncation_tolerated(self, how):
+        """--tolerate-pt-truncation: on the passthrough site, a short
+        transfer answered 226 whose TLS stream visibly ended without
+        close_notify is counted apart (a known defect, see README.md)."""
+        if how == 'tls-truncated' and self.site.tls == 'passthrough' and \
+                self.run.a.tolerate_pt_truncation:
+            self.st.inc('pt_truncated_226')
+            return True
+        return False
+
     def op_retr(self, mode, fault, rest=False, abor=False):
         f = pick_file(self.rng, self.run.pool, big=bool(fault) or abor)
         off = self.rng.randint(0, f.size) if rest else 0
@@ -640,10 +653,8 @@ class Session:
                 self.st.inc('unverifiable_226')   # the rest may sit in our socket buffer
             return
         short = sha != f.sha_range(off, f.size) or self.got != f.size - off
-        if short and how == 'tls-truncated':
-            # passthrough: ftpgate relays the backend's 226 blind and cannot
-            # hold it; a client that checks close_notify rejects the file
-            self.st.inc('tls_truncated_226')
+        if short and self.pt_truncation_tolerated(how):
+            pass
         elif short:
             self.st.mismatch(self, '%sRETR %s REST %d via %s: 226 but %d of %d bytes, '
                              'sha256 %s (%s)' % ('ABOR after ' if abor else '', f.name, off,
@@ -1194,8 +1205,9 @@ class Soak:
         apart = []     # short 226s not counted as mismatches, and why
         if a.tolerate_abor_226:
             apart.append('tolerated %d short after ABOR' % st.c['abor_short_226'])
-        if st.c['tls_truncated_226']:
-            apart.append('%d short with TLS truncation shown' % st.c['tls_truncated_226'])
+        if a.tolerate_pt_truncation:
+            apart.append('tolerated %d short on passthrough, TLS truncation shown'
+                         % st.c['pt_truncated_226'])
         extra = ' (%s)' % '; '.join(apart) if apart else ''
         faults = ','.join('%s=%d' % (k, st.faults[k]) for k in ALL_FAULTS if st.faults[k])
         line = ('soak: seed %d, %.0f s, %d workers, sessions %d, transfers %d, verified %d, '
@@ -1251,6 +1263,10 @@ def main():
                    help='count a short RETR answered 226 after the client\'s ABOR as '
                    'abor_short_226 (a known ftpgate defect, tests/soak/README.md) '
                    'instead of a mismatch')
+    p.add_argument('--tolerate-pt-truncation', action='store_true',
+                   help='on the passthrough site, count a short transfer answered 226 whose '
+                   'TLS stream ended without close_notify as pt_truncated_226 (a known '
+                   'ftpgate defect, tests/soak/README.md) instead of a mismatch')
     p.add_argument('--leave-open', type=int, default=0, metavar='N',
                    help='keep N client connections open through the final checks '
                    '(to see the leak check fail)')
