@@ -17,6 +17,7 @@ struct pp_wait;
 struct gen;
 struct metrics;
 struct xferlog;
+struct backends;
 
 /* One [site:NAME] at run time. */
 struct site {
@@ -32,6 +33,10 @@ struct site {
 	struct ssl_ctx_st *tls_client; /* backend-facing TLS, or NULL */
 	struct pt_port *pt_ports;      /* passthrough: one listener per passive port */
 	size_t n_pt_ports;
+	/* The pool: conf->backends[i] is pool[i] (owned by backend.c, never freed
+	 * while the process runs). */
+	struct backend_server *pool[CONF_MAX_BACKENDS];
+	uint32_t turn; /* roundrobin: where the next session starts */
 };
 
 /* A passthrough passive port forwarded 1:1 to the backend. */
@@ -69,6 +74,7 @@ struct ftpgate {
 	int draining;             /* shutting down: no new sessions */
 	struct metrics *metrics;
 	struct xferlog *xferlog;
+	struct backends *backends; /* every site's servers, across reloads */
 };
 
 /* A session of gen ended: free gen when it is old and unused. */

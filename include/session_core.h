@@ -127,6 +127,8 @@ struct core {
 	const char *tag;                     /* for log lines */
 	struct sockaddr_storage client_addr; /* the client's address (PORT check, data peer) */
 	struct sockaddr_storage local_addr;  /* where it connected to (announced by default) */
+	struct sockaddr_storage
+	    backend_addr; /* the server the shell chose (data ports, 227 check) */
 	uint64_t start_ms;
 
 	/* Control. */
@@ -177,6 +179,9 @@ struct core {
 /* Set up a core for a new session (no action is taken yet). */
 void core_init(struct core *c, const struct site_conf *conf, const struct core_ops *ops, void *io,
                const char *tag, const struct sockaddr *client, const struct sockaddr *local);
+/* The server the shell connects to (from the site's pool); before core_start(), and again
+ * when the shell moves on to the next server because the connection failed. */
+void core_set_backend(struct core *c, const struct sockaddr *backend);
 /* Free what the core holds (no action is taken). */
 void core_free(struct core *c);
 

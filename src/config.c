@@ -61,6 +61,13 @@ static void site_defaults(struct site_conf *s)
 	s->backend_tls_verify = 1;
 	s->backend_ca[0] = '\0';
 	s->backend_data_protection = BPROT_PRIVATE;
+	s->balance = BAL_ROUNDROBIN;
+	s->health_interval = 0;
+	s->health_timeout = 5;
+	s->health_fall = 3;
+	s->health_rise = 2;
+	s->login_failure_window = 300;
+	s->ban_time = 900;
 }
 
 static int fail(struct parse_ctx *p, const char *key, const char *fmt, ...)
@@ -164,10 +171,50 @@ static int set_ports(struct parse_ctx *p, const char *key, const char *v, struct
 	return 1;
 }
 
+/* Is key one of the NULL-terminated names? */
+static int key_in(const char *key, const char *const *names)
+{
+	for (; *names; names++)
+		if (strcmp(key, *names) == 0)
+			return 1;
+	return 0;
+}
+
+/* Strip blanks at both ends, in place. */
+static char *trim(char *tok)
+{
+	while (*tok == ' ' || *tok == '\t')
+		tok++;
+	char *end = tok + strlen(tok);
+	while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+		*--end = '\0';
+	return tok;
+}
+
+/* A comma-separated list of prefixes into out[0 .. max-1]; *n set. 0 on error (reported). */
+static int set_cidr_list(struct parse_ctx *p, const char *key, const char *v, struct cidr *out,
+                         size_t max, size_t *n)
+{
+	char buf[4096], err[256];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	*n = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		tok = trim(tok);
+		if (*n == max)
+			return fail(p, key, "more than %zu prefixes", max);
+		if (cidr_parse(tok, &out[*n], err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		(*n)++;
+	}
+	return 1;
+}
+
 /* proxy_protocol, proxy_trusted, backend_proxy_protocol. */
 static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
 {
-	char buf[1024], err[256];
 
 	if (strcmp(key, "proxy_protocol") == 0) {
 		static const struct {
@@ -193,26 +240,116 @@ static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, 
 		return fail(p, key, "\"%s\" is not one of off, v1, v2", v);
 	}
 	/* proxy_trusted: a comma-separated list of prefixes. */
-	if (strlen(v) >= sizeof(buf))
-		return fail(p, key, "value too long");
-	strcpy(buf, v);
-	s->n_proxy_trusted = 0;
-	char *save = NULL;
-	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		while (*tok == ' ' || *tok == '\t')
-			tok++;
-		char *end = tok + strlen(tok);
-		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
-			*--end = '\0';
-		if (s->n_proxy_trusted == CONF_MAX_TRUSTED)
-			return fail(p, key, "more than %d prefixes", CONF_MAX_TRUSTED);
-		if (cidr_parse(tok, &s->proxy_trusted[s->n_proxy_trusted], err, sizeof(err)) < 0)
-			return fail(p, key, "%s", err);
-		s->n_proxy_trusted++;
-	}
+	if (set_cidr_list(p, key, v, s->proxy_trusted, CONF_MAX_TRUSTED, &s->n_proxy_trusted) == 0)
+		return 0;
 	if (s->n_proxy_trusted == 0)
 		return fail(p, key, "empty list (want PREFIX[, ...], e.g. 192.0.2.10/32)");
 	return 1;
+}
+
+/* One server of backend = (HOST[:PORT], port 21 by default), resolved now. */
+static int add_backend(struct parse_ctx *p, const char *key, char *tok, struct site_conf *s)
+{
+	char err[256];
+	if (s->n_backends == CONF_MAX_BACKENDS)
+		return fail(p, key, "more than %d servers", CONF_MAX_BACKENDS);
+	struct backend_conf *b = &s->backends[s->n_backends];
+	if (addr_parse(tok, 21, 1, &b->addr, err, sizeof(err)) < 0)
+		return fail(p, key, "%s", err);
+	/* The host part, for checking the server's certificate. */
+	const char *h = tok, *e;
+	if (*h == '[') {
+		h++;
+		e = strchr(h, ']');
+	} else {
+		e = strrchr(h, ':');
+	}
+	size_t hl = e ? (size_t)(e - h) : strlen(h);
+	if (hl >= sizeof(b->host))
+		return fail(p, key, "host name too long");
+	memcpy(b->host, h, hl);
+	b->host[hl] = '\0';
+	snprintf(b->name, sizeof(b->name), strchr(b->host, ':') ? "[%s]:%u" : "%s:%u", b->host,
+	         (unsigned)addr_port((struct sockaddr *)&b->addr));
+	for (size_t i = 0; i < s->n_backends; i++)
+		if (strcmp(s->backends[i].name, b->name) == 0)
+			return fail(p, key, "%s is listed twice", b->name);
+	s->n_backends++;
+	return 1;
+}
+
+/* backend, balance, health_interval, health_timeout, health_fall, health_rise. */
+static int pool_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	char buf[4096];
+	unsigned long x;
+
+	if (strcmp(key, "backend") == 0) {
+		if (strlen(v) >= sizeof(buf))
+			return fail(p, key, "value too long");
+		strcpy(buf, v);
+		s->n_backends = 0;
+		for (char *tok = buf, *comma; tok; tok = comma) {
+			comma = strchr(tok, ',');
+			if (comma)
+				*comma++ = '\0';
+			tok = trim(tok);
+			if (*tok == '\0')
+				return fail(p, key,
+				            "empty server in the list (want HOST[:PORT][, ...])");
+			if (!add_backend(p, key, tok, s))
+				return 0;
+		}
+		return 1;
+	}
+	if (strcmp(key, "balance") == 0) {
+		static const char *const names[] = {"roundrobin", "leastconn", "source"};
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->balance = (enum balance)i;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of roundrobin, leastconn, source", v);
+	}
+	if (strcmp(key, "health_interval") == 0) {
+		if (parse_uint(v, 0, 86400, &x) < 0)
+			return fail(p, key,
+			            "\"%s\" is not a number of seconds (0 = off, up to 86400)", v);
+		s->health_interval = (unsigned)x;
+		return 1;
+	}
+	if (strcmp(key, "health_timeout") == 0)
+		return set_seconds(p, key, v, &s->health_timeout);
+	unsigned *dst = strcmp(key, "health_fall") == 0 ? &s->health_fall : &s->health_rise;
+	if (parse_uint(v, 1, 100, &x) < 0)
+		return fail(p, key, "\"%s\" is not a number in 1-100", v);
+	*dst = (unsigned)x;
+	return 1;
+}
+
+/* allow, deny, max_login_failures, login_failure_window, ban_time. */
+static int access_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	unsigned long x;
+
+	if (strcmp(key, "allow") == 0 || strcmp(key, "deny") == 0) {
+		int allow = key[0] == 'a';
+		size_t *n = allow ? &s->n_allow : &s->n_deny;
+		if (set_cidr_list(p, key, v, allow ? s->allow : s->deny, CONF_MAX_ACL, n) == 0)
+			return 0;
+		if (*n == 0)
+			return fail(p, key, "empty list (want PREFIX[, ...], e.g. 192.0.2.0/24)");
+		return 1;
+	}
+	if (strcmp(key, "max_login_failures") == 0) {
+		if (parse_uint(v, 0, 1000000, &x) < 0)
+			return fail(p, key, "\"%s\" is not a number in 0-1000000 (0 = off)", v);
+		s->max_login_failures = (unsigned)x;
+		return 1;
+	}
+	if (strcmp(key, "login_failure_window") == 0)
+		return set_seconds(p, key, v, &s->login_failure_window);
+	return set_seconds(p, key, v, &s->ban_time);
 }
 
 static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
@@ -222,25 +359,6 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 
 	if (strcmp(key, "listen") == 0)
 		return set_listen(p, key, v, s);
-	if (strcmp(key, "backend") == 0) {
-		if (addr_parse(v, 21, 1, &s->backend, err, sizeof(err)) < 0)
-			return fail(p, key, "%s", err);
-		/* The host part, for checking the backend's certificate. */
-		const char *h = v, *e;
-		if (*h == '[') {
-			h++;
-			e = strchr(h, ']');
-		} else {
-			e = strrchr(h, ':');
-		}
-		size_t hl = e ? (size_t)(e - h) : strlen(h);
-		if (hl >= sizeof(s->backend_host))
-			hl = sizeof(s->backend_host) - 1;
-		memcpy(s->backend_host, h, hl);
-		s->backend_host[hl] = '\0';
-		s->has_backend = 1;
-		return 1;
-	}
 	if (strcmp(key, "public_address") == 0) {
 		if (addr_parse(v, 0, 0, &s->public_address, err, sizeof(err)) < 0)
 			return fail(p, key, "%s", err);
@@ -375,6 +493,13 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	if (strcmp(key, "proxy_protocol") == 0 || strcmp(key, "proxy_trusted") == 0 ||
 	    strcmp(key, "backend_proxy_protocol") == 0)
 		return proxy_key(p, s, key, v);
+	static const char *const pool_keys[] = {"backend", "balance", NULL};
+	static const char *const access_keys[] = {
+	    "allow", "deny", "max_login_failures", "login_failure_window", "ban_time", NULL};
+	if (key_in(key, pool_keys))
+		return pool_key(p, s, key, v);
+	if (key_in(key, access_keys))
+		return access_key(p, s, key, v);
 	return fail(p, key, "unknown key in [%s]", p->section);
 }
 
@@ -641,10 +766,10 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 			         path, s->proxy_protocol_line, s->name);
 			goto bad;
 		}
-		if (!s->has_backend) {
+		if (s->n_backends == 0) {
 			snprintf(err, errsize,
-			         "%s:%d: backend: missing in [site:%s] (want HOST:PORT)", path,
-			         s->line, s->name);
+			         "%s:%d: backend: missing in [site:%s] (want HOST[:PORT][, ...])",
+			         path, s->line, s->name);
 			goto bad;
 		}
 	}

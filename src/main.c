@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "backend.h"
 #include "conf.h"
 #include "ftpgate.h"
 #include "listener.h"
@@ -266,8 +267,12 @@ static void reload(struct app *app)
 	/* Counters follow the site's name. */
 	for (size_t i = 0; i < g->n_sites; i++)
 		for (size_t j = 0; j < old->n_sites; j++)
-			if (strcmp(g->sites[i].conf->name, old->sites[j].conf->name) == 0)
+			if (strcmp(g->sites[i].conf->name, old->sites[j].conf->name) == 0) {
 				g->sites[i].stats = old->sites[j].stats;
+				g->sites[i].turn = old->sites[j].turn;
+			}
+	/* Servers that stay keep their health state and counters. */
+	backends_apply(gw->backends, g->sites, g->n_sites);
 	listeners_move(gw, old, g);
 	gen_make_current(gw, g);
 	if (open_logs(g->conf, app->foreground, err, sizeof(err)) < 0)
@@ -406,6 +411,11 @@ int main(int argc, char **argv)
 		log_error("cannot create the event loop");
 		goto out;
 	}
+	gw->backends = backends_new(gw->base);
+	if (!gw->backends || backends_apply(gw->backends, gw->sites, gw->n_sites) < 0) {
+		log_error("out of memory for the backend servers");
+		goto out;
+	}
 	if (listeners_open(gw) < 0)
 		goto out;
 	if (extras_open(gw) < 0)
@@ -444,6 +454,7 @@ out:
 		listeners_close_pending(gw);
 		sessions_close_all(gw);
 		extras_close(gw);
+		backends_free(gw->backends);
 	}
 	for (int i = 0; i < 5; i++)
 		if (sigs[i])

@@ -478,9 +478,9 @@ static void handle_setup_reply(struct core *c, const struct expect *e, int code,
 			/* Only the port is used: the backend cannot steer the proxy
 			 * to another host (and behind NAT the address is wrong anyway). */
 			bport = ntohs(sin.sin_port);
-			if (c->conf->backend.ss_family != AF_INET ||
+			if (c->backend_addr.ss_family != AF_INET ||
 			    sin.sin_addr.s_addr !=
-			        ((const struct sockaddr_in *)&c->conf->backend)->sin_addr.s_addr)
+			        ((const struct sockaddr_in *)&c->backend_addr)->sin_addr.s_addr)
 				log_debug("%s: backend announced %s in 227; using its control "
 				          "address",
 				          c->tag,
@@ -494,7 +494,7 @@ static void handle_setup_reply(struct core *c, const struct expect *e, int code,
 		reply_client(c, "425 Can't open data connection: bad reply from the server.");
 		return;
 	}
-	memcpy(&baddr, &c->conf->backend, sizeof(baddr));
+	memcpy(&baddr, &c->backend_addr, sizeof(baddr));
 	addr_set_port((struct sockaddr *)&baddr, bport);
 	if (c->ops->data_connect(c->io, CORE_BACKEND, (struct sockaddr *)&baddr) < 0) {
 		log_warn("%s: connect to backend data port %s: %s", c->tag,
@@ -1275,6 +1275,12 @@ void core_init(struct core *c, const struct site_conf *conf, const struct core_o
 	c->xs = XS_IDLE;
 }
 
+void core_set_backend(struct core *c, const struct sockaddr *backend)
+{
+	memset(&c->backend_addr, 0, sizeof(c->backend_addr));
+	memcpy(&c->backend_addr, backend, addr_len(backend));
+}
+
 void core_free(struct core *c)
 {
 	free(c->pending_cmd);
@@ -1323,7 +1329,7 @@ void core_timer(struct core *c)
 		return;
 	if (c->backend_up < 2) {
 		snprintf(why, sizeof(why), "backend %s: %s within %u s",
-		         addr_str((struct sockaddr *)&c->conf->backend, b, sizeof(b), 1),
+		         addr_str((struct sockaddr *)&c->backend_addr, b, sizeof(b), 1),
 		         c->backend_up ? "no greeting" : "no connection", c->conf->connect_timeout);
 		core_abort(c, why);
 		return;

@@ -179,7 +179,8 @@ static void conf_default(struct site_conf *sc)
 {
 	memset(sc, 0, sizeof(*sc));
 	snprintf(sc->name, sizeof(sc->name), "t");
-	struct sockaddr_in *b = (struct sockaddr_in *)&sc->backend;
+	struct sockaddr_in *b = (struct sockaddr_in *)&sc->backends[0].addr;
+	sc->n_backends = 1;
 	b->sin_family = AF_INET;
 	b->sin_addr.s_addr = htonl(0x7f000002);
 	b->sin_port = htons(2121);
@@ -269,6 +270,7 @@ static void start(struct t *t, const struct site_conf *sc)
 	lo.sin_addr.s_addr = htonl(0x7f000001);
 	core_init(&t->core, &t->conf, &ops, t, "t/1", (struct sockaddr *)&cl,
 	          (struct sockaddr *)&lo);
+	core_set_backend(&t->core, (struct sockaddr *)&t->conf.backends[0].addr);
 	core_start(&t->core);
 	core_backend_connected(&t->core);
 }
