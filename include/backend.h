@@ -95,8 +95,4 @@ void backend_failed(struct backend_server *s);
 /* The session no longer uses it. */
 void backend_release(struct backend_server *s);
 
-/* For metrics: call fn for each listed server of the site named site. */
-void backends_each(const struct backends *b, const char *site,
-                   void (*fn)(void *arg, const struct backend_server *s), void *arg);
-
 #endif

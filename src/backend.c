@@ -462,11 +462,3 @@ int backends_apply(struct backends *b, struct site *sites, size_t n_sites)
 		hc_sync(s);
 	return rc;
 }
-
-void backends_each(const struct backends *b, const char *site,
-                   void (*fn)(void *arg, const struct backend_server *s), void *arg)
-{
-	for (const struct backend_server *s = b->servers; s; s = s->next)
-		if (s->listed && strcmp(s->site, site) == 0)
-			fn(arg, s);
-}

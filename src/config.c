@@ -493,7 +493,9 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	if (strcmp(key, "proxy_protocol") == 0 || strcmp(key, "proxy_trusted") == 0 ||
 	    strcmp(key, "backend_proxy_protocol") == 0)
 		return proxy_key(p, s, key, v);
-	static const char *const pool_keys[] = {"backend", "balance", NULL};
+	static const char *const pool_keys[] = {
+	    "backend",     "balance", "health_interval", "health_timeout", "health_fall",
+	    "health_rise", NULL};
 	static const char *const access_keys[] = {
 	    "allow", "deny", "max_login_failures", "login_failure_window", "ban_time", NULL};
 	if (key_in(key, pool_keys))

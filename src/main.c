@@ -179,11 +179,23 @@ static int drop_privileges(const struct conf *c)
 	return 0;
 }
 
+/* Per-server samples for one scrape: n_sites * CONF_MAX_BACKENDS, grown on demand. */
+static struct metrics_server *scrape_servers;
+static size_t scrape_servers_cap;
+
 /* Metrics: every site of the current configuration, with the sessions of older ones. */
 static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 {
 	struct ftpgate *gw = arg;
 	size_t n = gw->n_sites;
+	if (scrape_servers_cap < n * CONF_MAX_BACKENDS) {
+		struct metrics_server *ns =
+		    realloc(scrape_servers, n * CONF_MAX_BACKENDS * sizeof(*ns));
+		if (ns) {
+			scrape_servers = ns;
+			scrape_servers_cap = n * CONF_MAX_BACKENDS;
+		}
+	}
 	for (size_t i = 0; i < n && i < max; i++) {
 		struct site *site = &gw->sites[i];
 		unsigned open = site->n_sessions;
@@ -195,6 +207,20 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 		out[i].name = site->conf->name;
 		out[i].stats = &site->stats;
 		out[i].sessions_open = open;
+		out[i].servers = NULL;
+		out[i].n_servers = 0;
+		if (scrape_servers_cap < (i + 1) * CONF_MAX_BACKENDS)
+			continue; /* out of memory: no per-server samples */
+		struct metrics_server *ms = &scrape_servers[i * CONF_MAX_BACKENDS];
+		for (size_t j = 0; j < site->conf->n_backends; j++) {
+			const struct backend_server *b = site->pool[j];
+			if (!b)
+				continue;
+			ms[out[i].n_servers++] = (struct metrics_server){
+			    b->bc.name,        b->up,       b->open,
+			    b->sessions_total, b->failures, b->check_failures};
+		}
+		out[i].servers = ms;
 	}
 	return n;
 }
@@ -456,6 +482,7 @@ out:
 		extras_close(gw);
 		backends_free(gw->backends);
 	}
+	free(scrape_servers);
 	for (int i = 0; i < 5; i++)
 		if (sigs[i])
 			event_free(sigs[i]);

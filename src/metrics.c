@@ -225,6 +225,39 @@ static void render_simple(struct out *o, enum simple f, const struct metrics_sit
 	}
 }
 
+/* The per-server families: one sample per server of each site's pool. */
+static void render_servers(struct out *o, const struct metrics_site *sites, size_t n)
+{
+	static const struct {
+		const char *name, *type, *help;
+	} fams[] = {
+	    {"ftpgate_backend_up", "gauge",
+	     "1 if the server takes new sessions, 0 while health checks mark it down."},
+	    {"ftpgate_backend_sessions_open", "gauge", "Sessions using the server now."},
+	    {"ftpgate_backend_sessions_total", "counter",
+	     "Sessions whose control connection to the server succeeded."},
+	    {"ftpgate_backend_failures_total", "counter",
+	     "Session control connections to the server that were refused or timed out."},
+	    {"ftpgate_backend_health_check_failures_total", "counter",
+	     "Health checks of the server that failed."},
+	};
+	for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
+		family(o, fams[f].name, fams[f].type, fams[f].help);
+		for (size_t i = 0; i < n; i++)
+			for (size_t j = 0; j < sites[i].n_servers; j++) {
+				const struct metrics_server *m = &sites[i].servers[j];
+				uint64_t v = f == 0   ? (uint64_t)(m->up != 0)
+				             : f == 1 ? m->sessions_open
+				             : f == 2 ? m->sessions_total
+				             : f == 3 ? m->failures
+				                      : m->check_failures;
+				sample(o, fams[f].name, &sites[i]);
+				label(o, "server", m->name);
+				value(o, v);
+			}
+	}
+}
+
 int metrics_render(struct evbuffer *out, const struct metrics_site *sites, size_t n,
                    const char *version)
 {
@@ -278,6 +311,7 @@ int metrics_render(struct evbuffer *out, const struct metrics_site *sites, size_
 	render_simple(&o, F_PROXY_REFUSED, sites, n);
 	render_simple(&o, F_PASV_IN_USE, sites, n);
 	render_simple(&o, F_PASV_FREE, sites, n);
+	render_servers(&o, sites, n);
 	return o.err ? -1 : 0;
 }
 

@@ -39,10 +39,14 @@ int main(void)
 	b.sessions_ended[END_BACKEND_CONNECT] = 1;
 	b.passive_ports_total = 50;
 
+	static const struct metrics_server pool[] = {
+	    {"192.0.2.5:21", 1, 3, 118, 0, 1},
+	    {"192.0.2.6:21", 0, 1, 2, 4, 9},
+	};
 	const struct metrics_site sites[] = {
-	    {"public", &a, 4},
+	    {"public", &a, 4, pool, 2},
 	    /* A hostile name: quote, backslash, line feed, invalid UTF-8. */
-	    {"odd \"name\" \\ with\nlf \xff", &b, 0},
+	    {"odd \"name\" \\ with\nlf \xff", &b, 0, NULL, 0},
 	};
 	if (!out || metrics_render(out, sites, 2, PACKAGE_VERSION) < 0 ||
 	    evbuffer_write(out, 1) < 0)
