@@ -546,6 +546,27 @@ def ftp_login(port, host='127.0.0.1', timeout=20, user='u', passwd='p', cls=Reco
     return f
 
 
+def root_with(name):
+    """A world-readable server root holding one file `name` (content: name);
+    two servers with different names show in a listing which one answered."""
+    d = tmpdir('ftproot-')
+    os.chmod(d, 0o755)
+    with open(os.path.join(d, name), 'w') as f:
+        f.write(name + '\n')
+    return d
+
+
+def listing_of(port, source=None, host='127.0.0.1'):
+    """Log in as u/p (from address `source` if given), NLST, QUIT; the names."""
+    f = RecordingFTP()
+    f.connect(host, port, timeout=20, source_address=(source, 0) if source else None)
+    try:
+        f.login('u', 'p')
+        return f.nlst()
+    finally:
+        f.close()
+
+
 def retr_bytes(ftp, name, rest=None):
     buf = bytearray()
     ftp.retrbinary('RETR ' + name, buf.extend, rest=rest)

@@ -24,16 +24,8 @@ if not os.access(T.FTPGATE, os.X_OK):
     t.bail('ftpgate binary not found: %s' % T.FTPGATE)
 
 
-def root_with(name):
-    d = T.tmpdir('ftproot-')
-    os.chmod(d, 0o755)
-    with open(os.path.join(d, name), 'w') as f:
-        f.write(name + '\n')
-    return d
-
-
-ROOT_A = root_with('a.txt')
-ROOT_B = root_with('b.txt')
+ROOT_A = T.root_with('a.txt')
+ROOT_B = T.root_with('b.txt')
 SRV = {'a': T.PyftpdServer(ROOT_A), 'b': T.PyftpdServer(ROOT_B)}
 GP = T.port_range(100)
 HEALTH = dict(health_interval=1, health_timeout=1, health_fall=2, health_rise=2)
@@ -75,11 +67,7 @@ def wait_metric(g, name, server, want, timeout=15):
 
 
 def which(port):
-    f = T.ftp_login(port)
-    try:
-        names = f.nlst()
-    finally:
-        f.quit()
+    names = T.listing_of(port)
     assert names in (['a.txt'], ['b.txt']), names
     return names[0][0]
 
@@ -161,7 +149,7 @@ def test_tls_check():
     why = T.pyftpdlib_tls_available()
     assert why is None, why
     pki = T.make_tls_certs(T.tmpdir('pki-'))
-    root = root_with('tls.txt')
+    root = T.root_with('tls.txt')
     with T.PyftpdTLSServer(root, pki['cert'], pki['key']) as srv:
         good = config(srv.addr(), backend_tls='on', backend_ca=pki['ca'])
         with T.Ftpgate(good) as g:

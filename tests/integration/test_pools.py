@@ -21,16 +21,8 @@ if not os.access(T.FTPGATE, os.X_OK):
     t.bail('ftpgate binary not found: %s' % T.FTPGATE)
 
 
-def root_with(name):
-    d = T.tmpdir('ftproot-')
-    os.chmod(d, 0o755)
-    with open(os.path.join(d, name), 'w') as f:
-        f.write(name + '\n')
-    return d
-
-
-ROOT_A = root_with('a.txt')
-ROOT_B = root_with('b.txt')
+ROOT_A = T.root_with('a.txt')
+ROOT_B = T.root_with('b.txt')
 SRV = {'a': T.PyftpdServer(ROOT_A), 'b': T.PyftpdServer(ROOT_B)}
 GP = T.port_range(100)
 
@@ -40,17 +32,8 @@ def gate(backend, **kw):
 
 
 def which(port, source=None):
-    """Log in through the proxy, list, say which server answered ('a'/'b')."""
-    f = T.RecordingFTP()
-    if source:
-        f.connect('127.0.0.1', port, timeout=20, source_address=(source, 0))
-    else:
-        f.connect('127.0.0.1', port, timeout=20)
-    try:
-        f.login('u', 'p')
-        names = f.nlst()
-    finally:
-        f.close()
+    """Which server answered a session through the proxy: 'a' or 'b'."""
+    names = T.listing_of(port, source)
     assert names in (['a.txt'], ['b.txt']), names
     return names[0][0]
 
