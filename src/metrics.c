@@ -154,6 +154,7 @@ enum simple {
 	F_TLS_HANDSHAKE_FAILURES,
 	F_DATA_REFUSED,
 	F_PROXY_REFUSED,
+	F_ACL_REFUSED,
 	F_PASV_IN_USE,
 	F_PASV_FREE,
 };
@@ -175,6 +176,9 @@ static const struct {
     [F_PROXY_REFUSED] = {"ftpgate_proxy_protocol_refused_total", "counter",
                          "Connections closed for a PROXY protocol header that was missing, "
                          "malformed, slow, or from an address outside proxy_trusted."},
+    [F_ACL_REFUSED] = {"ftpgate_access_refused_total", "counter",
+                       "Control and data connections closed because allow or deny refuses "
+                       "their address."},
     [F_PASV_IN_USE] = {"ftpgate_passive_ports_in_use", "gauge",
                        "Passive ports listening or connected now."},
     [F_PASV_FREE] = {"ftpgate_passive_ports_free", "gauge",
@@ -199,6 +203,8 @@ static uint64_t simple_value(enum simple f, const struct metrics_site *s,
 		return st->data_refused;
 	case F_PROXY_REFUSED:
 		return st->proxy_refused;
+	case F_ACL_REFUSED:
+		return st->acl_refused;
 	case F_PASV_IN_USE:
 		return st->passive_ports_in_use;
 	case F_PASV_FREE:
@@ -309,6 +315,7 @@ int metrics_render(struct evbuffer *out, const struct metrics_site *sites, size_
 	render_simple(&o, F_TLS_HANDSHAKE_FAILURES, sites, n);
 	render_simple(&o, F_DATA_REFUSED, sites, n);
 	render_simple(&o, F_PROXY_REFUSED, sites, n);
+	render_simple(&o, F_ACL_REFUSED, sites, n);
 	render_simple(&o, F_PASV_IN_USE, sites, n);
 	render_simple(&o, F_PASV_FREE, sites, n);
 	render_servers(&o, sites, n);

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "access.h"
 #include "ftp_addr.h"
 #include "ftp_reply.h"
 #include "log.h"
@@ -805,6 +806,12 @@ static int check_active_addr(struct core *c, const struct ftp_cmd *cmd,
 		log_warn("%s: refused %s to %s: not the client's address (FTP bounce)", c->tag,
 		         cmd->name, addr_str((struct sockaddr *)out, a, sizeof(a), 1));
 		reply_client(c, "504 %s refused: the address must be your own.", cmd->name);
+		return -1;
+	}
+	if (!acl_permits(c->conf, (struct sockaddr *)out)) {
+		log_warn("%s: refused %s to %s: refused by allow/deny", c->tag, cmd->name,
+		         addr_str((struct sockaddr *)out, a, sizeof(a), 1));
+		reply_client(c, "504 %s refused: address not allowed.", cmd->name);
 		return -1;
 	}
 	if (addr_port((struct sockaddr *)out) < 1024) {

@@ -567,6 +567,29 @@ def listing_of(port, source=None, host='127.0.0.1'):
         f.close()
 
 
+def metrics_text(port, host='127.0.0.1'):
+    """GET /metrics from ftpgate's metrics_listen; the text."""
+    import http.client
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        c.request('GET', '/metrics')
+        return c.getresponse().read().decode()
+    finally:
+        c.close()
+
+
+def check_config_errors(cases, head='[site:x]\nlisten = 127.0.0.1:2100\n'):
+    """For each (body, regex): `ftpgate -t` on head + body exits 1 with a
+    message matching regex (file:line: key: ...)."""
+    d = tmpdir('cfg-')
+    p = os.path.join(d, 'f.ini')
+    for body, want in cases:
+        with open(p, 'w') as f:
+            f.write('%s%s\n' % (head, body))
+        r = run_ftpgate(['-t', '-c', p])
+        assert r.returncode == 1 and re.search(want, r.stderr), (body, r.stderr)
+
+
 def retr_bytes(ftp, name, rest=None):
     buf = bytearray()
     ftp.retrbinary('RETR ' + name, buf.extend, rest=rest)

@@ -9,7 +9,6 @@ the certificate are part of the check.  A reload keeps the state of the
 servers that stay.  Two pyftpdlib servers with different content (a.txt,
 b.txt); real clients (ftplib, curl).  Loopback only.  TAP output."""
 
-import http.client
 import os
 import re
 import signal
@@ -42,12 +41,7 @@ def metrics_port(g):
 
 
 def scrape(g):
-    c = http.client.HTTPConnection('127.0.0.1', metrics_port(g), timeout=10)
-    try:
-        c.request('GET', '/metrics')
-        return c.getresponse().read().decode()
-    finally:
-        c.close()
+    return T.metrics_text(metrics_port(g))
 
 
 def server_metric(g, name, server):
@@ -195,19 +189,13 @@ def test_reload_keeps_state():
 
 
 def test_config_errors():
-    d = T.tmpdir('cfg-')
     cases = [
         ('health_interval = soon', r':4: health_interval: "soon" is not a number of seconds'),
         ('health_timeout = 0', r':4: health_timeout: "0" is not a number of seconds'),
         ('health_fall = 0', r':4: health_fall: "0" is not a number in 1-100'),
         ('health_rise = 101', r':4: health_rise: "101" is not a number in 1-100'),
     ]
-    for body, want in cases:
-        p = os.path.join(d, 'f.ini')
-        with open(p, 'w') as f:
-            f.write('[site:x]\nlisten = 127.0.0.1:2100\nbackend = 127.0.0.1:21\n%s\n' % body)
-        r = T.run_ftpgate(['-t', '-c', p])
-        assert r.returncode == 1 and re.search(want, r.stderr), (body, r.stderr)
+    T.check_config_errors(cases, '[site:x]\nlisten = 127.0.0.1:2100\nbackend = 127.0.0.1:21\n')
 
 
 t.case('a killed server is marked down (one line), skipped, and up again after restart; '

@@ -144,7 +144,6 @@ def test_killed_and_restarted():
 
 
 def test_config_errors():
-    d = T.tmpdir('cfg-')
     cases = [
         ('backend = 127.0.0.1:21, 127.0.0.1:21', r':3: backend: 127\.0\.0\.1:21 is listed twice'),
         ('backend = 127.0.0.1:21, ', r':3: backend: empty server in the list'),
@@ -153,12 +152,7 @@ def test_config_errors():
         ('backend = ' + ','.join('1.2.3.%d' % i for i in range(1, 18)),
          r':3: backend: more than 16 servers'),
     ]
-    for body, want in cases:
-        p = os.path.join(d, 'f.ini')
-        with open(p, 'w') as f:
-            f.write('[site:x]\nlisten = 127.0.0.1:2100\n%s\n' % body)
-        r = T.run_ftpgate(['-t', '-c', p])
-        assert r.returncode == 1 and re.search(want, r.stderr), (body, r.stderr)
+    T.check_config_errors(cases)
 
 
 t.case('roundrobin: sessions alternate between the two servers (ftplib)', test_roundrobin)

@@ -33,6 +33,7 @@ int main(void)
 	a.backend_connect_failures = 1;
 	a.tls_handshake_failures = 5;
 	a.data_refused = 2;
+	a.acl_refused = 6;
 	a.passive_ports_in_use = 4;
 	a.passive_ports_total = 100;
 	b.sessions_total = 1;

@@ -48,6 +48,7 @@ static void fake_init(void)
 	st_a.tls_handshake_failures = 6;
 	st_a.data_refused = 8;
 	st_a.proxy_refused = 3;
+	st_a.acl_refused = 12;
 	st_a.passive_ports_in_use = 5;
 	st_a.passive_ports_total = 100;
 	/* More in use than the range holds (a shrunk range after a reload). */
@@ -116,6 +117,7 @@ static const char *const families[][2] = {
     {"ftpgate_tls_handshake_failures_total", "counter"},
     {"ftpgate_data_connections_refused_total", "counter"},
     {"ftpgate_proxy_protocol_refused_total", "counter"},
+    {"ftpgate_access_refused_total", "counter"},
     {"ftpgate_passive_ports_in_use", "gauge"},
     {"ftpgate_passive_ports_free", "gauge"},
     {"ftpgate_backend_up", "gauge"},
@@ -218,7 +220,7 @@ static void test_render(void)
 
 	/* 1 build_info + per site 1+1+1 + 9 reasons + 2 directions + 21 transfers + 6,
 	 * + 5 per server of alpha's pool of 2 */
-	is_int(check_structure(t), 1 + 2 * (3 + END_REASON_MAX + 2 + XC_MAX * XR_MAX + 6) + 5 * 2,
+	is_int(check_structure(t), 1 + 2 * (3 + END_REASON_MAX + 2 + XC_MAX * XR_MAX + 7) + 5 * 2,
 	       "one group per family, HELP and TYPE once each, all samples present");
 	is_int(count_lines(t, "# HELP "), N_FAMILIES, "%zu HELP lines", N_FAMILIES);
 	is_int(count_lines(t, "# TYPE "), N_FAMILIES, "%zu TYPE lines", N_FAMILIES);
@@ -250,6 +252,7 @@ static void test_render(void)
 	    "ftpgate_tls_handshake_failures_total{site=\"alpha\"} 6",
 	    "ftpgate_data_connections_refused_total{site=\"alpha\"} 8",
 	    "ftpgate_proxy_protocol_refused_total{site=\"alpha\"} 3",
+	    "ftpgate_access_refused_total{site=\"alpha\"} 12",
 	    "ftpgate_passive_ports_in_use{site=\"alpha\"} 5",
 	    "ftpgate_passive_ports_free{site=\"alpha\"} 95",
 	    "ftpgate_passive_ports_in_use{site=\"" WEIRD_ESC "\"} 3",
