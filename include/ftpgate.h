@@ -18,6 +18,7 @@ struct gen;
 struct metrics;
 struct xferlog;
 struct backends;
+struct bans;
 
 /* One [site:NAME] at run time. */
 struct site {
@@ -75,6 +76,7 @@ struct ftpgate {
 	struct metrics *metrics;
 	struct xferlog *xferlog;
 	struct backends *backends; /* every site's servers, across reloads */
+	struct bans *bans;         /* login failures and bans, across reloads */
 };
 
 /* A session of gen ended: free gen when it is old and unused. */

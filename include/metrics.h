@@ -28,6 +28,12 @@ struct metrics_server {
 	uint64_t check_failures; /* health checks that failed */
 };
 
+/* A banned client address (label "address"). */
+struct metrics_ban {
+	const char *address;
+	uint64_t seconds_left; /* gauge ftpgate_ban_seconds_remaining */
+};
+
 /* One site as the metrics see it. Pointers only need to live for one scrape. */
 struct metrics_site {
 	const char *name;                     /* label "site"; escaped when rendered */
@@ -35,6 +41,8 @@ struct metrics_site {
 	unsigned sessions_open;               /* gauge ftpgate_sessions_open */
 	const struct metrics_server *servers; /* the site's pool */
 	size_t n_servers;
+	const struct metrics_ban *bans; /* addresses banned now */
+	size_t n_bans;
 };
 
 /*

@@ -55,7 +55,7 @@ enum exp_kind {
 
 struct expect {
 	enum exp_kind kind;
-	enum ftp_verb sent;        /* EXP_DATA_SETUP: what the proxy sent the backend */
+	enum ftp_verb sent;        /* what the proxy sent the backend (EXP_DATA_SETUP, EXP_RELAY) */
 	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
 };
 
@@ -117,6 +117,9 @@ struct core_ops {
 	void (*close)(void *io, enum core_close how, const char *reason);
 	/* A transfer's final reply went to the client. */
 	void (*transfer_end)(void *io, int code, enum xfer_result r);
+	/* The backend answered USER or PASS with 230 (ok = 1) or 530 (ok = 0);
+	 * the reply is already queued for the client. */
+	void (*login_result)(void *io, int ok);
 	uint64_t (*now_ms)(void *io);
 };
 

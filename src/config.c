@@ -496,7 +496,8 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	static const char *const pool_keys[] = {
 	    "backend",     "balance", "health_interval", "health_timeout", "health_fall",
 	    "health_rise", NULL};
-	static const char *const access_keys[] = {"allow", "deny", NULL};
+	static const char *const access_keys[] = {
+	    "allow", "deny", "max_login_failures", "login_failure_window", "ban_time", NULL};
 	if (key_in(key, pool_keys))
 		return pool_key(p, s, key, v);
 	if (key_in(key, access_keys))

@@ -49,6 +49,15 @@ static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *
 		close(fd);
 		return;
 	}
+	if (site->conf->max_login_failures && gw->bans &&
+	    bans_check(gw->bans, site->conf->name, peer, now_ms(), NULL)) {
+		/* Logged once, when the ban began. */
+		log_debug("site %s: closed %s: banned", site->conf->name,
+		          addr_str(peer, a, sizeof(a), 1));
+		site->stats.ban_refused++;
+		close(fd);
+		return;
+	}
 	if (gw->n_sessions >= gw->conf->max_sessions) {
 		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
 		         site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "access.h"
 #include "backend.h"
 #include "conf.h"
 #include "ftpgate.h"
@@ -183,11 +184,38 @@ static int drop_privileges(const struct conf *c)
 static struct metrics_server *scrape_servers;
 static size_t scrape_servers_cap;
 
+/* Live bans for one scrape: at most BANS_MAX over all sites, allocated at the first. */
+static struct metrics_ban *scrape_bans;
+static char (*scrape_ban_addrs)[ADDR_STR_MAX];
+static size_t scrape_n_bans;
+
+static void add_ban(void *arg, const struct ban_entry *e)
+{
+	uint64_t now = *(const uint64_t *)arg;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	ss.ss_family = (sa_family_t)e->family;
+	if (e->family == AF_INET)
+		memcpy(&((struct sockaddr_in *)&ss)->sin_addr, e->ip, 4);
+	else
+		memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, e->ip, 16);
+	char *a = scrape_ban_addrs[scrape_n_bans];
+	addr_str((struct sockaddr *)&ss, a, ADDR_STR_MAX, 0);
+	scrape_bans[scrape_n_bans++] =
+	    (struct metrics_ban){a, (e->until - now + 999) / 1000}; /* seconds, rounded up */
+}
+
 /* Metrics: every site of the current configuration, with the sessions of older ones. */
 static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 {
 	struct ftpgate *gw = arg;
 	size_t n = gw->n_sites;
+	uint64_t now = now_ms();
+	if (!scrape_bans) {
+		scrape_bans = calloc(BANS_MAX, sizeof(*scrape_bans));
+		scrape_ban_addrs = calloc(BANS_MAX, sizeof(*scrape_ban_addrs));
+	}
+	scrape_n_bans = 0;
 	if (scrape_servers_cap < n * CONF_MAX_BACKENDS) {
 		struct metrics_server *ns =
 		    realloc(scrape_servers, n * CONF_MAX_BACKENDS * sizeof(*ns));
@@ -221,6 +249,14 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 			    b->sessions_total, b->failures, b->check_failures};
 		}
 		out[i].servers = ms;
+		out[i].bans = NULL;
+		out[i].n_bans = 0;
+		if (i < max && scrape_bans && scrape_ban_addrs && gw->bans) {
+			size_t first = scrape_n_bans;
+			bans_each(gw->bans, site->conf->name, now, add_ban, &now);
+			out[i].bans = &scrape_bans[first];
+			out[i].n_bans = scrape_n_bans - first;
+		}
 	}
 	return n;
 }
@@ -437,8 +473,10 @@ int main(int argc, char **argv)
 		log_error("cannot create the event loop");
 		goto out;
 	}
+	gw->bans = calloc(1, sizeof(*gw->bans)); /* fixed size: BANS_MAX addresses */
 	gw->backends = backends_new(gw->base);
-	if (!gw->backends || backends_apply(gw->backends, gw->sites, gw->n_sites) < 0) {
+	if (!gw->bans || !gw->backends ||
+	    backends_apply(gw->backends, gw->sites, gw->n_sites) < 0) {
 		log_error("out of memory for the backend servers");
 		goto out;
 	}
@@ -482,7 +520,10 @@ out:
 		extras_close(gw);
 		backends_free(gw->backends);
 	}
+	free(gw->bans);
 	free(scrape_servers);
+	free(scrape_bans);
+	free(scrape_ban_addrs);
 	for (int i = 0; i < 5; i++)
 		if (sigs[i])
 			event_free(sigs[i]);

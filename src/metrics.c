@@ -155,6 +155,8 @@ enum simple {
 	F_DATA_REFUSED,
 	F_PROXY_REFUSED,
 	F_ACL_REFUSED,
+	F_BANS,
+	F_BAN_REFUSED,
 	F_PASV_IN_USE,
 	F_PASV_FREE,
 };
@@ -179,6 +181,10 @@ static const struct {
     [F_ACL_REFUSED] = {"ftpgate_access_refused_total", "counter",
                        "Control and data connections closed because allow or deny refuses "
                        "their address."},
+    [F_BANS] = {"ftpgate_bans_total", "counter",
+                "Client addresses banned after max_login_failures failed logins."},
+    [F_BAN_REFUSED] = {"ftpgate_banned_refused_total", "counter",
+                       "Connections closed because their address is banned."},
     [F_PASV_IN_USE] = {"ftpgate_passive_ports_in_use", "gauge",
                        "Passive ports listening or connected now."},
     [F_PASV_FREE] = {"ftpgate_passive_ports_free", "gauge",
@@ -205,6 +211,10 @@ static uint64_t simple_value(enum simple f, const struct metrics_site *s,
 		return st->proxy_refused;
 	case F_ACL_REFUSED:
 		return st->acl_refused;
+	case F_BANS:
+		return st->bans;
+	case F_BAN_REFUSED:
+		return st->ban_refused;
 	case F_PASV_IN_USE:
 		return st->passive_ports_in_use;
 	case F_PASV_FREE:
@@ -316,9 +326,21 @@ int metrics_render(struct evbuffer *out, const struct metrics_site *sites, size_
 	render_simple(&o, F_DATA_REFUSED, sites, n);
 	render_simple(&o, F_PROXY_REFUSED, sites, n);
 	render_simple(&o, F_ACL_REFUSED, sites, n);
+	render_simple(&o, F_BANS, sites, n);
+	render_simple(&o, F_BAN_REFUSED, sites, n);
 	render_simple(&o, F_PASV_IN_USE, sites, n);
 	render_simple(&o, F_PASV_FREE, sites, n);
 	render_servers(&o, sites, n);
+
+	name = "ftpgate_ban_seconds_remaining";
+	family(&o, name, "gauge",
+	       "Client addresses banned now, with the seconds their ban has left.");
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < sites[i].n_bans; j++) {
+			sample(&o, name, &sites[i]);
+			label(&o, "address", sites[i].bans[j].address);
+			value(&o, sites[i].bans[j].seconds_left);
+		}
 	return o.err ? -1 : 0;
 }
 

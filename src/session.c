@@ -30,6 +30,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "access.h"
 #include "backend.h"
 #include "datachan.h"
 #include "ftp_addr.h"
@@ -510,6 +511,35 @@ static void op_transfer_end(void *io, int code, enum xfer_result r)
 	         (unsigned long long)s->xfer_down);
 }
 
+/* Brute-force protection: count the backend's 530s per client address, ban after too many. */
+static void op_login_result(void *io, int ok)
+{
+	struct session *s = io;
+	const struct site_conf *sc = s->conf;
+	const struct sockaddr *a = (const struct sockaddr *)&s->client_addr;
+	struct bans *b = s->site->gw->bans;
+	char ip[ADDR_STR_MAX];
+
+	if (!sc->max_login_failures || !b)
+		return;
+	uint64_t now = now_ms();
+	if (ok) {
+		bans_success(b, sc->name, a, now);
+		return;
+	}
+	if (bans_failure(b, sc->name, a, now, sc->max_login_failures,
+	                 (uint64_t)sc->login_failure_window * 1000u,
+	                 (uint64_t)sc->ban_time * 1000u)) {
+		log_warn("site %s: banned %s for %u s: %u failed logins within %u s", sc->name,
+		         addr_str(a, ip, sizeof(ip), 0), sc->ban_time, sc->max_login_failures,
+		         sc->login_failure_window);
+		s->site->stats.bans++;
+	}
+	if (bans_check(b, sc->name, a, now, NULL))
+		/* The 530 is queued: deliver it, then no more guesses on this connection. */
+		session_close_after_flush(s, "client address banned after failed logins");
+}
+
 static uint64_t op_now_ms(void *io)
 {
 	(void)io;
@@ -532,6 +562,7 @@ static const struct core_ops session_ops = {
     .set_timer = op_set_timer,
     .close = op_close,
     .transfer_end = op_transfer_end,
+    .login_result = op_login_result,
     .now_ms = op_now_ms,
 };
 

@@ -690,14 +690,19 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			c->backend_prot_p = -1;
 		}
 		break;
-	case EXP_RELAY:
+	case EXP_RELAY: {
+		enum ftp_verb sent = e->sent;
 		fifo_pop(c);
 		relay(c, rep, len);
 		if (code == 230 && !c->logged_in) {
 			c->logged_in = 1;
 			core_arm_idle(c);
 		}
+		/* The backend's verdict on a login (brute-force protection). */
+		if ((sent == FTP_V_USER || sent == FTP_V_PASS) && (code == 230 || code == 530))
+			c->ops->login_result(c->io, code == 230);
 		break;
+	}
 	case EXP_QUIT:
 		fifo_pop(c);
 		relay(c, rep, len);
@@ -775,7 +780,7 @@ static void forward(struct core *c, const struct ftp_cmd *cmd, enum exp_kind kin
 	char line[2 * CORE_CMD_LINE_MAX + 16];
 	cmd_line(cmd, line, sizeof(line));
 	send_backend(c, "%s", line);
-	fifo_push(c, kind);
+	fifo_push(c, kind)->sent = cmd->verb;
 }
 
 /* Check a PORT/EPRT argument; on success the address is in *out. */

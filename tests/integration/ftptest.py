@@ -578,6 +578,13 @@ def metrics_text(port, host='127.0.0.1'):
         c.close()
 
 
+def gate_metrics(gate):
+    """/metrics of a running Ftpgate whose config has metrics_listen = 127.0.0.1:PORT."""
+    m = re.search(r'metrics_listen = 127\.0\.0\.1:(\d+)', gate.text)
+    assert m, 'no metrics_listen in the config'
+    return metrics_text(int(m.group(1)))
+
+
 def check_config_errors(cases, head='[site:x]\nlisten = 127.0.0.1:2100\n'):
     """For each (body, regex): `ftpgate -t` on head + body exits 1 with a
     message matching regex (file:line: key: ...)."""

@@ -32,8 +32,7 @@ def gate(listen_host='127.0.0.1', **kw):
 
 
 def refused_count(g):
-    port = int(re.search(r'metrics_listen = 127\.0\.0\.1:(\d+)', g.text).group(1))
-    text = T.metrics_text(port)
+    text = T.gate_metrics(g)
     return int(re.search(r'^ftpgate_access_refused_total\{site="test"\} (\d+)$', text,
                          re.M).group(1))
 

@@ -36,12 +36,8 @@ def config(backend, **kw):
     return c
 
 
-def metrics_port(g):
-    return int(re.search(r'metrics_listen = 127\.0\.0\.1:(\d+)', g.text).group(1))
-
-
 def scrape(g):
-    return T.metrics_text(metrics_port(g))
+    return T.gate_metrics(g)
 
 
 def server_metric(g, name, server):

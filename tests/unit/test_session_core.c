@@ -151,6 +151,10 @@ static void op_transfer_end(void *io, int code, enum xfer_result r)
 	static const char *const names[] = {"ok", "failed", "aborted"};
 	rec(io, "end %d %s\n", code, names[r]);
 }
+static void op_login_result(void *io, int ok)
+{
+	rec(io, "login %s\n", ok ? "ok" : "failed");
+}
 static uint64_t op_now(void *io)
 {
 	return ((struct t *)io)->now;
@@ -172,6 +176,7 @@ static const struct core_ops ops = {
     .set_timer = op_set_timer,
     .close = op_close,
     .transfer_end = op_transfer_end,
+    .login_result = op_login_result,
     .now_ms = op_now,
 };
 
@@ -314,7 +319,7 @@ static void test_login_and_pipelining(void)
 	expect(&t, "C:331 pass\nB:PASS p\n", "pipelined commands go one at a time");
 	is_int(t.core.logged_in, 0, "not logged in before 230");
 	backend(&t, "230 in\r\n");
-	expect(&t, "C:230 in\nB:TYPE I\n", "the next pipelined command after the reply");
+	expect(&t, "C:230 in\nlogin ok\nB:TYPE I\n", "the next pipelined command after the reply");
 	is_int(t.core.logged_in, 1, "logged in after 230");
 	backend(&t, "200 type\r\n");
 	backend(&t, "213 42\r\n");
@@ -325,6 +330,35 @@ static void test_login_and_pipelining(void)
 	expect(&t, "C:421 going down\nclose flush: backend closed the session (421)\n",
 	       "an unsolicited 421 is relayed and ends the session");
 	finish(&t, "login");
+}
+
+/* The backend's verdict on USER/PASS goes to the shell (brute-force protection). */
+static void test_login_result(void)
+{
+	struct t t;
+	start(&t, NULL);
+	backend(&t, "220 hello\r\n");
+	client(&t, "USER u\r\n");
+	backend(&t, "331 pass\r\n");
+	client(&t, "PASS wrong\r\n");
+	t.len = 0;
+	backend(&t, "530 Authentication failed.\r\n");
+	expect(&t, "C:530 Authentication failed.\nlogin failed\n", "530 to PASS: a failed login");
+	client(&t, "USER nobody\r\n");
+	t.len = 0;
+	backend(&t, "530 No such user.\r\n");
+	expect(&t, "C:530 No such user.\nlogin failed\n", "530 to USER: a failed login");
+	client(&t, "CWD /\r\n");
+	t.len = 0;
+	backend(&t, "530 Log in first.\r\n");
+	expect(&t, "C:530 Log in first.\n", "530 to another command: not a login");
+	client(&t, "USER u\r\n");
+	backend(&t, "331 pass\r\n");
+	client(&t, "PASS p\r\n");
+	t.len = 0;
+	backend(&t, "230 in\r\n");
+	expect(&t, "C:230 in\nlogin ok\n", "230: a good login");
+	finish(&t, "login result");
 }
 
 static void test_download(void)
@@ -806,6 +840,7 @@ int main(void)
 {
 	log_set_level(LOG_LVL_ERROR);
 	test_login_and_pipelining();
+	test_login_result();
 	test_download();
 	test_abor();
 	test_backend_gone_mid_transfer();
