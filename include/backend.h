@@ -42,6 +42,7 @@ struct backend_server {
 	unsigned interval, timeout, fall, rise;
 	enum backend_tls_mode tls;
 	int tls_verify;
+	int proxy_protocol;         /* backend_proxy_protocol: 0, 1 or 2 */
 	struct ssl_ctx_st *tls_ctx; /* a reference of its own, or NULL */
 	struct event_base *base;
 	struct hcheck *hc; /* the check in progress and its timer */

@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -22,6 +23,7 @@
 #include "ftp_reply.h"
 #include "ftpgate.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "tls.h"
 #include "util.h"
 
@@ -89,8 +91,8 @@ struct backend_server *backend_pick(struct site *site, const struct sockaddr *cl
 	    backend_choose(sc->balance, c, sc->n_backends, site->turn, backend_addr_hash(client));
 	if (i < 0)
 		return NULL;
-	if (sc->balance == BAL_ROUNDROBIN && !*tried)
-		site->turn = (uint32_t)i + 1; /* the next session starts after this one */
+	if (sc->balance != BAL_SOURCE && !*tried)
+		site->turn = (uint32_t)i + 1; /* the next session (or tie) starts after this one */
 	*tried |= 1u << i;
 	site->pool[i]->open++;
 	return site->pool[i];
@@ -260,6 +262,24 @@ static void hc_write_cb(struct bufferevent *bev, void *arg)
 		hc_close(h);
 }
 
+/*
+ * backend_proxy_protocol: the server expects a header first; a check is the
+ * proxy's own connection (v1 "PROXY UNKNOWN", v2 LOCAL). Returns 0, or -1
+ * when the check failed.
+ */
+static int hc_proxy_header(struct hcheck *h, struct bufferevent *bev)
+{
+	unsigned char hdr[PP_EMIT_MAX];
+	int n = h->s->proxy_protocol == 1 ? pp_emit_v1((char *)hdr, sizeof(hdr), NULL, NULL)
+	                                  : pp_emit_v2(hdr, sizeof(hdr), NULL, NULL);
+	if (n < 0 ||
+	    send(bufferevent_getfd(bev), hdr, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
+		hc_result(h, 0, "cannot send the PROXY protocol header");
+		return -1;
+	}
+	return 0;
+}
+
 static void hc_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct hcheck *h = arg;
@@ -278,6 +298,8 @@ static void hc_event_cb(struct bufferevent *bev, short what, void *arg)
 		}
 		h->stage = HC_GREETING;
 		ftp_reply_reset(&h->rasm);
+		if (h->s->proxy_protocol && hc_proxy_header(h, bev) < 0)
+			return;
 		if (h->s->tls == BTLS_IMPLICIT) {
 			if (hc_start_tls(h) < 0)
 				hc_result(h, 0, "cannot start TLS (out of memory)");
@@ -450,6 +472,7 @@ int backends_apply(struct backends *b, struct site *sites, size_t n_sites)
 			s->rise = sc->health_rise;
 			s->tls = sc->backend_tls;
 			s->tls_verify = sc->backend_tls_verify;
+			s->proxy_protocol = sc->backend_proxy_protocol;
 			if (s->tls_ctx != site->tls_client) {
 				SSL_CTX_free(s->tls_ctx);
 				s->tls_ctx = site->tls_client;

@@ -135,6 +135,26 @@ def test_speaks_ftp():
             assert 'backend server %s is down' % SRV['b'].addr() not in g.log()
 
 
+def proxy_v1(conn, fb):
+    first = conn.readline(timeout=10)
+    fb.events.append(first)
+    if first == 'PROXY UNKNOWN':
+        conn.send('220 behind a proxy-protocol listener\r\n')
+        conn.readline(timeout=5)
+
+
+def test_proxy_header():
+    with T.FakeBackend(proxy_v1) as fb:
+        with T.Ftpgate(config(fb.addr(), backend_proxy_protocol='v1')) as g:
+            deadline = time.monotonic() + 15
+            while len(fb.events) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert fb.events[:3] == ['PROXY UNKNOWN'] * 3, fb.events
+            assert 'is down' not in g.log(), g.log()
+            assert server_metric(g, 'ftpgate_backend_health_check_failures_total',
+                                 fb.addr()) == 0
+
+
 def test_tls_check():
     why = T.pyftpdlib_tls_available()
     assert why is None, why
@@ -199,6 +219,8 @@ t.case('a killed server is marked down (one line), skipped, and up again after r
 t.case('the only server down: 421 without trying it', test_all_down)
 t.case('the check speaks FTP: a silent server and a 421 greeting are down', test_speaks_ftp)
 t.case('backend_tls: the handshake and the certificate are checked', test_tls_check)
+t.case('backend_proxy_protocol: a check starts with a header of its own (v1 UNKNOWN)',
+       test_proxy_header)
 t.case('a reload keeps the state and counters of servers that stay', test_reload_keeps_state)
 t.case('health check configuration errors name file, line and key', test_config_errors)
 for s in SRV.values():
