@@ -12,8 +12,9 @@
 #define CONF_MAX_LISTEN 16
 #define CONF_NAME_MAX 64
 #define CONF_MAX_TRUSTED 32
-#define CONF_MAX_BACKENDS 16 /* servers in one site's pool */
-#define CONF_MAX_ACL 64      /* prefixes in allow, and in deny */
+#define CONF_MAX_BACKENDS 16   /* servers in one site's pool */
+#define CONF_MAX_ACL 64        /* prefixes in allow, and in deny */
+#define CONF_MAX_PUBLIC_FOR 16 /* networks in public_address_for */
 
 enum backend_data_mode {
 	BDM_PASSIVE = 0, /* the proxy connects to the backend's passive port */
@@ -52,6 +53,12 @@ enum balance {
 	BAL_SOURCE,         /* the same client address to the same server while it is up */
 };
 
+/* public_address_for: clients inside net are told addr. */
+struct public_for {
+	struct cidr net;
+	struct sockaddr_storage addr; /* IPv4, port 0 */
+};
+
 /* One server of a site's pool, as written in backend =. */
 struct backend_conf {
 	struct sockaddr_storage addr; /* resolved once at load */
@@ -73,6 +80,8 @@ struct site_conf {
 	unsigned health_rise;     /* good checks in a row that mark it up again */
 	struct sockaddr_storage public_address;
 	int has_public_address;
+	struct public_for public_for[CONF_MAX_PUBLIC_FOR]; /* the most specific prefix wins */
+	size_t n_public_for;
 	uint16_t pasv_lo, pasv_hi;
 	unsigned connect_timeout; /* seconds */
 	unsigned idle_timeout;

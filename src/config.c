@@ -191,6 +191,20 @@ static char *trim(char *tok)
 	return tok;
 }
 
+/* The next item of a comma-separated list at *cur (trimmed, cut in place; "" for an
+ * empty one), or NULL after the last. */
+static char *next_item(char **cur)
+{
+	char *tok = *cur;
+	if (!tok)
+		return NULL;
+	char *comma = strchr(tok, ',');
+	if (comma)
+		*comma++ = '\0';
+	*cur = comma;
+	return trim(tok);
+}
+
 /* A comma-separated list of prefixes into out[0 .. max-1]; *n set. 0 on error (reported). */
 static int set_cidr_list(struct parse_ctx *p, const char *key, const char *v, struct cidr *out,
                          size_t max, size_t *n)
@@ -278,6 +292,41 @@ static int add_backend(struct parse_ctx *p, const char *key, char *tok, struct s
 	return 1;
 }
 
+/* public_address_for = PREFIX ADDRESS, PREFIX ADDRESS, ... */
+static int public_for_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	char buf[4096], err[256];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	s->n_public_for = 0;
+	char *tok, *cur = buf;
+	while ((tok = next_item(&cur)) != NULL) {
+		char *sp = tok + strcspn(tok, " \t");
+		if (*tok == '\0' || *sp == '\0')
+			return fail(p, key,
+			            "\"%s\": want PREFIX ADDRESS (e.g. 192.0.2.0/24 192.0.2.10)",
+			            tok);
+		*sp++ = '\0';
+		char *addr = trim(sp);
+		if (s->n_public_for == CONF_MAX_PUBLIC_FOR)
+			return fail(p, key, "more than %d networks", CONF_MAX_PUBLIC_FOR);
+		struct public_for *pf = &s->public_for[s->n_public_for];
+		if (cidr_parse(tok, &pf->net, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		if (addr_parse(addr, 0, 0, &pf->addr, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		if (pf->addr.ss_family != AF_INET || addr_port((struct sockaddr *)&pf->addr) != 0)
+			return fail(
+			    p, key,
+			    "\"%s\": an IPv4 address without a port (227 replies carry IPv4 "
+			    "only)",
+			    addr);
+		s->n_public_for++;
+	}
+	return 1;
+}
+
 /* backend, balance, health_interval, health_timeout, health_fall, health_rise. */
 static int pool_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
 {
@@ -289,11 +338,8 @@ static int pool_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 			return fail(p, key, "value too long");
 		strcpy(buf, v);
 		s->n_backends = 0;
-		for (char *tok = buf, *comma; tok; tok = comma) {
-			comma = strchr(tok, ',');
-			if (comma)
-				*comma++ = '\0';
-			tok = trim(tok);
+		char *tok, *cur = buf;
+		while ((tok = next_item(&cur)) != NULL) {
 			if (*tok == '\0')
 				return fail(p, key,
 				            "empty server in the list (want HOST[:PORT][, ...])");
@@ -502,6 +548,8 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return pool_key(p, s, key, v);
 	if (key_in(key, access_keys))
 		return access_key(p, s, key, v);
+	if (strcmp(key, "public_address_for") == 0)
+		return public_for_key(p, s, key, v);
 	return fail(p, key, "unknown key in [%s]", p->section);
 }
 

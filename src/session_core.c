@@ -213,9 +213,22 @@ void core_arm_idle(struct core *c)
 	c->ops->set_timer(c->io, ms);
 }
 
-/* Announce address for the client: public_address or where it connected to. */
+/*
+ * Announce address for the client: public_address_for's address for the
+ * most specific network the client is in, else public_address, else where
+ * it connected to.
+ */
 static const struct sockaddr *announce_addr(const struct core *c)
 {
+	const struct public_for *best = NULL;
+	for (size_t i = 0; i < c->conf->n_public_for; i++) {
+		const struct public_for *pf = &c->conf->public_for[i];
+		if (cidr_match(&pf->net, (const struct sockaddr *)&c->client_addr) &&
+		    (!best || pf->net.prefix > best->net.prefix))
+			best = pf;
+	}
+	if (best)
+		return (const struct sockaddr *)&best->addr;
 	if (c->conf->has_public_address)
 		return (const struct sockaddr *)&c->conf->public_address;
 	return (const struct sockaddr *)&c->local_addr;
