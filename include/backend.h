@@ -84,11 +84,12 @@ void backends_free(struct backends *b);
 int backends_apply(struct backends *b, struct site *sites, size_t n_sites);
 
 /*
- * The server for a new session of site (or one of its retries): one not in
- * *tried (a mask of pool indices), which gets its bit. NULL when none is
- * left. The server's open count includes the session until backend_release().
+ * The server for a new session of site (or one of its retries), from the
+ * site's pool (route -1) or from conf->routes[route]: one not in *tried (a
+ * mask of indices), which gets its bit. NULL when none is left. The
+ * server's open count includes the session until backend_release().
  */
-struct backend_server *backend_pick(struct site *site, const struct sockaddr *client,
+struct backend_server *backend_pick(struct site *site, int route, const struct sockaddr *client,
                                     uint32_t *tried);
 /* The session's connection to it succeeded / failed (why, for the log). */
 void backend_connected(struct backend_server *s);

@@ -12,9 +12,11 @@
 #define CONF_MAX_LISTEN 16
 #define CONF_NAME_MAX 64
 #define CONF_MAX_TRUSTED 32
-#define CONF_MAX_BACKENDS 16   /* servers in one site's pool */
-#define CONF_MAX_ACL 64        /* prefixes in allow, and in deny */
-#define CONF_MAX_PUBLIC_FOR 16 /* networks in public_address_for */
+#define CONF_MAX_BACKENDS 16      /* servers in one site's pool */
+#define CONF_MAX_ACL 64           /* prefixes in allow, and in deny */
+#define CONF_MAX_PUBLIC_FOR 16    /* networks in public_address_for */
+#define CONF_MAX_ROUTES 256       /* user patterns in one [route:SITE] */
+#define CONF_MAX_ROUTE_BACKENDS 4 /* servers of one route */
 
 enum backend_data_mode {
 	BDM_PASSIVE = 0, /* the proxy connects to the backend's passive port */
@@ -64,6 +66,14 @@ struct backend_conf {
 	struct sockaddr_storage addr; /* resolved once at load */
 	char host[256];               /* as written, for certificate checks */
 	char name[272];               /* HOST:PORT, for logs and metrics */
+};
+
+/* One line of [route:SITE]: users matching pattern go to these servers. */
+struct route {
+	char pattern[128]; /* an exact name or a shell glob (fnmatch) */
+	int line;
+	struct backend_conf backends[CONF_MAX_ROUTE_BACKENDS];
+	size_t n_backends;
 };
 
 struct site_conf {
@@ -127,6 +137,12 @@ struct site_conf {
 	unsigned max_login_failures;   /* 0 = no bans */
 	unsigned login_failure_window; /* seconds */
 	unsigned ban_time;             /* seconds */
+
+	/* Routing by user ([route:NAME]): the first matching pattern wins, the
+	 * site's own backend when none does. */
+	struct route *routes; /* owned; freed by conf_free() */
+	size_t n_routes;
+	int route_keep_host; /* send USER with its @host part */
 };
 
 enum log_target { LOGT_DEFAULT = 0, LOGT_STDERR, LOGT_SYSLOG, LOGT_FILE };

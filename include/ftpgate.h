@@ -37,6 +37,9 @@ struct site {
 	/* The pool: conf->backends[i] is pool[i] (owned by backend.c, never freed
 	 * while the process runs). */
 	struct backend_server *pool[CONF_MAX_BACKENDS];
+	/* conf->routes[r].backends[i] is route_pool[r * CONF_MAX_ROUTE_BACKENDS + i]
+	 * (the array is the site's, the objects backend.c's). */
+	struct backend_server **route_pool;
 	uint32_t turn; /* roundrobin: where the next session starts */
 };
 

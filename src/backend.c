@@ -76,26 +76,28 @@ uint32_t backend_addr_hash(const struct sockaddr *sa)
 
 /* ---- sessions ------------------------------------------------------------------------------- */
 
-struct backend_server *backend_pick(struct site *site, const struct sockaddr *client,
+struct backend_server *backend_pick(struct site *site, int route, const struct sockaddr *client,
                                     uint32_t *tried)
 {
 	const struct site_conf *sc = site->conf;
 	struct backend_cand c[CONF_MAX_BACKENDS];
+	struct backend_server **pool =
+	    route < 0 ? site->pool : &site->route_pool[(size_t)route * CONF_MAX_ROUTE_BACKENDS];
+	size_t n = route < 0 ? sc->n_backends : sc->routes[route].n_backends;
 
-	for (size_t i = 0; i < sc->n_backends; i++) {
-		c[i].up = site->pool[i] && site->pool[i]->up;
+	for (size_t i = 0; i < n; i++) {
+		c[i].up = pool[i] && pool[i]->up;
 		c[i].tried = (*tried >> i) & 1u;
-		c[i].open = site->pool[i] ? site->pool[i]->open : 0;
+		c[i].open = pool[i] ? pool[i]->open : 0;
 	}
-	int i =
-	    backend_choose(sc->balance, c, sc->n_backends, site->turn, backend_addr_hash(client));
+	int i = backend_choose(sc->balance, c, n, site->turn, backend_addr_hash(client));
 	if (i < 0)
 		return NULL;
 	if (sc->balance != BAL_SOURCE && !*tried)
 		site->turn = (uint32_t)i + 1; /* the next session (or tie) starts after this one */
 	*tried |= 1u << i;
-	site->pool[i]->open++;
-	return site->pool[i];
+	pool[i]->open++;
+	return pool[i];
 }
 
 void backend_connected(struct backend_server *s)
@@ -455,16 +457,30 @@ int backends_apply(struct backends *b, struct site *sites, size_t n_sites)
 	for (size_t i = 0; i < n_sites; i++) {
 		struct site *site = &sites[i];
 		const struct site_conf *sc = site->conf;
-		for (size_t j = 0; j < sc->n_backends; j++) {
-			struct backend_server *s = find_or_add(b, sc->name, &sc->backends[j]);
-			site->pool[j] = s;
+		size_t np = sc->n_backends, nr = sc->n_routes * CONF_MAX_ROUTE_BACKENDS;
+		for (size_t j = 0; j < np + nr; j++) {
+			const struct backend_conf *bc;
+			struct backend_server **slot;
+			if (j < np) {
+				bc = &sc->backends[j];
+				slot = &site->pool[j];
+			} else {
+				size_t r = (j - np) / CONF_MAX_ROUTE_BACKENDS;
+				size_t k = (j - np) % CONF_MAX_ROUTE_BACKENDS;
+				if (k >= sc->routes[r].n_backends)
+					continue;
+				bc = &sc->routes[r].backends[k];
+				slot = &site->route_pool[j - np];
+			}
+			struct backend_server *s = find_or_add(b, sc->name, bc);
+			*slot = s;
 			if (!s) {
 				log_error("site %s: out of memory for backend %s", sc->name,
-				          sc->backends[j].name);
+				          bc->name);
 				rc = -1;
 				continue;
 			}
-			s->bc = sc->backends[j]; /* the address as resolved by this load */
+			s->bc = *bc; /* the address as resolved by this load */
 			s->listed = 1;
 			s->interval = sc->health_interval;
 			s->timeout = sc->health_timeout;

@@ -28,6 +28,7 @@ struct parse_ctx {
 	char err[512]; /* first error, "line: key: msg" without the file */
 	int err_line;
 	struct site_conf *cur; /* current [site:NAME], or NULL in [global] */
+	long route_site;       /* current [route:NAME]: index of its site, else -1 */
 	int have_section;
 	char section[CONF_NAME_MAX + 8];
 };
@@ -261,13 +262,14 @@ static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, 
 	return 1;
 }
 
-/* One server of backend = (HOST[:PORT], port 21 by default), resolved now. */
-static int add_backend(struct parse_ctx *p, const char *key, char *tok, struct site_conf *s)
+/* One server (HOST[:PORT], port 21 by default), resolved now, into list[*n]. */
+static int add_backend(struct parse_ctx *p, const char *key, char *tok, struct backend_conf *list,
+                       size_t *n, size_t max)
 {
 	char err[256];
-	if (s->n_backends == CONF_MAX_BACKENDS)
-		return fail(p, key, "more than %d servers", CONF_MAX_BACKENDS);
-	struct backend_conf *b = &s->backends[s->n_backends];
+	if (*n == max)
+		return fail(p, key, "more than %zu servers", max);
+	struct backend_conf *b = &list[*n];
 	if (addr_parse(tok, 21, 1, &b->addr, err, sizeof(err)) < 0)
 		return fail(p, key, "%s", err);
 	/* The host part, for checking the server's certificate. */
@@ -285,10 +287,10 @@ static int add_backend(struct parse_ctx *p, const char *key, char *tok, struct s
 	b->host[hl] = '\0';
 	snprintf(b->name, sizeof(b->name), strchr(b->host, ':') ? "[%s]:%u" : "%s:%u", b->host,
 	         (unsigned)addr_port((struct sockaddr *)&b->addr));
-	for (size_t i = 0; i < s->n_backends; i++)
-		if (strcmp(s->backends[i].name, b->name) == 0)
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp(list[i].name, b->name) == 0)
 			return fail(p, key, "%s is listed twice", b->name);
-	s->n_backends++;
+	(*n)++;
 	return 1;
 }
 
@@ -327,25 +329,63 @@ static int public_for_key(struct parse_ctx *p, struct site_conf *s, const char *
 	return 1;
 }
 
+/* A comma-separated list of servers into list[0 .. max-1]; *n set. 0 on error (reported). */
+static int set_backends(struct parse_ctx *p, const char *key, const char *v,
+                        struct backend_conf *list, size_t *n, size_t max)
+{
+	char buf[4096];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	*n = 0;
+	char *tok, *cur = buf;
+	while ((tok = next_item(&cur)) != NULL) {
+		if (*tok == '\0')
+			return fail(p, key, "empty server in the list (want HOST[:PORT][, ...])");
+		if (!add_backend(p, key, tok, list, n, max))
+			return 0;
+	}
+	return 1;
+}
+
+/* A line of [route:SITE]: USER-PATTERN = HOST[:PORT], ... */
+static int route_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	if (strlen(key) >= sizeof(s->routes[0].pattern))
+		return fail(p, key, "user pattern too long (at most %zu characters)",
+		            sizeof(s->routes[0].pattern) - 1);
+	if (s->n_routes == CONF_MAX_ROUTES)
+		return fail(p, key, "more than %d routes in [%s]", CONF_MAX_ROUTES, p->section);
+	for (size_t i = 0; i < s->n_routes; i++)
+		if (strcmp(s->routes[i].pattern, key) == 0)
+			return fail(p, key, "listed twice in [%s] (first at line %d)", p->section,
+			            s->routes[i].line);
+	struct route *nr = realloc(s->routes, (s->n_routes + 1) * sizeof(*nr));
+	if (!nr)
+		return fail(p, key, "out of memory");
+	s->routes = nr;
+	struct route *r = &s->routes[s->n_routes];
+	memset(r, 0, sizeof(*r));
+	snprintf(r->pattern, sizeof(r->pattern), "%s", key);
+	r->line = p->line;
+	if (!set_backends(p, key, v, r->backends, &r->n_backends, CONF_MAX_ROUTE_BACKENDS))
+		return 0;
+	s->n_routes++;
+	return 1;
+}
+
 /* backend, balance, health_interval, health_timeout, health_fall, health_rise. */
 static int pool_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
 {
-	char buf[4096];
 	unsigned long x;
 
-	if (strcmp(key, "backend") == 0) {
-		if (strlen(v) >= sizeof(buf))
-			return fail(p, key, "value too long");
-		strcpy(buf, v);
-		s->n_backends = 0;
-		char *tok, *cur = buf;
-		while ((tok = next_item(&cur)) != NULL) {
-			if (*tok == '\0')
-				return fail(p, key,
-				            "empty server in the list (want HOST[:PORT][, ...])");
-			if (!add_backend(p, key, tok, s))
-				return 0;
-		}
+	if (strcmp(key, "backend") == 0)
+		return set_backends(p, key, v, s->backends, &s->n_backends, CONF_MAX_BACKENDS);
+	if (strcmp(key, "route_keep_host") == 0) {
+		int b = parse_bool(v);
+		if (b < 0)
+			return fail(p, key, "\"%s\" is not yes or no", v);
+		s->route_keep_host = b;
 		return 1;
 	}
 	if (strcmp(key, "balance") == 0) {
@@ -539,9 +579,9 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	if (strcmp(key, "proxy_protocol") == 0 || strcmp(key, "proxy_trusted") == 0 ||
 	    strcmp(key, "backend_proxy_protocol") == 0)
 		return proxy_key(p, s, key, v);
-	static const char *const pool_keys[] = {
-	    "backend",     "balance", "health_interval", "health_timeout", "health_fall",
-	    "health_rise", NULL};
+	static const char *const pool_keys[] = {"backend",         "balance",     "health_interval",
+	                                        "health_timeout",  "health_fall", "health_rise",
+	                                        "route_keep_host", NULL};
 	static const char *const access_keys[] = {
 	    "allow", "deny", "max_login_failures", "login_failure_window", "ban_time", NULL};
 	if (key_in(key, pool_keys))
@@ -631,6 +671,21 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 	return fail(p, key, "unknown key in [global]");
 }
 
+/* A [route:NAME] header: the routes of the [site:NAME] above it. */
+static void begin_route(struct parse_ctx *p, const char *name)
+{
+	for (size_t i = 0; i < p->conf->n_sites; i++)
+		if (strcmp(p->conf->sites[i].name, name + 6) == 0) {
+			if (p->conf->sites[i].n_routes) {
+				fail(p, name, "duplicate section");
+				return;
+			}
+			p->route_site = (long)i;
+			return;
+		}
+	fail(p, name, "no [site:%s] above it", name + 6);
+}
+
 /* A "[name]" line (seen by our reader, so that empty sections count too). */
 static void begin_section(struct parse_ctx *p, const char *name)
 {
@@ -639,10 +694,15 @@ static void begin_section(struct parse_ctx *p, const char *name)
 	snprintf(p->section, sizeof(p->section), "%s", name);
 	p->have_section = 1;
 	p->cur = NULL;
+	p->route_site = -1;
 	if (strcmp(name, "global") == 0)
 		return;
+	if (strncmp(name, "route:", 6) == 0) {
+		begin_route(p, name);
+		return;
+	}
 	if (strncmp(name, "site:", 5) != 0) {
-		fail(p, name, "unknown section (want [global] or [site:NAME])");
+		fail(p, name, "unknown section (want [global], [site:NAME] or [route:NAME])");
 		return;
 	}
 	const char *site = name + 5;
@@ -679,6 +739,8 @@ static int handler(void *user, const char *section, const char *key, const char 
 		return fail(p, key, "empty value");
 	if (strcmp(p->section, "global") == 0)
 		return global_key(p, key, value);
+	if (p->route_site >= 0)
+		return route_key(p, &p->conf->sites[p->route_site], key, value);
 	if (!p->cur)
 		return 0; /* the section is bad and already reported */
 	return site_key(p, p->cur, key, value);
@@ -757,6 +819,7 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	c->log_facility = LOG_DAEMON;
 	c->shutdown_timeout = 30;
 	p.conf = c;
+	p.route_site = -1;
 	strcpy(p.section, "");
 
 	int rc = ini_parse_stream(reader, &p, handler, &p);
@@ -816,6 +879,14 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 			         path, s->proxy_protocol_line, s->name);
 			goto bad;
 		}
+		if (s->n_routes && tls_is_passthrough(s->tls)) {
+			snprintf(
+			    err, errsize,
+			    "%s:%d: route:%s: a passthrough site cannot route by user (USER may "
+			    "come inside TLS the proxy cannot read)",
+			    path, s->routes[0].line, s->name);
+			goto bad;
+		}
 		if (s->n_backends == 0) {
 			snprintf(err, errsize,
 			         "%s:%d: backend: missing in [site:%s] (want HOST[:PORT][, ...])",
@@ -833,6 +904,8 @@ void conf_free(struct conf *c)
 {
 	if (!c)
 		return;
+	for (size_t i = 0; i < c->n_sites; i++)
+		free(c->sites[i].routes);
 	free(c->sites);
 	free(c);
 }

@@ -62,6 +62,7 @@ static void gen_free(struct gen *g)
 	for (size_t i = 0; i < g->n_sites; i++) {
 		SSL_CTX_free(g->sites[i].tls_server);
 		SSL_CTX_free(g->sites[i].tls_client);
+		free(g->sites[i].route_pool);
 	}
 	free(g->sites);
 	conf_free(g->conf);
@@ -98,6 +99,15 @@ static struct gen *gen_load(struct ftpgate *gw, const char *path, char *err, siz
 		site->gen = g;
 		site->stats.passive_ports_total =
 		    (unsigned)(site->conf->pasv_hi - site->conf->pasv_lo + 1);
+		if (site->conf->n_routes) {
+			site->route_pool = calloc(site->conf->n_routes * CONF_MAX_ROUTE_BACKENDS,
+			                          sizeof(*site->route_pool));
+			if (!site->route_pool) {
+				snprintf(err, errsize, "out of memory");
+				gen_free(g);
+				return NULL;
+			}
+		}
 		SSL_CTX *server = NULL, *client = NULL;
 		if (tls_site_init(site->conf, g->conf->path, &server, &client, err, errsize) < 0) {
 			gen_free(g);
@@ -216,14 +226,18 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 		scrape_ban_addrs = calloc(BANS_MAX, sizeof(*scrape_ban_addrs));
 	}
 	scrape_n_bans = 0;
-	if (scrape_servers_cap < n * CONF_MAX_BACKENDS) {
-		struct metrics_server *ns =
-		    realloc(scrape_servers, n * CONF_MAX_BACKENDS * sizeof(*ns));
+	size_t need = 0; /* every site's pool and routes */
+	for (size_t i = 0; i < n; i++)
+		need += gw->sites[i].conf->n_backends +
+		        gw->sites[i].conf->n_routes * CONF_MAX_ROUTE_BACKENDS;
+	if (scrape_servers_cap < need) {
+		struct metrics_server *ns = realloc(scrape_servers, need * sizeof(*ns));
 		if (ns) {
 			scrape_servers = ns;
-			scrape_servers_cap = n * CONF_MAX_BACKENDS;
+			scrape_servers_cap = need;
 		}
 	}
+	size_t used = 0;
 	for (size_t i = 0; i < n && i < max; i++) {
 		struct site *site = &gw->sites[i];
 		unsigned open = site->n_sessions;
@@ -237,17 +251,24 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 		out[i].sessions_open = open;
 		out[i].servers = NULL;
 		out[i].n_servers = 0;
-		if (scrape_servers_cap < (i + 1) * CONF_MAX_BACKENDS)
+		if (scrape_servers_cap < need)
 			continue; /* out of memory: no per-server samples */
-		struct metrics_server *ms = &scrape_servers[i * CONF_MAX_BACKENDS];
-		for (size_t j = 0; j < site->conf->n_backends; j++) {
-			const struct backend_server *b = site->pool[j];
-			if (!b)
+		struct metrics_server *ms = &scrape_servers[used];
+		size_t np = site->conf->n_backends;
+		size_t nr = site->conf->n_routes * CONF_MAX_ROUTE_BACKENDS;
+		for (size_t j = 0; j < np + nr; j++) {
+			const struct backend_server *b =
+			    j < np ? site->pool[j] : site->route_pool[j - np];
+			int seen = !b;
+			for (size_t k = 0; k < out[i].n_servers && !seen; k++)
+				seen = ms[k].name == b->bc.name; /* in the pool and a route */
+			if (seen)
 				continue;
 			ms[out[i].n_servers++] = (struct metrics_server){
 			    b->bc.name,        b->up,       b->open,
 			    b->sessions_total, b->failures, b->check_failures};
 		}
+		used += out[i].n_servers;
 		out[i].servers = ms;
 		out[i].bans = NULL;
 		out[i].n_bans = 0;

@@ -511,6 +511,14 @@ static void op_transfer_end(void *io, int code, enum xfer_result r)
 	         (unsigned long long)s->xfer_down);
 }
 
+/* Routing by user: the core picked the route (-1: the site's own backend). */
+static void op_route_connect(void *io, int route)
+{
+	struct session *s = io;
+	s->route = route;
+	connect_backend(s);
+}
+
 /* Brute-force protection: count the backend's 530s per client address, ban after too many. */
 static void op_login_result(void *io, int ok)
 {
@@ -562,6 +570,7 @@ static const struct core_ops session_ops = {
     .set_timer = op_set_timer,
     .close = op_close,
     .transfer_end = op_transfer_end,
+    .route_connect = op_route_connect,
     .login_result = op_login_result,
     .now_ms = op_now_ms,
 };
@@ -896,7 +905,8 @@ static void connect_backend(struct session *s)
 	s->bbev = NULL;
 	if (s->srv)
 		backend_release(s->srv);
-	s->srv = backend_pick(s->site, (const struct sockaddr *)&s->client_addr, &s->tried);
+	s->srv =
+	    backend_pick(s->site, s->route, (const struct sockaddr *)&s->client_addr, &s->tried);
 	if (!s->srv) {
 		log_warn("site %s: no backend server up (%zu configured, %d tried): 421 to %s",
 		         s->conf->name, s->conf->n_backends, __builtin_popcount(s->tried),
@@ -1003,8 +1013,10 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	log_info("%s: start: client %s to %s", s->tag,
 	         addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),
 	         addr_str((struct sockaddr *)&local, l, sizeof(l), 0));
+	s->route = -1;
 	core_start(&s->core);
-	connect_backend(s);
+	if (s->core.route_state == RS_OFF)
+		connect_backend(s); /* else once USER names the route */
 }
 
 void sessions_close_all(struct ftpgate *gw)

@@ -151,6 +151,10 @@ static void op_transfer_end(void *io, int code, enum xfer_result r)
 	static const char *const names[] = {"ok", "failed", "aborted"};
 	rec(io, "end %d %s\n", code, names[r]);
 }
+static void op_route_connect(void *io, int route)
+{
+	rec(io, "route %d\n", route);
+}
 static void op_login_result(void *io, int ok)
 {
 	rec(io, "login %s\n", ok ? "ok" : "failed");
@@ -176,6 +180,7 @@ static const struct core_ops ops = {
     .set_timer = op_set_timer,
     .close = op_close,
     .transfer_end = op_transfer_end,
+    .route_connect = op_route_connect,
     .login_result = op_login_result,
     .now_ms = op_now,
 };
@@ -277,7 +282,8 @@ static void start(struct t *t, const struct site_conf *sc)
 	          (struct sockaddr *)&lo);
 	core_set_backend(&t->core, (struct sockaddr *)&t->conf.backends[0].addr);
 	core_start(&t->core);
-	core_backend_connected(&t->core);
+	if (!t->conf.n_routes) /* routing by user: no backend before USER */
+		core_backend_connected(&t->core);
 }
 
 static void login(struct t *t)
@@ -359,6 +365,55 @@ static void test_login_result(void)
 	backend(&t, "230 in\r\n");
 	expect(&t, "C:230 in\nlogin ok\n", "230: a good login");
 	finish(&t, "login result");
+}
+
+/* Routing by user: the proxy greets and answers USER; the backend's greeting and its
+ * answer to USER are consumed; PASS goes through. */
+static void test_route(void)
+{
+	static struct site_conf sc;
+	static struct route routes[2];
+	struct t t;
+
+	conf_default(&sc);
+	memset(routes, 0, sizeof(routes));
+	snprintf(routes[0].pattern, sizeof(routes[0].pattern), "*@acme.example");
+	snprintf(routes[1].pattern, sizeof(routes[1].pattern), "ftp-*");
+	sc.routes = routes;
+	sc.n_routes = 2;
+	is_int(core_route_match(&sc, "bob@acme.example"), 0, "glob with @host");
+	is_int(core_route_match(&sc, "ftp-7"), 1, "glob");
+	is_int(core_route_match(&sc, "bob@evil.example"), -1, "no route: the site's backend");
+
+	start(&t, &sc);
+	expect(&t, "C:220 Service ready for new user.\n",
+	       "the proxy greets at once, no backend yet");
+	client(&t, "LIST\r\n");
+	expect(&t, "C:530 Please login with USER and PASS.\n", "nothing but login before USER");
+	client(&t, "USER bob@acme.example\r\nPASS secret\r\n");
+	expect(&t, "C:331 User name okay, need password.\nroute 0\n",
+	       "USER: 331 from the proxy, connect by the first matching route");
+	core_backend_connected(&t.core);
+	backend(&t, "220 backend ready\r\n");
+	expect(&t, "B:USER bob\n", "the backend's greeting consumed, USER without @host");
+	backend(&t, "331 pass\r\n");
+	expect(&t, "B:PASS secret\n", "its 331 consumed; the waiting PASS goes out");
+	backend(&t, "230 in\r\n");
+	expect(&t, "C:230 in\nlogin ok\n", "the answer to PASS is relayed");
+	finish(&t, "route");
+
+	sc.route_keep_host = 1;
+	start(&t, &sc);
+	client(&t, "USER nobody@x\r\n");
+	core_backend_connected(&t.core);
+	t.len = 0;
+	backend(&t, "220 backend ready\r\n");
+	expect(&t, "B:USER nobody@x\n", "route_keep_host: the name as the client sent it");
+	backend(&t, "530 unknown user\r\n");
+	expect(&t, "login failed\n", "a 530 to USER is a failed login, kept for PASS");
+	client(&t, "PASS x\r\n");
+	expect(&t, "C:530 unknown user\n", "PASS gets the backend's answer to USER");
+	finish(&t, "route 530");
 }
 
 static void test_download(void)
@@ -841,6 +896,7 @@ int main(void)
 	log_set_level(LOG_LVL_ERROR);
 	test_login_and_pipelining();
 	test_login_result();
+	test_route();
 	test_download();
 	test_abor();
 	test_backend_gone_mid_transfer();
