@@ -9,6 +9,7 @@ TAP output."""
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -143,6 +144,21 @@ def test_killed_and_restarted():
         assert sorted(which(g.port) for _ in range(2)) == ['a', 'b']
 
 
+def test_reload_new_pool():
+    with gate(SRV['a'].addr()) as g:
+        held = T.ftp_login(g.port)
+        assert held.nlst() == ['a.txt']
+        with open(g.conf, 'w') as f:
+            f.write(g.text.replace('backend = %s' % SRV['a'].addr(),
+                                   'backend = %s' % SRV['b'].addr()))
+        mark = g.log_mark()
+        g.proc.send_signal(signal.SIGHUP)
+        assert g.wait_log(r'reloaded', mark), g.log_since(mark)
+        assert [which(g.port) for _ in range(2)] == ['b', 'b']   # new sessions: the new pool
+        assert held.nlst() == ['a.txt']                          # the open one keeps its server
+        held.quit()
+
+
 def test_config_errors():
     cases = [
         ('backend = 127.0.0.1:21, 127.0.0.1:21', r':3: backend: 127\.0\.0\.1:21 is listed twice'),
@@ -165,6 +181,8 @@ t.case('leastconn: new sessions go to the server with fewer open', test_leastcon
 t.case('source: one client address stays on one server', test_source)
 t.case('a server killed and restarted: skipped while down, used again after',
        test_killed_and_restarted)
+t.case('a reload: new sessions use the new pool, an open session keeps its server',
+       test_reload_new_pool)
 t.case('pool configuration errors name file, line and key', test_config_errors)
 for s in SRV.values():
     s.stop()

@@ -122,6 +122,22 @@ def test_ftps_require_tls():
             f.close()
 
 
+def test_route_servers_in_metrics():
+    cfg = config(health_interval=1, health_timeout=1, health_fall=1, health_rise=1)
+    cfg['global']['metrics_listen'] = '127.0.0.1:%d' % T.free_port()
+    with T.Ftpgate(cfg) as g:
+        assert listing(g.port, 'u') == ['b.txt']
+        text = T.gate_metrics(g)
+        for srv, sessions in ((A, 0), (B, 1)):
+            assert re.search(r'^ftpgate_backend_up\{site="test",server="%s"\} 1$'
+                             % re.escape(srv.addr()), text, re.M), text
+            assert re.search(r'^ftpgate_backend_sessions_total\{site="test",server="%s"\} %d$'
+                             % (re.escape(srv.addr()), sessions), text, re.M), text
+        # B is listed once although three routes name it.
+        assert len(re.findall(r'^ftpgate_backend_up\{site="test",server="%s"\}'
+                              % re.escape(B.addr()), text, re.M)) == 1
+
+
 def test_config_errors():
     cases = [
         ('[route:nosuch]\nu = 127.0.0.1:21', r':4: route:nosuch: no \[site:nosuch\] above it'),
@@ -146,6 +162,8 @@ t.case('a wrong password or user looks the same as with a single backend',
 t.case('before USER the proxy answers: 503, 530, NOOP, FEAT, QUIT; no backend connected',
        test_before_user)
 t.case('FTPS with require_tls: USER only after AUTH TLS, then routed', test_ftps_require_tls)
+t.case('route servers are health-checked and in /metrics, once each',
+       test_route_servers_in_metrics)
 t.case('route configuration errors name file, line and key', test_config_errors)
 A.stop()
 B.stop()
