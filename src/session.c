@@ -892,6 +892,12 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- connecting to a server of the pool ----------------------------------------------------- */
 
+/* Servers the session may try: the site's pool, or its route's. */
+static size_t pool_size(const struct session *s)
+{
+	return s->route < 0 ? s->conf->n_backends : s->conf->routes[s->route].n_backends;
+}
+
 /*
  * Connect to a server of the site's pool that is up and not yet tried by
  * this session. None left: 421 (the client has seen no reply before).
@@ -909,7 +915,7 @@ static void connect_backend(struct session *s)
 	    backend_pick(s->site, s->route, (const struct sockaddr *)&s->client_addr, &s->tried);
 	if (!s->srv) {
 		log_warn("site %s: no backend server up (%zu configured, %d tried): 421 to %s",
-		         s->conf->name, s->conf->n_backends, __builtin_popcount(s->tried),
+		         s->conf->name, pool_size(s), __builtin_popcount(s->tried),
 		         addr_str((struct sockaddr *)&s->client_addr, b, sizeof(b), 1));
 		core_abort(&s->core, "cannot connect to backend: no server of the pool is up");
 		return;
@@ -935,7 +941,7 @@ static void connect_failed(struct session *s, const char *why)
 {
 	backend_failed(s->srv);
 	log_warn("%s: backend server %s: %s%s", s->tag, s->srv->bc.name, why,
-	         s->conf->n_backends > 1 ? "; trying the next" : "");
+	         pool_size(s) > 1 ? "; trying the next" : "");
 	connect_backend(s);
 }
 
