@@ -215,9 +215,10 @@ static int set_cidr_list(struct parse_ctx *p, const char *key, const char *v, st
 		return fail(p, key, "value too long");
 	strcpy(buf, v);
 	*n = 0;
-	char *save = NULL;
-	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		tok = trim(tok);
+	char *tok, *cur = buf;
+	while ((tok = next_item(&cur)) != NULL) {
+		if (*tok == '\0')
+			return fail(p, key, "empty prefix in the list (want PREFIX[, ...])");
 		if (*n == max)
 			return fail(p, key, "more than %zu prefixes", max);
 		if (cidr_parse(tok, &out[*n], err, sizeof(err)) < 0)

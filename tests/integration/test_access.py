@@ -127,9 +127,10 @@ def test_reload():
 
 def test_config_errors():
     cases = [
-        ('allow = 192.0.2.0/33', r':4: allow: '),
-        ('deny = 192.0.2.1/24', r':4: deny: '),
-        ('allow = example.com', r':4: allow: '),
+        ('allow = 192.0.2.0/33', r':4: allow: "192\.0\.2\.0/33": the prefix length must be 0-32'),
+        ('deny = 192.0.2.1/24', r':4: deny: "192\.0\.2\.1/24": bits set after the prefix'),
+        ('allow = example.com', r':4: allow: "example\.com" is not an IPv4 or IPv6 address'),
+        ('deny = 192.0.2.0/24,', r':4: deny: empty prefix in the list'),
     ]
     T.check_config_errors(cases, '[site:x]\nlisten = 127.0.0.1:2100\nbackend = 127.0.0.1:21\n')
 
