@@ -8,6 +8,10 @@ at exit):
   client ns fgc-PID          gateway ns fgg-PID               server ns fgs-PID
   203.0.113.2/24  --veth--  203.0.113.1/24 | 198.51.100.1/24  --veth--  198.51.100.2/24
   curl, ftplib              ftpgate, ip_forward = 0                     pyftpdlib :2121
+                            192.0.2.1/24
+  LAN client ns fgl-PID       |
+  192.0.2.2/24  ----veth------+
+  curl (public_address_for: told 192.0.2.1, which it can reach, not 203.0.113.1)
 
 No namespace has a default route, and the gateway does not forward, so the
 client can only reach the backend through ftpgate, and only if ftpgate
@@ -37,12 +41,15 @@ PID = os.getpid()
 NS_C = 'fgc-%d' % PID
 NS_G = 'fgg-%d' % PID
 NS_S = 'fgs-%d' % PID
-ALL_NS = (NS_C, NS_G, NS_S)
+NS_L = 'fgl-%d' % PID
+ALL_NS = (NS_C, NS_G, NS_S, NS_L)
 
 CLIENT_IP = '203.0.113.2'
 GATE_IP = '203.0.113.1'
 GATE_BACK_IP = '198.51.100.1'
 SERVER_IP = '198.51.100.2'
+LAN_IP = '192.0.2.2'
+GATE_LAN_IP = '192.0.2.1'
 FTP_PORT = 2121
 GATE_PASV = (40000, 40100)
 SERVER_PASV = (50000, 50100)
@@ -178,10 +185,14 @@ def make_topology():
         return 'cannot create a veth pair: %s' % r.stderr.decode('utf-8', 'replace').strip()
     run([IP, '-n', NS_G, 'link', 'add', 'toserver', 'type', 'veth',
          'peer', 'name', 'eth0', 'netns', NS_S])
+    run([IP, '-n', NS_G, 'link', 'add', 'tolan', 'type', 'veth',
+         'peer', 'name', 'eth0', 'netns', NS_L])
     for ns, dev, addr in ((NS_C, 'eth0', CLIENT_IP),
                           (NS_G, 'toclient', GATE_IP),
                           (NS_G, 'toserver', GATE_BACK_IP),
-                          (NS_S, 'eth0', SERVER_IP)):
+                          (NS_S, 'eth0', SERVER_IP),
+                          (NS_G, 'tolan', GATE_LAN_IP),
+                          (NS_L, 'eth0', LAN_IP)):
         run([IP, '-n', ns, 'addr', 'add', addr + '/24', 'dev', dev])
         run([IP, '-n', ns, 'link', 'set', dev, 'up'])
     for ns in ALL_NS:
@@ -298,7 +309,8 @@ connect_timeout = 5
 ''' % (GATE_IP, FTP_PORT, SERVER_IP, FTP_PORT, GATE_PASV[0], GATE_PASV[1])
 
 try:
-    for ns, a in ((NS_C, CLIENT_IP), (NS_G, GATE_IP), (NS_G, GATE_BACK_IP), (NS_S, SERVER_IP)):
+    for ns, a in ((NS_C, CLIENT_IP), (NS_G, GATE_IP), (NS_G, GATE_BACK_IP), (NS_S, SERVER_IP),
+                  (NS_G, GATE_LAN_IP), (NS_L, LAN_IP)):
         if not ns_addr_ready(ns, a):
             raise AssertionError('address %s in %s still tentative' % (a, ns))
     SRV = NsBackend(ROOT)
@@ -378,7 +390,8 @@ def case_topology():
     # no default route anywhere, only the connected /24s
     for ns, nets in ((NS_C, {'203.0.113.0/24'}),
                      (NS_S, {'198.51.100.0/24'}),
-                     (NS_G, {'203.0.113.0/24', '198.51.100.0/24'})):
+                     (NS_L, {'192.0.2.0/24'}),
+                     (NS_G, {'203.0.113.0/24', '198.51.100.0/24', '192.0.2.0/24'})):
         out = run([IP, '-n', ns, '-4', 'route', 'show']).stdout.decode()
         got = {line.split()[0] for line in out.splitlines() if line.strip()}
         assert got == nets, '%s routes: %r' % (ns, out)
@@ -735,6 +748,60 @@ def ftplib_active_case(mode):
     return fn
 
 
+# --------------------------------------------------------------------------
+# public_address_for: outside clients are told 203.0.113.1, LAN clients
+# (192.0.2.0/24, no route to 203.0.113.0/24) are told 192.0.2.1.
+
+LAN_GATE_PORT = 2123
+LAN_GATE_PASV = (40400, 40500)
+LAN_GATE_CONF = '''; written by test_netns.py: per-network public address
+[global]
+log_level = debug
+
+[site:lan]
+listen = %s:%d, %s:%d
+backend = %s:%d
+passive_ports = %d-%d
+public_address = %s
+public_address_for = 192.0.2.0/24 %s
+data_timeout = 10
+connect_timeout = 5
+''' % (GATE_IP, LAN_GATE_PORT, GATE_LAN_IP, LAN_GATE_PORT, SERVER_IP, FTP_PORT,
+       LAN_GATE_PASV[0], LAN_GATE_PASV[1], GATE_IP, GATE_LAN_IP)
+
+_lan_gate = []
+
+
+def lan_gate():
+    if not _lan_gate:
+        _lan_gate.append(NsGate(LAN_GATE_CONF, LAN_GATE_PORT))
+    return _lan_gate[0]
+
+
+def pasv_download(ns, host, name):
+    """curl PASV download of `file` in ns from host:LAN_GATE_PORT; the 227's address."""
+    out = os.path.join(LOCAL, name)
+    r = run(nsexec(ns, [T.CURL, '-sS', '-v', '--max-time', str(CMD_TIMEOUT - 5),
+                        '--no-ftp-skip-pasv-ip', '--disable-epsv',
+                        'ftp://u:p@%s:%d/file' % (host, LAN_GATE_PORT), '-o', out]))
+    got = T.sha256_file(out)
+    assert got == FILE_SHA, 'sha256 mismatch: %s != %s' % (got, FILE_SHA)
+    m = re.search(r'< 227 .*\((\d+,\d+,\d+,\d+),\d+,\d+\)', r.stderr.decode('utf-8', 'replace'))
+    assert m, 'no 227 in curl -v output'
+    return m.group(1)
+
+
+def case_lan_public_for():
+    lan_gate()
+    r = run([IP, '-n', NS_L, 'route', 'get', GATE_IP], check=False)
+    assert r.returncode != 0, 'the LAN ns reaches 203.0.113.1: %r' % r.stdout
+    assert pasv_download(NS_L, GATE_LAN_IP, 'lan.out') == '192,0,2,1'
+
+
+def case_outside_public_address():
+    assert pasv_download(NS_C, GATE_IP, 'outside.out') == '203,0,113,1'
+
+
 def case_gate_alive():
     assert G.alive(), 'ftpgate exited with status %s' % G.proc.returncode
 
@@ -761,6 +828,10 @@ CASES = [
      curl_active_case('active', 'port')),
     ('active: ftplib set_pasv(False) RETR + STOR, backend_data_mode=active, sha256',
      ftplib_active_case('active')),
+    ('public_address_for: the LAN client is told 192.0.2.1 and downloads (curl PASV, sha256)',
+     case_lan_public_for),
+    ('public_address_for: the outside client is told public_address 203.0.113.1',
+     case_outside_public_address),
     ('ftpgate still running', case_gate_alive),
 ]
 
