@@ -81,6 +81,9 @@ static void site_defaults(struct site_conf *s)
 }
 
 static void vfail_at(struct parse_ctx *p, int line, const char *key, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+static void vfail_at(struct parse_ctx *p, int line, const char *key, const char *fmt, va_list ap)
 {
 	if (p->err[0] == '\0') {
 		char msg[384];

@@ -687,13 +687,13 @@ static size_t gen_script(uint8_t *d, size_t size)
 		d[o++] = pre[k][0];
 		d[o++] = pre[k][1];
 	}
-	while (o + 4 <= size) {
+	while (o + 6 <= size) {
 		uint8_t step[8][2] = {
 		    {0, data_cmd[rnd(4)]}, {3, addr_rep[rnd(4)]}, {6, (uint8_t)(2 | rnd(2))},
 		    {0, xfer_cmd[rnd(3)]}, {3, prelim[rnd(2)]},   {6, (uint8_t)(2 | rnd(2))},
 		    {7, (uint8_t)rnd(2)},  {3, final[rnd(3)]},
 		};
-		for (int k = 0; k < 8 && o + 4 <= size; k++) {
+		for (int k = 0; k < 8 && o + 6 <= size; k++) { /* at most 6 bytes a step */
 			unsigned r = rnd(100);
 			if (r < 10)
 				continue; /* dropped */
