@@ -12,6 +12,11 @@
 #define CONF_MAX_LISTEN 16
 #define CONF_NAME_MAX 64
 #define CONF_MAX_TRUSTED 32
+#define CONF_MAX_BACKENDS 16      /* servers in one site's pool */
+#define CONF_MAX_ACL 64           /* prefixes in allow, and in deny */
+#define CONF_MAX_PUBLIC_FOR 16    /* networks in public_address_for */
+#define CONF_MAX_ROUTES 256       /* user patterns in one [route:SITE] */
+#define CONF_MAX_ROUTE_BACKENDS 4 /* servers of one route */
 
 enum backend_data_mode {
 	BDM_PASSIVE = 0, /* the proxy connects to the backend's passive port */
@@ -43,16 +48,51 @@ enum backend_prot {
 
 #define CONF_PATH_MAX 1024
 
+/* How a site's pool picks a server for a new session. */
+enum balance {
+	BAL_ROUNDROBIN = 0, /* in turn */
+	BAL_LEASTCONN,      /* fewest sessions open */
+	BAL_SOURCE,         /* the same client address to the same server while it is up */
+};
+
+/* public_address_for: clients inside net are told addr. */
+struct public_for {
+	struct cidr net;
+	struct sockaddr_storage addr; /* IPv4, port 0 */
+};
+
+/* One server of a site's pool, as written in backend =. */
+struct backend_conf {
+	struct sockaddr_storage addr; /* resolved once at load */
+	char host[256];               /* as written, for certificate checks */
+	char name[272];               /* HOST:PORT, for logs and metrics */
+};
+
+/* One line of [route:SITE]: users matching pattern go to these servers. */
+struct route {
+	char pattern[128]; /* an exact name or a shell glob (fnmatch) */
+	int line;
+	struct backend_conf backends[CONF_MAX_ROUTE_BACKENDS];
+	size_t n_backends;
+};
+
 struct site_conf {
 	char name[CONF_NAME_MAX];
 	int line; /* line of the section's first key, for later errors */
 	struct sockaddr_storage listen[CONF_MAX_LISTEN];
 	size_t n_listen;
-	int listen_line; /* 0 = the default */
-	struct sockaddr_storage backend;
-	int has_backend;
+	int listen_line;                                 /* 0 = the default */
+	struct backend_conf backends[CONF_MAX_BACKENDS]; /* the pool, in the order written */
+	size_t n_backends;
+	enum balance balance;
+	unsigned health_interval; /* seconds between health checks, 0 = none */
+	unsigned health_timeout;  /* seconds a check may take */
+	unsigned health_fall;     /* failed checks in a row that mark a server down */
+	unsigned health_rise;     /* good checks in a row that mark it up again */
 	struct sockaddr_storage public_address;
 	int has_public_address;
+	struct public_for public_for[CONF_MAX_PUBLIC_FOR]; /* the most specific prefix wins */
+	size_t n_public_for;
 	uint16_t pasv_lo, pasv_hi;
 	unsigned connect_timeout; /* seconds */
 	unsigned idle_timeout;
@@ -81,7 +121,6 @@ struct site_conf {
 	int backend_tls_verify;
 	char backend_ca[CONF_PATH_MAX];
 	int backend_ca_line;
-	char backend_host[256]; /* as written in backend =, for certificate checks */
 	enum backend_prot backend_data_protection;
 
 	/* PROXY protocol (HAProxy's proxy-protocol.txt). */
@@ -90,6 +129,21 @@ struct site_conf {
 	struct cidr proxy_trusted[CONF_MAX_TRUSTED]; /* who may send the header */
 	size_t n_proxy_trusted;
 	int backend_proxy_protocol; /* 0 = off, 1 = v1, 2 = v2 toward the backend */
+
+	/* Access control: deny wins; a non-empty allow admits only its prefixes. */
+	struct cidr allow[CONF_MAX_ACL];
+	size_t n_allow;
+	struct cidr deny[CONF_MAX_ACL];
+	size_t n_deny;
+	unsigned max_login_failures;   /* 0 = no bans */
+	unsigned login_failure_window; /* seconds */
+	unsigned ban_time;             /* seconds */
+
+	/* Routing by user ([route:NAME]): the first matching pattern wins, the
+	 * site's own backend when none does. */
+	struct route *routes; /* owned; freed by conf_free() */
+	size_t n_routes;
+	int route_keep_host; /* send USER with its @host part */
 };
 
 enum log_target { LOGT_DEFAULT = 0, LOGT_STDERR, LOGT_SYSLOG, LOGT_FILE };

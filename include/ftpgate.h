@@ -20,6 +20,8 @@ struct metrics;
 struct xferlog;
 struct pt_fwd;
 struct pt_guard;
+struct backends;
+struct bans;
 
 /*
  * What belongs to a site's name rather than to one load of it: one object
@@ -48,6 +50,13 @@ struct site {
 	struct ssl_ctx_st *tls_client; /* backend-facing TLS, or NULL */
 	struct pt_port *pt_ports;      /* passthrough: one listener per passive port */
 	size_t n_pt_ports;
+	/* The pool: conf->backends[i] is pool[i] (owned by backend.c, never freed
+	 * while the process runs). */
+	struct backend_server *pool[CONF_MAX_BACKENDS];
+	/* conf->routes[r].backends[i] is route_pool[r * CONF_MAX_ROUTE_BACKENDS + i]
+	 * (the array is the site's, the objects backend.c's). */
+	struct backend_server **route_pool;
+	uint32_t turn; /* roundrobin: where the next session starts */
 };
 
 /* A passthrough passive port forwarded 1:1 to the backend. */
@@ -88,6 +97,8 @@ struct ftpgate {
 	struct site_state *states; /* one per site name ever loaded */
 	struct pt_fwd *pt_fwds;    /* passthrough: every forwarded data connection */
 	struct pt_guard *pt_guard; /* passthrough: failed forwards and bans per address */
+	struct backends *backends; /* every site's servers, across reloads */
+	struct bans *bans;         /* login failures and bans, across reloads */
 };
 
 /* A session of gen ended: free gen when it is old and unused. */

@@ -10,6 +10,7 @@
 #define FTPGATE_METRICS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "stats.h"
@@ -17,11 +18,31 @@
 struct event_base;
 struct evbuffer;
 
+/* One server of a site's pool (label "server"). */
+struct metrics_server {
+	const char *name;        /* HOST:PORT; escaped when rendered */
+	int up;                  /* gauge ftpgate_backend_up */
+	unsigned sessions_open;  /* gauge ftpgate_backend_sessions_open */
+	uint64_t sessions_total; /* sessions connected to it */
+	uint64_t failures;       /* session connections to it that failed */
+	uint64_t check_failures; /* health checks that failed */
+};
+
+/* A banned client address (label "address"). */
+struct metrics_ban {
+	const char *address;
+	uint64_t seconds_left; /* gauge ftpgate_ban_seconds_remaining */
+};
+
 /* One site as the metrics see it. Pointers only need to live for one scrape. */
 struct metrics_site {
-	const char *name;               /* label "site"; escaped when rendered */
-	const struct site_stats *stats; /* NULL renders as all zero */
-	unsigned sessions_open;         /* gauge ftpgate_sessions_open */
+	const char *name;                     /* label "site"; escaped when rendered */
+	const struct site_stats *stats;       /* NULL renders as all zero */
+	unsigned sessions_open;               /* gauge ftpgate_sessions_open */
+	const struct metrics_server *servers; /* the site's pool */
+	size_t n_servers;
+	const struct metrics_ban *bans; /* addresses banned now */
+	size_t n_bans;
 };
 
 /*

@@ -55,12 +55,21 @@ enum exp_kind {
 	EXP_ABOR,       /* the client's ABOR: relayed */
 	EXP_FENCE,      /* the proxy's NOOP/FEAT after a long line failed: the errors before
 	                   its reply are the backend's answers to the rest of that line */
+	EXP_ROUTE_USER, /* routing by user: the proxy's USER for the client; consumed */
+};
+
+/* Routing by user ([route:NAME]): where the session is. */
+enum route_state {
+	RS_OFF = 0,    /* the site does not route: the backend is connected at start */
+	RS_USER,       /* the proxy greeted; no backend until the client's USER */
+	RS_CONNECTING, /* USER answered 331 by the proxy; connecting, greeting, USER */
+	RS_DONE,       /* the backend answered USER: relay from here on */
 };
 
 struct expect {
 	enum exp_kind kind;
-	enum ftp_verb sent;          /* EXP_DATA_SETUP: what the proxy sent the backend */
-	enum ftp_verb client_verb;   /* EXP_DATA_SETUP: what the client asked */
+	enum ftp_verb sent;        /* what the proxy sent the backend (EXP_DATA_SETUP, EXP_RELAY) */
+	enum ftp_verb client_verb; /* EXP_DATA_SETUP: what the client asked */
 	char verb[FTP_VERB_MAX + 1]; /* the command the reply answers ("": not checked) */
 	int long_line;               /* longer than FTP_LINE_ONE_READ: may be answered twice */
 	int prelims;                 /* preliminary replies relayed for it */
@@ -124,6 +133,13 @@ struct core_ops {
 	void (*close)(void *io, enum core_close how, const char *reason);
 	/* A transfer's final reply went to the client. */
 	void (*transfer_end)(void *io, int code, enum xfer_result r);
+	/* Routing by user: connect to a server of route (an index into
+	 * conf->routes, or -1 for the site's own backend). The shell calls
+	 * core_backend_connected() or aborts as at start. */
+	void (*route_connect)(void *io, int route);
+	/* The backend answered USER or PASS with 230 (ok = 1) or 530 (ok = 0);
+	 * the reply is already queued for the client. */
+	void (*login_result)(void *io, int ok);
 	uint64_t (*now_ms)(void *io);
 	/* Passthrough, before AUTH: the backend announced this data port to
 	 * this session (227/229 relayed); only this session may use it. */
@@ -137,6 +153,8 @@ struct core {
 	const char *tag;                     /* for log lines */
 	struct sockaddr_storage client_addr; /* the client's address (PORT check, data peer) */
 	struct sockaddr_storage local_addr;  /* where it connected to (announced by default) */
+	struct sockaddr_storage
+	    backend_addr; /* the server the shell chose (data ports, 227 check) */
 	uint64_t start_ms;
 
 	/* Control. */
@@ -184,11 +202,24 @@ struct core {
 
 	/* Passthrough. */
 	int pt_blind_pending; /* 234 relayed: go blind once it is on the wire */
+
+	/* Routing by user. */
+	enum route_state route_state;
+	char *route_user;  /* the USER line for the backend (without @host unless kept) */
+	char *route_reply; /* the backend's final answer to USER, if not 331: answers PASS */
+	size_t route_reply_len;
 };
 
 /* Set up a core for a new session (no action is taken yet). */
 void core_init(struct core *c, const struct site_conf *conf, const struct core_ops *ops, void *io,
                const char *tag, const struct sockaddr *client, const struct sockaddr *local);
+/* Routing by user: the index of the first route of conf whose pattern matches
+ * user (a NUL-terminated name), or -1. Pure. */
+int core_route_match(const struct site_conf *conf, const char *user);
+
+/* The server the shell connects to (from the site's pool); before core_start(), and again
+ * when the shell moves on to the next server because the connection failed. */
+void core_set_backend(struct core *c, const struct sockaddr *backend);
 /* Free what the core holds (no action is taken). */
 void core_free(struct core *c);
 

@@ -41,8 +41,11 @@ struct session {
 	struct core core;
 
 	/* Control I/O (session.c). */
-	struct bufferevent *cbev; /* client control */
-	struct bufferevent *bbev; /* backend control */
+	struct bufferevent *cbev;   /* client control */
+	struct bufferevent *bbev;   /* backend control */
+	struct backend_server *srv; /* the server of the pool it uses (backend.c's object) */
+	uint32_t tried;             /* pool indices it failed to connect to */
+	int route;                  /* routing by user: conf->routes index, -1 the site's pool */
 	struct sockaddr_storage client_addr;
 	struct sockaddr_storage client_dst; /* what the client connected to (PROXY header out) */
 	struct event *timer;                /* connect / idle / flush timeout */

@@ -44,6 +44,9 @@ struct site_stats {
 	uint64_t tls_handshake_failures; /* client or backend side */
 	uint64_t data_refused;           /* data connections from strangers */
 	uint64_t proxy_refused;          /* PROXY protocol: untrusted peer or bad header */
+	uint64_t acl_refused;            /* connections refused by allow/deny */
+	uint64_t bans;                   /* client addresses banned */
+	uint64_t ban_refused;            /* connections refused from banned addresses */
 	unsigned passive_ports_in_use;   /* listening + connected passive ports */
 	unsigned passive_ports_total;    /* size of passive_ports */
 };

@@ -19,11 +19,11 @@ int tls_site_init(const struct site_conf *sc, const char *conf_path, SSL_CTX **s
                   SSL_CTX **client, char *err, size_t errsize);
 
 /*
- * A new SSL for a backend connection (control or data): verification of the
- * backend's name or IP as written in the configuration, and resumption of
- * resume (if not NULL).
+ * A new SSL for a backend connection (control, data or health check): with
+ * verify, verification of host (the server's name or IP as written in the
+ * configuration), and resumption of resume (if not NULL).
  */
-SSL *tls_backend_ssl(SSL_CTX *ctx, const struct site_conf *sc, SSL_SESSION *resume);
+SSL *tls_backend_ssl(SSL_CTX *ctx, int verify, const char *host, SSL_SESSION *resume);
 
 /*
  * A new SSL for a client connection: the control connection (control =

@@ -29,6 +29,7 @@ struct parse_ctx {
 	char err[512]; /* first error, "line: key: msg" without the file */
 	int err_line;
 	struct site_conf *cur; /* current [site:NAME], or NULL in [global] */
+	long route_site;       /* current [route:NAME]: index of its site, else -1 */
 	int have_section;
 	char section[CONF_NAME_MAX + 8];
 	int global_line; /* line of [global], 0 before it */
@@ -70,6 +71,13 @@ static void site_defaults(struct site_conf *s)
 	s->backend_tls_verify = 1;
 	s->backend_ca[0] = '\0';
 	s->backend_data_protection = BPROT_PRIVATE;
+	s->balance = BAL_ROUNDROBIN;
+	s->health_interval = 0;
+	s->health_timeout = 5;
+	s->health_fall = 3;
+	s->health_rise = 2;
+	s->login_failure_window = 300;
+	s->ban_time = 900;
 }
 
 static void vfail_at(struct parse_ctx *p, int line, const char *key, const char *fmt, va_list ap)
@@ -193,10 +201,65 @@ static int set_ports(struct parse_ctx *p, const char *key, const char *v, struct
 	return 1;
 }
 
+/* Is key one of the NULL-terminated names? */
+static int key_in(const char *key, const char *const *names)
+{
+	for (; *names; names++)
+		if (strcmp(key, *names) == 0)
+			return 1;
+	return 0;
+}
+
+/* Strip blanks at both ends, in place. */
+static char *trim(char *tok)
+{
+	while (*tok == ' ' || *tok == '\t')
+		tok++;
+	char *end = tok + strlen(tok);
+	while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+		*--end = '\0';
+	return tok;
+}
+
+/* The next item of a comma-separated list at *cur (trimmed, cut in place; "" for an
+ * empty one), or NULL after the last. */
+static char *next_item(char **cur)
+{
+	char *tok = *cur;
+	if (!tok)
+		return NULL;
+	char *comma = strchr(tok, ',');
+	if (comma)
+		*comma++ = '\0';
+	*cur = comma;
+	return trim(tok);
+}
+
+/* A comma-separated list of prefixes into out[0 .. max-1]; *n set. 0 on error (reported). */
+static int set_cidr_list(struct parse_ctx *p, const char *key, const char *v, struct cidr *out,
+                         size_t max, size_t *n)
+{
+	char buf[4096], err[256];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	*n = 0;
+	char *tok, *cur = buf;
+	while ((tok = next_item(&cur)) != NULL) {
+		if (*tok == '\0')
+			return fail(p, key, "empty prefix in the list (want PREFIX[, ...])");
+		if (*n == max)
+			return fail(p, key, "more than %zu prefixes", max);
+		if (cidr_parse(tok, &out[*n], err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		(*n)++;
+	}
+	return 1;
+}
+
 /* proxy_protocol, proxy_trusted, backend_proxy_protocol. */
 static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
 {
-	char buf[1024], err[256];
 
 	if (strcmp(key, "proxy_protocol") == 0) {
 		static const struct {
@@ -222,26 +285,187 @@ static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, 
 		return fail(p, key, "\"%s\" is not one of off, v1, v2", v);
 	}
 	/* proxy_trusted: a comma-separated list of prefixes. */
-	if (strlen(v) >= sizeof(buf))
-		return fail(p, key, "value too long");
-	strcpy(buf, v);
-	s->n_proxy_trusted = 0;
-	char *save = NULL;
-	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		while (*tok == ' ' || *tok == '\t')
-			tok++;
-		char *end = tok + strlen(tok);
-		while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
-			*--end = '\0';
-		if (s->n_proxy_trusted == CONF_MAX_TRUSTED)
-			return fail(p, key, "more than %d prefixes", CONF_MAX_TRUSTED);
-		if (cidr_parse(tok, &s->proxy_trusted[s->n_proxy_trusted], err, sizeof(err)) < 0)
-			return fail(p, key, "%s", err);
-		s->n_proxy_trusted++;
-	}
+	if (set_cidr_list(p, key, v, s->proxy_trusted, CONF_MAX_TRUSTED, &s->n_proxy_trusted) == 0)
+		return 0;
 	if (s->n_proxy_trusted == 0)
 		return fail(p, key, "empty list (want PREFIX[, ...], e.g. 192.0.2.10/32)");
 	return 1;
+}
+
+/* One server (HOST[:PORT], port 21 by default), resolved now, into list[*n]. */
+static int add_backend(struct parse_ctx *p, const char *key, char *tok, struct backend_conf *list,
+                       size_t *n, size_t max)
+{
+	char err[256];
+	if (*n == max)
+		return fail(p, key, "more than %zu servers", max);
+	struct backend_conf *b = &list[*n];
+	if (addr_parse(tok, 21, 1, &b->addr, err, sizeof(err)) < 0)
+		return fail(p, key, "%s", err);
+	/* The host part, for checking the server's certificate. */
+	const char *h = tok, *e;
+	if (*h == '[') {
+		h++;
+		e = strchr(h, ']');
+	} else {
+		e = strrchr(h, ':');
+	}
+	size_t hl = e ? (size_t)(e - h) : strlen(h);
+	if (hl >= sizeof(b->host))
+		return fail(p, key, "host name too long");
+	memcpy(b->host, h, hl);
+	b->host[hl] = '\0';
+	snprintf(b->name, sizeof(b->name), strchr(b->host, ':') ? "[%s]:%u" : "%s:%u", b->host,
+	         (unsigned)addr_port((struct sockaddr *)&b->addr));
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp(list[i].name, b->name) == 0)
+			return fail(p, key, "%s is listed twice", b->name);
+	(*n)++;
+	return 1;
+}
+
+/* public_address_for = PREFIX ADDRESS, PREFIX ADDRESS, ... */
+static int public_for_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	char buf[4096], err[256];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	s->n_public_for = 0;
+	char *tok, *cur = buf;
+	while ((tok = next_item(&cur)) != NULL) {
+		char *sp = tok + strcspn(tok, " \t");
+		if (*tok == '\0' || *sp == '\0')
+			return fail(p, key,
+			            "\"%s\": want PREFIX ADDRESS (e.g. 192.0.2.0/24 192.0.2.10)",
+			            tok);
+		*sp++ = '\0';
+		char *addr = trim(sp);
+		if (s->n_public_for == CONF_MAX_PUBLIC_FOR)
+			return fail(p, key, "more than %d networks", CONF_MAX_PUBLIC_FOR);
+		struct public_for *pf = &s->public_for[s->n_public_for];
+		if (cidr_parse(tok, &pf->net, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		if (addr_parse(addr, 0, 0, &pf->addr, err, sizeof(err)) < 0)
+			return fail(p, key, "%s", err);
+		if (pf->addr.ss_family != AF_INET || addr_port((struct sockaddr *)&pf->addr) != 0)
+			return fail(
+			    p, key,
+			    "\"%s\": an IPv4 address without a port (227 replies carry IPv4 "
+			    "only)",
+			    addr);
+		s->n_public_for++;
+	}
+	return 1;
+}
+
+/* A comma-separated list of servers into list[0 .. max-1]; *n set. 0 on error (reported). */
+static int set_backends(struct parse_ctx *p, const char *key, const char *v,
+                        struct backend_conf *list, size_t *n, size_t max)
+{
+	char buf[4096];
+	if (strlen(v) >= sizeof(buf))
+		return fail(p, key, "value too long");
+	strcpy(buf, v);
+	*n = 0;
+	char *tok, *cur = buf;
+	while ((tok = next_item(&cur)) != NULL) {
+		if (*tok == '\0')
+			return fail(p, key, "empty server in the list (want HOST[:PORT][, ...])");
+		if (!add_backend(p, key, tok, list, n, max))
+			return 0;
+	}
+	return 1;
+}
+
+/* A line of [route:SITE]: USER-PATTERN = HOST[:PORT], ... */
+static int route_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	if (strlen(key) >= sizeof(s->routes[0].pattern))
+		return fail(p, key, "user pattern too long (at most %zu characters)",
+		            sizeof(s->routes[0].pattern) - 1);
+	if (s->n_routes == CONF_MAX_ROUTES)
+		return fail(p, key, "more than %d routes in [%s]", CONF_MAX_ROUTES, p->section);
+	for (size_t i = 0; i < s->n_routes; i++)
+		if (strcmp(s->routes[i].pattern, key) == 0)
+			return fail(p, key, "listed twice in [%s] (first at line %d)", p->section,
+			            s->routes[i].line);
+	struct route *nr = realloc(s->routes, (s->n_routes + 1) * sizeof(*nr));
+	if (!nr)
+		return fail(p, key, "out of memory");
+	s->routes = nr;
+	struct route *r = &s->routes[s->n_routes];
+	memset(r, 0, sizeof(*r));
+	snprintf(r->pattern, sizeof(r->pattern), "%s", key);
+	r->line = p->line;
+	if (!set_backends(p, key, v, r->backends, &r->n_backends, CONF_MAX_ROUTE_BACKENDS))
+		return 0;
+	s->n_routes++;
+	return 1;
+}
+
+/* backend, balance, health_interval, health_timeout, health_fall, health_rise. */
+static int pool_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	unsigned long x;
+
+	if (strcmp(key, "backend") == 0)
+		return set_backends(p, key, v, s->backends, &s->n_backends, CONF_MAX_BACKENDS);
+	if (strcmp(key, "route_keep_host") == 0) {
+		int b = parse_bool(v);
+		if (b < 0)
+			return fail(p, key, "\"%s\" is not yes or no", v);
+		s->route_keep_host = b;
+		return 1;
+	}
+	if (strcmp(key, "balance") == 0) {
+		static const char *const names[] = {"roundrobin", "leastconn", "source"};
+		for (int i = 0; i < 3; i++)
+			if (strcmp(v, names[i]) == 0) {
+				s->balance = (enum balance)i;
+				return 1;
+			}
+		return fail(p, key, "\"%s\" is not one of roundrobin, leastconn, source", v);
+	}
+	if (strcmp(key, "health_interval") == 0) {
+		if (parse_uint(v, 0, 86400, &x) < 0)
+			return fail(p, key,
+			            "\"%s\" is not a number of seconds (0 = off, up to 86400)", v);
+		s->health_interval = (unsigned)x;
+		return 1;
+	}
+	if (strcmp(key, "health_timeout") == 0)
+		return set_seconds(p, key, v, &s->health_timeout);
+	unsigned *dst = strcmp(key, "health_fall") == 0 ? &s->health_fall : &s->health_rise;
+	if (parse_uint(v, 1, 100, &x) < 0)
+		return fail(p, key, "\"%s\" is not a number in 1-100", v);
+	*dst = (unsigned)x;
+	return 1;
+}
+
+/* allow, deny, max_login_failures, login_failure_window, ban_time. */
+static int access_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
+{
+	unsigned long x;
+
+	if (strcmp(key, "allow") == 0 || strcmp(key, "deny") == 0) {
+		int allow = key[0] == 'a';
+		size_t *n = allow ? &s->n_allow : &s->n_deny;
+		if (set_cidr_list(p, key, v, allow ? s->allow : s->deny, CONF_MAX_ACL, n) == 0)
+			return 0;
+		if (*n == 0)
+			return fail(p, key, "empty list (want PREFIX[, ...], e.g. 192.0.2.0/24)");
+		return 1;
+	}
+	if (strcmp(key, "max_login_failures") == 0) {
+		if (parse_uint(v, 0, 1000000, &x) < 0)
+			return fail(p, key, "\"%s\" is not a number in 0-1000000 (0 = off)", v);
+		s->max_login_failures = (unsigned)x;
+		return 1;
+	}
+	if (strcmp(key, "login_failure_window") == 0)
+		return set_seconds(p, key, v, &s->login_failure_window);
+	return set_seconds(p, key, v, &s->ban_time);
 }
 
 static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, const char *v)
@@ -252,25 +476,6 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	if (strcmp(key, "listen") == 0) {
 		s->listen_line = p->line;
 		return set_listen(p, key, v, s);
-	}
-	if (strcmp(key, "backend") == 0) {
-		if (addr_parse(v, 21, 1, &s->backend, err, sizeof(err)) < 0)
-			return fail(p, key, "%s", err);
-		/* The host part, for checking the backend's certificate. */
-		const char *h = v, *e;
-		if (*h == '[') {
-			h++;
-			e = strchr(h, ']');
-		} else {
-			e = strrchr(h, ':');
-		}
-		size_t hl = e ? (size_t)(e - h) : strlen(h);
-		if (hl >= sizeof(s->backend_host))
-			hl = sizeof(s->backend_host) - 1;
-		memcpy(s->backend_host, h, hl);
-		s->backend_host[hl] = '\0';
-		s->has_backend = 1;
-		return 1;
 	}
 	if (strcmp(key, "public_address") == 0) {
 		if (addr_parse(v, 0, 0, &s->public_address, err, sizeof(err)) < 0)
@@ -406,6 +611,17 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 	if (strcmp(key, "proxy_protocol") == 0 || strcmp(key, "proxy_trusted") == 0 ||
 	    strcmp(key, "backend_proxy_protocol") == 0)
 		return proxy_key(p, s, key, v);
+	static const char *const pool_keys[] = {"backend",         "balance",     "health_interval",
+	                                        "health_timeout",  "health_fall", "health_rise",
+	                                        "route_keep_host", NULL};
+	static const char *const access_keys[] = {
+	    "allow", "deny", "max_login_failures", "login_failure_window", "ban_time", NULL};
+	if (key_in(key, pool_keys))
+		return pool_key(p, s, key, v);
+	if (key_in(key, access_keys))
+		return access_key(p, s, key, v);
+	if (strcmp(key, "public_address_for") == 0)
+		return public_for_key(p, s, key, v);
 	return fail(p, key, "unknown key in [%s]", p->section);
 }
 
@@ -549,6 +765,21 @@ static void end_section(struct parse_ctx *p)
 	}
 }
 
+/* A [route:NAME] header: the routes of the [site:NAME] above it. */
+static void begin_route(struct parse_ctx *p, const char *name)
+{
+	for (size_t i = 0; i < p->conf->n_sites; i++)
+		if (strcmp(p->conf->sites[i].name, name + 6) == 0) {
+			if (p->conf->sites[i].n_routes) {
+				fail(p, name, "duplicate section");
+				return;
+			}
+			p->route_site = (long)i;
+			return;
+		}
+	fail(p, name, "no [site:%s] above it", name + 6);
+}
+
 /* A "[name]" line (seen by our reader, so that empty sections count too). */
 static void begin_section(struct parse_ctx *p, const char *name)
 {
@@ -559,6 +790,7 @@ static void begin_section(struct parse_ctx *p, const char *name)
 	snprintf(p->section, sizeof(p->section), "%s", name);
 	p->have_section = 1;
 	p->cur = NULL;
+	p->route_site = -1;
 	if (strcmp(name, "global") == 0) {
 		if (p->global_line)
 			fail(p, name, "duplicate section (first at line %d)", p->global_line);
@@ -566,8 +798,12 @@ static void begin_section(struct parse_ctx *p, const char *name)
 			p->global_line = p->line;
 		return;
 	}
+	if (strncmp(name, "route:", 6) == 0) {
+		begin_route(p, name);
+		return;
+	}
 	if (strncmp(name, "site:", 5) != 0) {
-		fail(p, name, "unknown section (want [global] or [site:NAME])");
+		fail(p, name, "unknown section (want [global], [site:NAME] or [route:NAME])");
 		return;
 	}
 	const char *site = name + 5;
@@ -602,6 +838,8 @@ static int handler(void *user, const char *section, const char *key, const char 
 		return fail(p, key, "key outside any section (want [global] or [site:NAME] first)");
 	if (value[0] == '\0')
 		return fail(p, key, "empty value");
+	if (p->route_site >= 0) /* user patterns: route_key() reports one listed twice */
+		return route_key(p, &p->conf->sites[p->route_site], key, value);
 	int first = seen_line(p, key);
 	if (first)
 		return fail(p, key, "given twice in [%s] (first at line %d)", p->section, first);
@@ -820,6 +1058,7 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 	c->log_facility = LOG_DAEMON;
 	c->shutdown_timeout = 30;
 	p.conf = c;
+	p.route_site = -1;
 	strcpy(p.section, "");
 
 	int rc = ini_parse_stream(reader, &p, handler, &p);
@@ -886,10 +1125,18 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 			         path, s->proxy_protocol_line, s->name);
 			goto bad;
 		}
-		if (!s->has_backend) {
+		if (s->n_routes && tls_is_passthrough(s->tls)) {
+			snprintf(
+			    err, errsize,
+			    "%s:%d: route:%s: a passthrough site cannot route by user (USER may "
+			    "come inside TLS the proxy cannot read)",
+			    path, s->routes[0].line, s->name);
+			goto bad;
+		}
+		if (s->n_backends == 0) {
 			snprintf(err, errsize,
-			         "%s:%d: backend: missing in [site:%s] (want HOST:PORT)", path,
-			         s->line, s->name);
+			         "%s:%d: backend: missing in [site:%s] (want HOST[:PORT][, ...])",
+			         path, s->line, s->name);
 			goto bad;
 		}
 	}
@@ -905,6 +1152,8 @@ void conf_free(struct conf *c)
 {
 	if (!c)
 		return;
+	for (size_t i = 0; i < c->n_sites; i++)
+		free(c->sites[i].routes);
 	free(c->sites);
 	free(c);
 }

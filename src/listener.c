@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "ftp_addr.h"
 #include "listener.h"
 #include "log.h"
@@ -37,6 +38,23 @@ static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *
 	char a[ADDR_STR_MAX];
 
 	if (gw->draining) {
+		close(fd);
+		return;
+	}
+	if (!acl_permits(site->conf, peer)) {
+		/* Not a byte: a refused address learns nothing, not even that FTP is here. */
+		log_debug("site %s: closed %s: refused by allow/deny", site->conf->name,
+		          addr_str(peer, a, sizeof(a), 1));
+		site->state->stats.acl_refused++;
+		close(fd);
+		return;
+	}
+	if (site->conf->max_login_failures && gw->bans &&
+	    bans_check(gw->bans, site->conf->name, peer, now_ms(), NULL)) {
+		/* Logged once, when the ban began. */
+		log_debug("site %s: closed %s: banned", site->conf->name,
+		          addr_str(peer, a, sizeof(a), 1));
+		site->state->stats.ban_refused++;
 		close(fd);
 		return;
 	}
@@ -290,6 +308,13 @@ static void pt_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct 
 	(void)lev;
 	(void)peerlen;
 
+	if (!acl_permits(pp->site->conf, peer)) {
+		log_debug("site %s: closed data connection from %s: refused by allow/deny",
+		          pp->site->conf->name, addr_str(peer, a, sizeof(a), 1));
+		pp->site->state->stats.acl_refused++;
+		close(fd);
+		return;
+	}
 	const char *why = NULL;
 	if (session_pt_data(pp->site, fd, peer, pp->port, &why) == 0)
 		return;

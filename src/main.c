@@ -17,6 +17,8 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "access.h"
+#include "backend.h"
 #include "conf.h"
 #include "ftpgate.h"
 #include "listener.h"
@@ -62,6 +64,7 @@ static void gen_free(struct gen *g)
 	for (size_t i = 0; i < g->n_sites; i++) {
 		SSL_CTX_free(g->sites[i].tls_server);
 		SSL_CTX_free(g->sites[i].tls_client);
+		free(g->sites[i].route_pool);
 	}
 	free(g->sites);
 	conf_free(g->conf);
@@ -119,6 +122,15 @@ static struct gen *gen_load(struct ftpgate *gw, const char *path, char *err, siz
 		site->conf = &g->conf->sites[i];
 		site->gw = gw;
 		site->gen = g;
+		if (site->conf->n_routes) {
+			site->route_pool = calloc(site->conf->n_routes * CONF_MAX_ROUTE_BACKENDS,
+			                          sizeof(*site->route_pool));
+			if (!site->route_pool) {
+				snprintf(err, errsize, "out of memory");
+				gen_free(g);
+				return NULL;
+			}
+		}
 		SSL_CTX *server = NULL, *client = NULL;
 		if (tls_site_init(site->conf, g->conf->path, &server, &client, err, errsize) < 0) {
 			gen_free(g);
@@ -350,11 +362,54 @@ static int check_as_user(const struct conf *c)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
+/* Per-server samples for one scrape: n_sites * CONF_MAX_BACKENDS, grown on demand. */
+static struct metrics_server *scrape_servers;
+static size_t scrape_servers_cap;
+
+/* Live bans for one scrape: at most BANS_MAX over all sites, allocated at the first. */
+static struct metrics_ban *scrape_bans;
+static char (*scrape_ban_addrs)[ADDR_STR_MAX];
+static size_t scrape_n_bans;
+
+static void add_ban(void *arg, const struct ban_entry *e)
+{
+	uint64_t now = *(const uint64_t *)arg;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	ss.ss_family = (sa_family_t)e->family;
+	if (e->family == AF_INET)
+		memcpy(&((struct sockaddr_in *)&ss)->sin_addr, e->ip, 4);
+	else
+		memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, e->ip, 16);
+	char *a = scrape_ban_addrs[scrape_n_bans];
+	addr_str((struct sockaddr *)&ss, a, ADDR_STR_MAX, 0);
+	scrape_bans[scrape_n_bans++] =
+	    (struct metrics_ban){a, (e->until - now + 999) / 1000}; /* seconds, rounded up */
+}
+
 /* Metrics: every site of the current configuration, with the sessions of older ones. */
 static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 {
 	struct ftpgate *gw = arg;
 	size_t n = gw->n_sites;
+	uint64_t now = now_ms();
+	if (!scrape_bans) {
+		scrape_bans = calloc(BANS_MAX, sizeof(*scrape_bans));
+		scrape_ban_addrs = calloc(BANS_MAX, sizeof(*scrape_ban_addrs));
+	}
+	scrape_n_bans = 0;
+	size_t need = 0; /* every site's pool and routes */
+	for (size_t i = 0; i < n; i++)
+		need += gw->sites[i].conf->n_backends +
+		        gw->sites[i].conf->n_routes * CONF_MAX_ROUTE_BACKENDS;
+	if (scrape_servers_cap < need) {
+		struct metrics_server *ns = realloc(scrape_servers, need * sizeof(*ns));
+		if (ns) {
+			scrape_servers = ns;
+			scrape_servers_cap = need;
+		}
+	}
+	size_t used = 0;
 	for (size_t i = 0; i < n && i < max; i++) {
 		struct site *site = &gw->sites[i];
 		unsigned open = site->n_sessions;
@@ -367,6 +422,35 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 		out[i].name = site->conf->name;
 		out[i].stats = &site->state->stats;
 		out[i].sessions_open = open;
+		out[i].servers = NULL;
+		out[i].n_servers = 0;
+		if (scrape_servers_cap < need)
+			continue; /* out of memory: no per-server samples */
+		struct metrics_server *ms = &scrape_servers[used];
+		size_t np = site->conf->n_backends;
+		size_t nr = site->conf->n_routes * CONF_MAX_ROUTE_BACKENDS;
+		for (size_t j = 0; j < np + nr; j++) {
+			const struct backend_server *b =
+			    j < np ? site->pool[j] : site->route_pool[j - np];
+			int seen = !b;
+			for (size_t k = 0; k < out[i].n_servers && !seen; k++)
+				seen = ms[k].name == b->bc.name; /* in the pool and a route */
+			if (seen)
+				continue;
+			ms[out[i].n_servers++] = (struct metrics_server){
+			    b->bc.name,        b->up,       b->open,
+			    b->sessions_total, b->failures, b->check_failures};
+		}
+		used += out[i].n_servers;
+		out[i].servers = ms;
+		out[i].bans = NULL;
+		out[i].n_bans = 0;
+		if (i < max && scrape_bans && scrape_ban_addrs && gw->bans) {
+			size_t first = scrape_n_bans;
+			bans_each(gw->bans, site->conf->name, now, add_ban, &now);
+			out[i].bans = &scrape_bans[first];
+			out[i].n_bans = scrape_n_bans - first;
+		}
 	}
 	return n;
 }
@@ -437,6 +521,12 @@ static void reload(struct app *app)
 	}
 	struct gen *old = gw->cur;
 	/* Counters follow the site's name: gen_load gave the sites their state. */
+	for (size_t i = 0; i < g->n_sites; i++)
+		for (size_t j = 0; j < old->n_sites; j++)
+			if (strcmp(g->sites[i].conf->name, old->sites[j].conf->name) == 0)
+				g->sites[i].turn = old->sites[j].turn;
+	/* Servers that stay keep their health state and counters. */
+	backends_apply(gw->backends, g->sites, g->n_sites);
 	listeners_move(gw, old, g);
 	gen_make_current(gw, g);
 	if (open_logs(g->conf, app->foreground, err, sizeof(err)) < 0)
@@ -581,6 +671,13 @@ int main(int argc, char **argv)
 		log_error("cannot create the event loop");
 		goto out;
 	}
+	gw->bans = calloc(1, sizeof(*gw->bans)); /* fixed size: BANS_MAX addresses */
+	gw->backends = backends_new(gw->base);
+	if (!gw->bans || !gw->backends ||
+	    backends_apply(gw->backends, gw->sites, gw->n_sites) < 0) {
+		log_error("out of memory for the backend servers");
+		goto out;
+	}
 	if (listeners_open(gw) < 0)
 		goto out;
 	if (extras_open(gw) < 0)
@@ -619,7 +716,12 @@ out:
 		listeners_close_pending(gw);
 		sessions_close_all(gw);
 		extras_close(gw);
+		backends_free(gw->backends);
 	}
+	free(gw->bans);
+	free(scrape_servers);
+	free(scrape_bans);
+	free(scrape_ban_addrs);
 	for (int i = 0; i < 5; i++)
 		if (sigs[i])
 			event_free(sigs[i]);

@@ -154,6 +154,9 @@ enum simple {
 	F_TLS_HANDSHAKE_FAILURES,
 	F_DATA_REFUSED,
 	F_PROXY_REFUSED,
+	F_ACL_REFUSED,
+	F_BANS,
+	F_BAN_REFUSED,
 	F_PASV_IN_USE,
 	F_PASV_FREE,
 };
@@ -175,6 +178,13 @@ static const struct {
     [F_PROXY_REFUSED] = {"ftpgate_proxy_protocol_refused_total", "counter",
                          "Connections closed for a PROXY protocol header that was missing, "
                          "malformed, slow, or from an address outside proxy_trusted."},
+    [F_ACL_REFUSED] = {"ftpgate_access_refused_total", "counter",
+                       "Control and data connections closed because allow or deny refuses "
+                       "their address."},
+    [F_BANS] = {"ftpgate_bans_total", "counter",
+                "Client addresses banned after max_login_failures failed logins."},
+    [F_BAN_REFUSED] = {"ftpgate_banned_refused_total", "counter",
+                       "Connections closed because their address is banned."},
     [F_PASV_IN_USE] = {"ftpgate_passive_ports_in_use", "gauge",
                        "Passive ports listening or connected now."},
     [F_PASV_FREE] = {"ftpgate_passive_ports_free", "gauge",
@@ -199,6 +209,12 @@ static uint64_t simple_value(enum simple f, const struct metrics_site *s,
 		return st->data_refused;
 	case F_PROXY_REFUSED:
 		return st->proxy_refused;
+	case F_ACL_REFUSED:
+		return st->acl_refused;
+	case F_BANS:
+		return st->bans;
+	case F_BAN_REFUSED:
+		return st->ban_refused;
 	case F_PASV_IN_USE:
 		return st->passive_ports_in_use;
 	case F_PASV_FREE:
@@ -222,6 +238,39 @@ static void render_simple(struct out *o, enum simple f, const struct metrics_sit
 	for (size_t i = 0; i < n; i++) {
 		sample(o, simple_families[f].name, &sites[i]);
 		value(o, simple_value(f, &sites[i], stats_of(&sites[i])));
+	}
+}
+
+/* The per-server families: one sample per server of each site's pool. */
+static void render_servers(struct out *o, const struct metrics_site *sites, size_t n)
+{
+	static const struct {
+		const char *name, *type, *help;
+	} fams[] = {
+	    {"ftpgate_backend_up", "gauge",
+	     "1 if the server takes new sessions, 0 while health checks mark it down."},
+	    {"ftpgate_backend_sessions_open", "gauge", "Sessions using the server now."},
+	    {"ftpgate_backend_sessions_total", "counter",
+	     "Sessions whose control connection to the server succeeded."},
+	    {"ftpgate_backend_failures_total", "counter",
+	     "Session control connections to the server that were refused or timed out."},
+	    {"ftpgate_backend_health_check_failures_total", "counter",
+	     "Health checks of the server that failed."},
+	};
+	for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
+		family(o, fams[f].name, fams[f].type, fams[f].help);
+		for (size_t i = 0; i < n; i++)
+			for (size_t j = 0; j < sites[i].n_servers; j++) {
+				const struct metrics_server *m = &sites[i].servers[j];
+				uint64_t v = f == 0   ? (uint64_t)(m->up != 0)
+				             : f == 1 ? m->sessions_open
+				             : f == 2 ? m->sessions_total
+				             : f == 3 ? m->failures
+				                      : m->check_failures;
+				sample(o, fams[f].name, &sites[i]);
+				label(o, "server", m->name);
+				value(o, v);
+			}
 	}
 }
 
@@ -276,8 +325,22 @@ int metrics_render(struct evbuffer *out, const struct metrics_site *sites, size_
 	render_simple(&o, F_TLS_HANDSHAKE_FAILURES, sites, n);
 	render_simple(&o, F_DATA_REFUSED, sites, n);
 	render_simple(&o, F_PROXY_REFUSED, sites, n);
+	render_simple(&o, F_ACL_REFUSED, sites, n);
+	render_simple(&o, F_BANS, sites, n);
+	render_simple(&o, F_BAN_REFUSED, sites, n);
 	render_simple(&o, F_PASV_IN_USE, sites, n);
 	render_simple(&o, F_PASV_FREE, sites, n);
+	render_servers(&o, sites, n);
+
+	name = "ftpgate_ban_seconds_remaining";
+	family(&o, name, "gauge",
+	       "Client addresses banned now, with the seconds their ban has left.");
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < sites[i].n_bans; j++) {
+			sample(&o, name, &sites[i]);
+			label(&o, "address", sites[i].bans[j].address);
+			value(&o, sites[i].bans[j].seconds_left);
+		}
 	return o.err ? -1 : 0;
 }
 

@@ -434,7 +434,7 @@ int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint
 	memcpy(&f->ip, &ip, sizeof(ip));
 	snprintf(f->tag, sizeof(f->tag), "%s", s->tag);
 	f->dc = datachan_new(gw->base, s->conf->data_timeout, &cbs, f, s->tag);
-	memcpy(&baddr, &s->conf->backend, sizeof(baddr));
+	memcpy(&baddr, &s->core.backend_addr, sizeof(baddr));
 	addr_set_port((struct sockaddr *)&baddr, port);
 	if (!f->dc || datachan_connect(f->dc, DC_BACKEND, (struct sockaddr *)&baddr, NULL) < 0) {
 		log_warn("%s: passthrough data port %u: cannot connect to the backend: %s", s->tag,

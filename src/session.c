@@ -30,6 +30,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "access.h"
+#include "backend.h"
 #include "datachan.h"
 #include "ftp_addr.h"
 #include "ftp_reply.h"
@@ -52,6 +54,8 @@ static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 static void backend_read_cb(struct bufferevent *bev, void *arg);
 static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
+static void connect_failed(struct session *s, const char *why);
+static void connect_backend(struct session *s);
 
 /* ---- accounting ----------------------------------------------------------------------------- */
 
@@ -158,6 +162,8 @@ static void session_free(struct session *s)
 		evbuffer_free(s->reply);
 	if (s->backend_sess)
 		SSL_SESSION_free(s->backend_sess);
+	if (s->srv)
+		backend_release(s->srv);
 	struct ftpgate *gw = s->site->gw;
 	struct gen *gen = s->site->gen;
 	s->site->n_sessions--;
@@ -208,12 +214,14 @@ void session_end(struct session *s, const char *fmt, ...)
 	if (tls_is_passthrough(s->conf->tls))
 		snprintf(relayed, sizeof(relayed), "control relayed %llu bytes, ",
 		         (unsigned long long)s->ctrl_bytes);
-	log_info("%s: end: client %s backend %s user \"%s\" data up %llu down %llu bytes, "
-	         "%s%.3f s: %s",
-	         s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
-	         addr_str((struct sockaddr *)&s->conf->backend, backend, sizeof(backend), 1),
-	         s->core.user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
-	         relayed, (double)(now_ms() - s->start_ms) / 1000.0, reason);
+	log_info(
+	    "%s: end: client %s backend %s user \"%s\" data up %llu down %llu bytes, "
+	    "%s%.3f s: %s",
+	    s->tag, addr_str((struct sockaddr *)&s->client_addr, client, sizeof(client), 1),
+	    s->srv ? addr_str((struct sockaddr *)&s->core.backend_addr, backend, sizeof(backend), 1)
+	           : "none",
+	    s->core.user, (unsigned long long)s->bytes_up, (unsigned long long)s->bytes_down,
+	    relayed, (double)(now_ms() - s->start_ms) / 1000.0, reason);
 	if (s->cbev)
 		bufferevent_disable(s->cbev, EV_READ | EV_WRITE);
 	if (s->bbev)
@@ -353,7 +361,8 @@ static int op_data_new(void *io, int client_tls, int backend_tls)
 		datachan_set_tls(s->dc, DC_CLIENT, ssl, 1, s->conf->tls_require_session_reuse);
 	}
 	if (backend_tls) {
-		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf, s->backend_sess);
+		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf->backend_tls_verify,
+		                           s->srv->bc.host, s->backend_sess);
 		if (!ssl)
 			goto oom;
 		tls_track_session(ssl, &s->backend_sess);
@@ -382,7 +391,7 @@ static int op_data_listen(void *io, enum core_side side, struct sockaddr_storage
 		/* Listen on the proxy's backend-side address. */
 		if (getsockname(bufferevent_getfd(s->bbev), (struct sockaddr *)bound, &len) < 0)
 			return -1;
-		allowed = (const struct sockaddr *)&s->conf->backend;
+		allowed = (const struct sockaddr *)&s->core.backend_addr;
 	}
 	if (datachan_listen(s->dc, (enum dc_side)side, (struct sockaddr *)bound, s->conf->pasv_lo,
 	                    s->conf->pasv_hi, allowed, &port) < 0)
@@ -451,7 +460,8 @@ static int op_backend_tls_start(void *io)
 	struct bufferevent *bev = NULL;
 	/* Nothing may be queued behind AUTH TLS: the proxy waited for its 234. */
 	if (evbuffer_get_length(bufferevent_get_output(s->bbev)) == 0) {
-		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf, NULL);
+		SSL *ssl = tls_backend_ssl(s->site->tls_client, s->conf->backend_tls_verify,
+		                           s->srv->bc.host, NULL);
 		if (ssl) {
 			tls_track_session(ssl, &s->backend_sess);
 			bev = bev_start_tls(s, s->bbev, ssl, BUFFEREVENT_SSL_CONNECTING);
@@ -504,6 +514,43 @@ static void op_transfer_end(void *io, int code, enum xfer_result r)
 	         (unsigned long long)s->xfer_down);
 }
 
+/* Routing by user: the core picked the route (-1: the site's own backend). */
+static void op_route_connect(void *io, int route)
+{
+	struct session *s = io;
+	s->route = route;
+	connect_backend(s);
+}
+
+/* Brute-force protection: count the backend's 530s per client address, ban after too many. */
+static void op_login_result(void *io, int ok)
+{
+	struct session *s = io;
+	const struct site_conf *sc = s->conf;
+	const struct sockaddr *a = (const struct sockaddr *)&s->client_addr;
+	struct bans *b = s->site->gw->bans;
+	char ip[ADDR_STR_MAX];
+
+	if (!sc->max_login_failures || !b)
+		return;
+	uint64_t now = now_ms();
+	if (ok) {
+		bans_success(b, sc->name, a, now);
+		return;
+	}
+	if (bans_failure(b, sc->name, a, now, sc->max_login_failures,
+	                 (uint64_t)sc->login_failure_window * 1000u,
+	                 (uint64_t)sc->ban_time * 1000u)) {
+		log_warn("site %s: banned %s for %u s: %u failed logins within %u s", sc->name,
+		         addr_str(a, ip, sizeof(ip), 0), sc->ban_time, sc->max_login_failures,
+		         sc->login_failure_window);
+		s->site->state->stats.bans++;
+	}
+	if (bans_check(b, sc->name, a, now, NULL))
+		/* The 530 is queued: deliver it, then no more guesses on this connection. */
+		session_close_after_flush(s, "client address banned after failed logins");
+}
+
 static uint64_t op_now_ms(void *io)
 {
 	(void)io;
@@ -531,6 +578,8 @@ static const struct core_ops session_ops = {
     .set_timer = op_set_timer,
     .close = op_close,
     .transfer_end = op_transfer_end,
+    .route_connect = op_route_connect,
+    .login_result = op_login_result,
     .now_ms = op_now_ms,
     .pt_data_port = op_pt_data_port,
 };
@@ -688,6 +737,12 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_end(s, "%s (client did not read the last reply)", s->end_reason);
 		return;
 	}
+	if (s->srv && !s->core.backend_up && !s->core.closing) {
+		char why[64];
+		snprintf(why, sizeof(why), "no connection within %u s", s->conf->connect_timeout);
+		connect_failed(s, why);
+		return;
+	}
 	if (core_transferring(&s->core) && (s->dc || s->n_fwds)) {
 		/* A running transfer is not idleness: the data pair has its own
 		 * timeout. Once the pair is gone, the backend's final reply is
@@ -798,7 +853,7 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (s->dead)
 		return;
-	addr_str((struct sockaddr *)&s->conf->backend, b, sizeof(b), 1);
+	addr_str((struct sockaddr *)&s->core.backend_addr, b, sizeof(b), 1);
 	if (what & BEV_EVENT_CONNECTED) {
 		SSL *ssl = bufferevent_openssl_get_ssl(bev);
 		if (ssl) {
@@ -813,6 +868,7 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		    send_proxy_header(s, bufferevent_getfd(bev)) < 0)
 			return;
 		bufferevent_enable(bev, EV_READ);
+		backend_connected(s->srv);
 		core_backend_connected(&s->core);
 		return;
 	}
@@ -832,9 +888,8 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		}
 	}
 	if (!s->core.backend_up) {
-		snprintf(why, sizeof(why), "cannot connect to backend %s: %s", b,
-		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-		core_abort(&s->core, why);
+		/* Refused or unreachable: the client has seen nothing yet. */
+		connect_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		return;
 	}
 	/* Whatever arrived before the close is still answered. */
@@ -847,6 +902,61 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 		snprintf(why, sizeof(why), "backend %s control connection error: %s", b,
 		         evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 	core_abort(&s->core, why);
+}
+
+/* ---- connecting to a server of the pool ----------------------------------------------------- */
+
+/* Servers the session may try: the site's pool, or its route's. */
+static size_t pool_size(const struct session *s)
+{
+	return s->route < 0 ? s->conf->n_backends : s->conf->routes[s->route].n_backends;
+}
+
+/*
+ * Connect to a server of the site's pool that is up and not yet tried by
+ * this session. None left: 421 (the client has seen no reply before).
+ */
+static void connect_backend(struct session *s)
+{
+	char b[ADDR_STR_MAX];
+
+	if (s->bbev)
+		bufferevent_free(s->bbev);
+	s->bbev = NULL;
+	if (s->srv)
+		backend_release(s->srv);
+	s->srv =
+	    backend_pick(s->site, s->route, (const struct sockaddr *)&s->client_addr, &s->tried);
+	if (!s->srv) {
+		log_warn("site %s: no backend server up (%zu configured, %d tried): 421 to %s",
+		         s->conf->name, pool_size(s), __builtin_popcount(s->tried),
+		         addr_str((struct sockaddr *)&s->client_addr, b, sizeof(b), 1));
+		core_abort(&s->core, "cannot connect to backend: no server of the pool is up");
+		return;
+	}
+	const struct sockaddr *addr = (const struct sockaddr *)&s->srv->bc.addr;
+	core_set_backend(&s->core, addr);
+	s->bbev = bufferevent_socket_new(s->site->gw->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if (!s->bbev) {
+		core_abort(&s->core, "cannot connect to backend: out of memory");
+		return;
+	}
+	bufferevent_setcb(s->bbev, backend_read_cb, NULL, backend_event_cb, s);
+	bufferevent_setwatermark(s->bbev, EV_READ, 0, CLIENT_IN_HIGH);
+	if (bufferevent_socket_connect(s->bbev, addr, (int)addr_len(addr)) < 0) {
+		connect_failed(s, strerror(errno)); /* recurses at most once per server */
+		return;
+	}
+	session_set_timer(s, s->conf->connect_timeout);
+}
+
+/* The TCP connection to the chosen server failed or timed out: the next one. */
+static void connect_failed(struct session *s, const char *why)
+{
+	backend_failed(s->srv);
+	log_warn("%s: backend server %s: %s%s", s->tag, s->srv->bc.name, why,
+	         pool_size(s) > 1 ? "; trying the next" : "");
+	connect_backend(s);
 }
 
 /* ---- sessions ------------------------------------------------------------------------------- */
@@ -894,11 +1004,10 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
 	s->cbev = bufferevent_socket_new(gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	s->bbev = bufferevent_socket_new(gw->base, -1, BEV_OPT_CLOSE_ON_FREE);
 	s->timer = event_new(gw->base, -1, 0, timer_cb, s);
 	s->reaper = event_new(gw->base, -1, 0, reaper_cb, s);
 	s->reply = evbuffer_new();
-	if (!s->cbev || !s->bbev || !s->timer || !s->reaper || !s->reply) {
+	if (!s->cbev || !s->timer || !s->reaper || !s->reply) {
 		log_error("out of memory for a new session");
 		if (!s->cbev)
 			close(fd);
@@ -917,8 +1026,6 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 		session_free(s);
 		return;
 	}
-	bufferevent_setcb(s->bbev, backend_read_cb, NULL, backend_event_cb, s);
-	bufferevent_setwatermark(s->bbev, EV_READ, 0, CLIENT_IN_HIGH);
 	if (s->conf->tls == TLS_PASSTHROUGH_IMPLICIT)
 		/* The ClientHello waits in the kernel until the backend is there. */
 		bufferevent_disable(s->cbev, EV_READ);
@@ -926,15 +1033,10 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	log_info("%s: start: client %s to %s", s->tag,
 	         addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),
 	         addr_str((struct sockaddr *)&local, l, sizeof(l), 0));
+	s->route = -1;
 	core_start(&s->core);
-	if (bufferevent_socket_connect(s->bbev, (struct sockaddr *)&s->conf->backend,
-	                               (int)addr_len((struct sockaddr *)&s->conf->backend)) < 0) {
-		char why[160];
-		snprintf(why, sizeof(why), "cannot connect to backend %s: %s",
-		         addr_str((struct sockaddr *)&s->conf->backend, c, sizeof(c), 1),
-		         strerror(errno));
-		core_abort(&s->core, why);
-	}
+	if (s->core.route_state == RS_OFF)
+		connect_backend(s); /* else once USER names the route */
 }
 
 void sessions_close_all(struct ftpgate *gw)

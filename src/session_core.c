@@ -13,6 +13,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fnmatch.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "access.h"
 #include "ftp_addr.h"
 #include "ftp_reply.h"
 #include "log.h"
@@ -215,9 +217,22 @@ void core_arm_idle(struct core *c)
 	c->ops->set_timer(c->io, ms);
 }
 
-/* Announce address for the client: public_address or where it connected to. */
+/*
+ * Announce address for the client: public_address_for's address for the
+ * most specific network the client is in, else public_address, else where
+ * it connected to.
+ */
 static const struct sockaddr *announce_addr(const struct core *c)
 {
+	const struct public_for *best = NULL;
+	for (size_t i = 0; i < c->conf->n_public_for; i++) {
+		const struct public_for *pf = &c->conf->public_for[i];
+		if (cidr_match(&pf->net, (const struct sockaddr *)&c->client_addr) &&
+		    (!best || pf->net.prefix > best->net.prefix))
+			best = pf;
+	}
+	if (best)
+		return (const struct sockaddr *)&best->addr;
 	if (c->conf->has_public_address)
 		return (const struct sockaddr *)&c->conf->public_address;
 	return (const struct sockaddr *)&c->local_addr;
@@ -519,9 +534,9 @@ static void handle_setup_reply(struct core *c, const struct expect *e, int code,
 			/* Only the port is used: the backend cannot steer the proxy
 			 * to another host (and behind NAT the address is wrong anyway). */
 			bport = ntohs(sin.sin_port);
-			if (c->conf->backend.ss_family != AF_INET ||
+			if (c->backend_addr.ss_family != AF_INET ||
 			    sin.sin_addr.s_addr !=
-			        ((const struct sockaddr_in *)&c->conf->backend)->sin_addr.s_addr)
+			        ((const struct sockaddr_in *)&c->backend_addr)->sin_addr.s_addr)
 				log_debug("%s: backend announced %s in 227; using its control "
 				          "address",
 				          c->tag,
@@ -535,7 +550,7 @@ static void handle_setup_reply(struct core *c, const struct expect *e, int code,
 		reply_client(c, "425 Can't open data connection: bad reply from the server.");
 		return;
 	}
-	memcpy(&baddr, &c->conf->backend, sizeof(baddr));
+	memcpy(&baddr, &c->backend_addr, sizeof(baddr));
 	addr_set_port((struct sockaddr *)&baddr, bport);
 	if (c->ops->data_connect(c->io, CORE_BACKEND, (struct sockaddr *)&baddr) < 0) {
 		log_warn("%s: connect to backend data port %s: %s", c->tag,
@@ -572,6 +587,43 @@ static uint16_t pt_announced_port(int code, const char *rep, size_t len)
 }
 
 /* ---- replies from the backend --------------------------------------------------------------- */
+
+/* The backend greeted (and TLS toward it is up): the client gets the greeting, or, when
+ * routing by user, the client had the proxy's own and the backend gets USER now. */
+static void greeted(struct core *c, const char *rep, size_t len)
+{
+	c->backend_up = 2;
+	if (c->route_state == RS_CONNECTING) {
+		send_backend(c, "%s", c->route_user);
+		fifo_push(c, EXP_ROUTE_USER)->sent = FTP_V_USER;
+		return;
+	}
+	relay(c, rep, len);
+	core_arm_idle(c);
+}
+
+/* The backend answered the proxy's USER: 331/332 lets the client's PASS through;
+ * anything else is kept to answer that PASS (a wrong name looks like a wrong password). */
+static void route_user_answered(struct core *c, int code, const char *rep, size_t len)
+{
+	c->route_state = RS_DONE;
+	core_arm_idle(c);
+	if (code == 331 || code == 332)
+		return;
+	c->route_reply = malloc(len);
+	if (!c->route_reply) {
+		core_abort(c, "out of memory");
+		return;
+	}
+	memcpy(c->route_reply, rep, len);
+	c->route_reply_len = len;
+	if (code == 230) {
+		c->logged_in = 1;
+		core_arm_idle(c);
+	}
+	if (code == 230 || code == 530)
+		c->ops->login_result(c->io, code == 230);
+}
 
 /*
  * Answer FEAT with what the proxy provides: the backend's features that pass
@@ -735,9 +787,7 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			}
 			break;
 		}
-		relay(c, rep, len);
-		c->backend_up = 2; /* greeted */
-		core_arm_idle(c);
+		greeted(c, rep, len);
 		break;
 	case EXP_BAUTH:
 		fifo_pop(c);
@@ -764,12 +814,14 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 			core_abort(c, why);
 			return;
 		}
-		relay(c, c->greeting, c->greeting_len);
+		greeted(c, c->greeting, c->greeting_len);
 		free(c->greeting);
 		c->greeting = NULL;
 		c->greeting_len = 0;
-		c->backend_up = 2; /* greeted */
-		core_arm_idle(c);
+		break;
+	case EXP_ROUTE_USER:
+		fifo_pop(c);
+		route_user_answered(c, code, rep, len);
 		break;
 	case EXP_ABOR:
 		fifo_pop(c);
@@ -820,6 +872,10 @@ void core_backend_reply(struct core *c, int code, const char *rep, size_t len)
 		}
 		if (code == 350 && strcmp(cur.verb, "REST") == 0)
 			c->rest_pending = 1;
+		/* The backend's verdict on a login (brute-force protection). */
+		if ((cur.sent == FTP_V_USER || cur.sent == FTP_V_PASS) &&
+		    (code == 230 || code == 530))
+			c->ops->login_result(c->io, code == 230);
 		if (cur.long_line && code >= 400) {
 			/* The backend may have read the line in pieces and answer the
 			 * rest too: nothing more goes to it before this command's
@@ -924,6 +980,7 @@ static void forward(struct core *c, const struct ftp_cmd *cmd, enum exp_kind kin
 	size_t n = cmd_line(cmd, line, sizeof(line));
 	send_backend(c, "%s", line);
 	struct expect *e = fifo_push(c, kind);
+	e->sent = cmd->verb;
 	snprintf(e->verb, sizeof(e->verb), "%s", cmd->name);
 	e->long_line = n + 2 > FTP_LINE_ONE_READ;
 }
@@ -963,14 +1020,23 @@ static int check_active_addr(struct core *c, const struct ftp_cmd *cmd,
 	        ? NULL
 	        : ftp_addr_foreign_refused(
 	              (struct sockaddr *)out, (struct sockaddr *)&c->client_addr,
-	              (struct sockaddr *)&c->conf->backend, (struct sockaddr *)&c->local_addr,
+	              (struct sockaddr *)&c->backend_addr, (struct sockaddr *)&c->local_addr,
 	              c->conf->has_public_address ? (struct sockaddr *)&c->conf->public_address
 	                                          : NULL);
+	if (!why && !ftp_addr_same_ip((struct sockaddr *)out, (struct sockaddr *)&c->client_addr) &&
+	    ftp_addr_same_ip((struct sockaddr *)out, announce_addr(c)))
+		why = "the proxy's own address"; /* public_address_for's, for this client */
 	if (why) {
 		/* allow_foreign_address opens bounces to third hosts, never these. */
 		log_warn("%s: refused %s to %s: %s", c->tag, cmd->name,
 		         addr_str((struct sockaddr *)out, a, sizeof(a), 1), why);
 		reply_client(c, "504 %s refused: not an address the proxy connects to.", cmd->name);
+		return -1;
+	}
+	if (!acl_permits(c->conf, (struct sockaddr *)out)) {
+		log_warn("%s: refused %s to %s: refused by allow/deny", c->tag, cmd->name,
+		         addr_str((struct sockaddr *)out, a, sizeof(a), 1));
+		reply_client(c, "504 %s refused: address not allowed.", cmd->name);
 		return -1;
 	}
 	if (addr_port((struct sockaddr *)out) < 1024) {
@@ -1339,6 +1405,92 @@ static void cmd_passthrough(struct core *c, const struct ftp_cmd *cmd)
 	}
 }
 
+int core_route_match(const struct site_conf *conf, const char *user)
+{
+	for (size_t i = 0; i < conf->n_routes; i++)
+		if (fnmatch(conf->routes[i].pattern, user, 0) == 0)
+			return (int)i;
+	return -1;
+}
+
+/*
+ * USER on a site that routes by user: the proxy answers 331 itself, picks
+ * the route by the whole name (user@host included: @host can only select a
+ * configured route, never a host), and asks the shell to connect; the
+ * backend's greeting is consumed and it gets USER without @host (unless
+ * route_keep_host).
+ */
+static void route_user(struct core *c, const struct ftp_cmd *cmd)
+{
+	char name[256], esc[160], line[2 * sizeof(name) + 16];
+
+	if (cmd->arg_len == 0 || cmd->arg_len >= sizeof(name) ||
+	    memchr(cmd->arg, '\0', cmd->arg_len)) {
+		reply_client(c, "501 Bad user name.");
+		return;
+	}
+	memcpy(name, cmd->arg, cmd->arg_len);
+	name[cmd->arg_len] = '\0';
+	int r = core_route_match(c->conf, name);
+	struct ftp_cmd user = *cmd;
+	const char *at = strrchr(name, '@');
+	if (at && !c->conf->route_keep_host)
+		user.arg_len = (size_t)(at - name);
+	cmd_line(&user, line, sizeof(line));
+	c->route_user = strdup(line);
+	if (!c->route_user) {
+		core_abort(c, "out of memory");
+		return;
+	}
+	log_escape(c->user, sizeof(c->user), user.arg, user.arg_len);
+	log_escape(esc, sizeof(esc), name, strlen(name));
+	if (r >= 0)
+		log_info("%s: user \"%s\" routed by \"%s\" (line %d)", c->tag, esc,
+		         c->conf->routes[r].pattern, c->conf->routes[r].line);
+	else
+		log_info("%s: user \"%s\": no route matches, the site's backend", c->tag, esc);
+	c->route_state = RS_CONNECTING;
+	reply_client(c, "331 User name okay, need password.");
+	fifo_push(c, EXP_GREETING);
+	c->ops->set_timer(c->io, (uint64_t)c->conf->connect_timeout * 1000u);
+	c->ops->route_connect(c->io, r);
+}
+
+/* Before USER on a routing site there is no backend: the proxy answers. 1 if handled,
+ * 0 for the usual handler (AUTH, PBSZ, PROT, CCC are the proxy's anyway). */
+static int route_cmd(struct core *c, const struct ftp_cmd *cmd)
+{
+	switch (cmd->verb) {
+	case FTP_V_AUTH:
+	case FTP_V_PBSZ:
+	case FTP_V_PROT:
+	case FTP_V_CCC:
+		return 0;
+	case FTP_V_USER:
+		if (c->conf->require_tls && !c->client_tls)
+			reply_client(c, "530 TLS required: use AUTH TLS first.");
+		else
+			route_user(c, cmd);
+		return 1;
+	case FTP_V_PASS:
+		reply_client(c, "503 Login with USER first.");
+		return 1;
+	case FTP_V_QUIT:
+		reply_client(c, "221 Goodbye.");
+		close_after_flush(c, "client quit");
+		return 1;
+	case FTP_V_FEAT:
+		rewrite_feat(c, 211, "211 End\r\n", 9); /* what the proxy offers by itself */
+		return 1;
+	default:
+		if (strcmp(cmd->name, "NOOP") == 0)
+			reply_client(c, "200 NOOP ok.");
+		else
+			reply_client(c, "530 Please login with USER and PASS.");
+		return 1;
+	}
+}
+
 void core_client_line(struct core *c, char *line, size_t n)
 {
 	struct ftp_cmd cmd;
@@ -1362,6 +1514,18 @@ void core_client_line(struct core *c, char *line, size_t n)
 	if (tls_is_passthrough(c->conf->tls)) {
 		cmd_passthrough(c, &cmd);
 		return;
+	}
+	if (c->route_state == RS_USER && route_cmd(c, &cmd))
+		return;
+	if (c->route_reply) {
+		/* The backend did not want the routed USER: that answers PASS. */
+		int pass = cmd.verb == FTP_V_PASS;
+		if (pass)
+			relay(c, c->route_reply, c->route_reply_len);
+		free(c->route_reply);
+		c->route_reply = NULL;
+		if (pass)
+			return;
 	}
 
 	switch (cmd.verb) {
@@ -1454,6 +1618,10 @@ int core_may_take_command(const struct core *c, const char *line, size_t len)
 	if (c->closing || c->auth_pending || c->pt_blind_pending)
 		return 0;
 	/* One command at a time: the next is taken once the previous one is answered. */
+	if (c->route_state == RS_USER)
+		return 1; /* the proxy answers everything itself until USER */
+	if (c->route_state == RS_CONNECTING)
+		return 0; /* PASS waits for the backend's answer to USER */
 	if (c->fifo_len == 0 && c->xs != XS_CONNECTING && c->xs != XS_HELD && c->backend_up == 2)
 		return 1;
 	/* ABOR may overtake a transfer that is waiting or running, once. */
@@ -1475,8 +1643,15 @@ void core_init(struct core *c, const struct site_conf *conf, const struct core_o
 	c->tag = tag;
 	memcpy(&c->client_addr, client, addr_len(client));
 	memcpy(&c->local_addr, local, addr_len(local));
+	c->route_state = conf->n_routes ? RS_USER : RS_OFF;
 	c->backend_prot_p = -1;
 	c->xs = XS_IDLE;
+}
+
+void core_set_backend(struct core *c, const struct sockaddr *backend)
+{
+	memset(&c->backend_addr, 0, sizeof(c->backend_addr));
+	memcpy(&c->backend_addr, backend, addr_len(backend));
 }
 
 void core_free(struct core *c)
@@ -1484,7 +1659,9 @@ void core_free(struct core *c)
 	free(c->pending_cmd);
 	free(c->held);
 	free(c->greeting);
-	c->pending_cmd = c->held = c->greeting = NULL;
+	free(c->route_user);
+	free(c->route_reply);
+	c->pending_cmd = c->held = c->greeting = c->route_user = c->route_reply = NULL;
 }
 
 void core_start(struct core *c)
@@ -1493,6 +1670,12 @@ void core_start(struct core *c)
 	if (c->conf->tls == TLS_IMPLICIT) {
 		c->client_pbsz = 1;
 		c->client_prot_p = 1; /* implicit FTPS protects data unless told PROT C */
+	}
+	if (c->route_state == RS_USER) {
+		/* No backend before USER names the user: the proxy greets. */
+		reply_client(c, "220 Service ready for new user.");
+		core_arm_idle(c);
+		return;
 	}
 	if (c->conf->tls != TLS_PASSTHROUGH_IMPLICIT)
 		fifo_push(c, EXP_GREETING);
@@ -1525,9 +1708,9 @@ void core_timer(struct core *c)
 
 	if (c->closing)
 		return;
-	if (c->backend_up < 2) {
+	if (c->backend_up < 2 && c->route_state != RS_USER) {
 		snprintf(why, sizeof(why), "backend %s: %s within %u s",
-		         addr_str((struct sockaddr *)&c->conf->backend, b, sizeof(b), 1),
+		         addr_str((struct sockaddr *)&c->backend_addr, b, sizeof(b), 1),
 		         c->backend_up ? "no greeting" : "no connection", c->conf->connect_timeout);
 		core_abort(c, why);
 		return;

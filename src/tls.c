@@ -231,21 +231,20 @@ fail:
 	return -1;
 }
 
-SSL *tls_backend_ssl(SSL_CTX *ctx, const struct site_conf *sc, SSL_SESSION *resume)
+SSL *tls_backend_ssl(SSL_CTX *ctx, int verify, const char *host, SSL_SESSION *resume)
 {
 	SSL *ssl = SSL_new(ctx);
 	if (!ssl)
 		return NULL;
-	if (sc->backend_tls_verify) {
+	if (verify) {
 		unsigned char buf[16];
 		X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
 		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		if (inet_pton(AF_INET, sc->backend_host, buf) == 1 ||
-		    inet_pton(AF_INET6, sc->backend_host, buf) == 1) {
-			X509_VERIFY_PARAM_set1_ip_asc(param, sc->backend_host);
+		if (inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1) {
+			X509_VERIFY_PARAM_set1_ip_asc(param, host);
 		} else {
-			SSL_set1_host(ssl, sc->backend_host);
-			SSL_set_tlsext_host_name(ssl, sc->backend_host);
+			SSL_set1_host(ssl, host);
+			SSL_set_tlsext_host_name(ssl, host);
 		}
 	}
 	if (resume) {

@@ -49,9 +49,6 @@ static void check_conf(const struct conf *c)
 		CHECK(nl >= 1 && nl < sizeof(s->name));
 		for (size_t j = 0; j < i; j++)
 			CHECK(strcmp(c->sites[j].name, s->name) != 0);
-		CHECK(s->has_backend);
-		CHECK(s->backend.ss_family == AF_INET || s->backend.ss_family == AF_INET6);
-		CHECK(addr_port((const struct sockaddr *)&s->backend) != 0);
 		CHECK(s->n_listen >= 1 && s->n_listen <= CONF_MAX_LISTEN);
 		for (size_t k = 0; k < s->n_listen; k++)
 			CHECK(s->listen[k].ss_family == AF_INET ||
@@ -66,8 +63,14 @@ static void check_conf(const struct conf *c)
 		CHECK(memchr(s->tls_cert, '\0', sizeof(s->tls_cert)) &&
 		      memchr(s->tls_key, '\0', sizeof(s->tls_key)) &&
 		      memchr(s->backend_ca, '\0', sizeof(s->backend_ca)) &&
-		      memchr(s->tls_ciphers, '\0', sizeof(s->tls_ciphers)) &&
-		      memchr(s->backend_host, '\0', sizeof(s->backend_host)));
+		      memchr(s->tls_ciphers, '\0', sizeof(s->tls_ciphers)));
+		CHECK(s->n_backends >= 1 && s->n_backends <= CONF_MAX_BACKENDS);
+		for (size_t k = 0; k < s->n_backends; k++)
+			CHECK((s->backends[k].addr.ss_family == AF_INET ||
+			       s->backends[k].addr.ss_family == AF_INET6) &&
+			      addr_port((const struct sockaddr *)&s->backends[k].addr) != 0 &&
+			      memchr(s->backends[k].host, '\0', sizeof(s->backends[k].host)) &&
+			      memchr(s->backends[k].name, '\0', sizeof(s->backends[k].name)));
 		/* A passthrough site's passive range is shared with no other site. */
 		for (size_t j = 0; j < c->n_sites; j++) {
 			const struct site_conf *o = &c->sites[j];

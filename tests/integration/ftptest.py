@@ -735,6 +735,57 @@ def ftp_login(port, host='127.0.0.1', timeout=20, user='u', passwd='p', cls=Reco
     return f
 
 
+def root_with(name):
+    """A world-readable server root holding one file `name` (content: name);
+    two servers with different names show in a listing which one answered."""
+    d = tmpdir('ftproot-')
+    os.chmod(d, 0o755)
+    with open(os.path.join(d, name), 'w') as f:
+        f.write(name + '\n')
+    return d
+
+
+def listing_of(port, source=None, host='127.0.0.1'):
+    """Log in as u/p (from address `source` if given), NLST, QUIT; the names."""
+    f = RecordingFTP()
+    f.connect(host, port, timeout=20, source_address=(source, 0) if source else None)
+    try:
+        f.login('u', 'p')
+        return f.nlst()
+    finally:
+        f.close()
+
+
+def metrics_text(port, host='127.0.0.1'):
+    """GET /metrics from ftpgate's metrics_listen; the text."""
+    import http.client
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        c.request('GET', '/metrics')
+        return c.getresponse().read().decode()
+    finally:
+        c.close()
+
+
+def gate_metrics(gate):
+    """/metrics of a running Ftpgate whose config has metrics_listen = 127.0.0.1:PORT."""
+    m = re.search(r'metrics_listen = 127\.0\.0\.1:(\d+)', gate.text)
+    assert m, 'no metrics_listen in the config'
+    return metrics_text(int(m.group(1)))
+
+
+def check_config_errors(cases, head='[site:x]\nlisten = 127.0.0.1:2100\n'):
+    """For each (body, regex): `ftpgate -t` on head + body exits 1 with a
+    message matching regex (file:line: key: ...)."""
+    d = tmpdir('cfg-')
+    p = os.path.join(d, 'f.ini')
+    for body, want in cases:
+        with open(p, 'w') as f:
+            f.write('%s%s\n' % (head, body))
+        r = run_ftpgate(['-t', '-c', p])
+        assert r.returncode == 1 and re.search(want, r.stderr), (body, r.stderr)
+
+
 def retr_bytes(ftp, name, rest=None):
     buf = bytearray()
     ftp.retrbinary('RETR ' + name, buf.extend, rest=rest)

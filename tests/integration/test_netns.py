@@ -8,6 +8,10 @@ at exit):
   client ns fgc-PID          gateway ns fgg-PID               server ns fgs-PID
   203.0.113.2/24  --veth--  203.0.113.1/24 | 198.51.100.1/24  --veth--  198.51.100.2/24
   curl, ftplib              ftpgate, ip_forward = 0                     pyftpdlib :2121
+                            192.0.2.1/24
+  LAN client ns fgl-PID       |
+  192.0.2.2/24  ----veth------+
+  curl (public_address_for: told 192.0.2.1, which it can reach, not 203.0.113.1)
 
 No namespace has a default route, and the gateway does not forward, so the
 client can only reach the backend through ftpgate, and only if ftpgate
@@ -35,11 +39,14 @@ import ftptest as T  # noqa: E402
 
 TOPO = T.NetnsTopology('fg')
 NS_C, NS_G, NS_S = TOPO.client, TOPO.gate, TOPO.server
+NS_L = 'fgl-%d' % os.getpid()  # a LAN behind the gateway (public_address_for)
 
 CLIENT_IP = TOPO.CLIENT_IP
 GATE_IP = TOPO.GATE_IP
 GATE_BACK_IP = TOPO.GATE_BACK_IP
 SERVER_IP = TOPO.SERVER_IP
+LAN_IP = '192.0.2.2'
+GATE_LAN_IP = '192.0.2.1'
 FTP_PORT = 2121
 GATE_PASV = (40000, 40100)
 SERVER_PASV = (50000, 50100)
@@ -88,6 +95,11 @@ def make_topology():
     why = TOPO.build(CMD_TIMEOUT)
     if why:
         return why
+    # the LAN: 192.0.2.0/24 on the gateway's third side, no route elsewhere
+    TOPO.add(NS_L)
+    TOPO.veth(NS_G, 'tolan', NS_L, 'eth0')
+    TOPO.addr(NS_G, 'tolan', GATE_LAN_IP + '/24')
+    TOPO.addr(NS_L, 'eth0', LAN_IP + '/24')
     # README recipe 4's sysctl: no connection the gateway opens (active mode)
     # takes one of the ports the passthrough recipe binds
     T.ns_sysctl(NS_G, 'net.ipv4.ip_local_reserved_ports', '50000-50999', CMD_TIMEOUT)
@@ -235,7 +247,8 @@ def case_topology():
     # no default route anywhere, only the connected /24s
     for ns, nets in ((NS_C, {'203.0.113.0/24'}),
                      (NS_S, {'198.51.100.0/24'}),
-                     (NS_G, {'203.0.113.0/24', '198.51.100.0/24'})):
+                     (NS_L, {'192.0.2.0/24'}),
+                     (NS_G, {'203.0.113.0/24', '198.51.100.0/24', '192.0.2.0/24'})):
         out = run([IP, '-n', ns, '-4', 'route', 'show']).stdout.decode()
         got = {line.split()[0] for line in out.splitlines() if line.strip()}
         assert got == nets, '%s routes: %r' % (ns, out)
@@ -592,6 +605,60 @@ def ftplib_active_case(mode):
     return fn
 
 
+# --------------------------------------------------------------------------
+# public_address_for: outside clients are told 203.0.113.1, LAN clients
+# (192.0.2.0/24, no route to 203.0.113.0/24) are told 192.0.2.1.
+
+LAN_GATE_PORT = 2123
+LAN_GATE_PASV = (40400, 40500)
+LAN_GATE_CONF = '''; written by test_netns.py: per-network public address
+[global]
+log_level = debug
+
+[site:lan]
+listen = %s:%d, %s:%d
+backend = %s:%d
+passive_ports = %d-%d
+public_address = %s
+public_address_for = 192.0.2.0/24 %s
+data_timeout = 10
+connect_timeout = 5
+''' % (GATE_IP, LAN_GATE_PORT, GATE_LAN_IP, LAN_GATE_PORT, SERVER_IP, FTP_PORT,
+       LAN_GATE_PASV[0], LAN_GATE_PASV[1], GATE_IP, GATE_LAN_IP)
+
+_lan_gate = []
+
+
+def lan_gate():
+    if not _lan_gate:
+        _lan_gate.append(ns_gate(LAN_GATE_CONF))
+    return _lan_gate[0]
+
+
+def pasv_download(ns, host, name):
+    """curl PASV download of `file` in ns from host:LAN_GATE_PORT; the 227's address."""
+    out = os.path.join(LOCAL, name)
+    r = run(nsexec(ns, [T.CURL, '-sS', '-v', '--max-time', str(CMD_TIMEOUT - 5),
+                        '--no-ftp-skip-pasv-ip', '--disable-epsv',
+                        'ftp://u:p@%s:%d/file' % (host, LAN_GATE_PORT), '-o', out]))
+    got = T.sha256_file(out)
+    assert got == FILE_SHA, 'sha256 mismatch: %s != %s' % (got, FILE_SHA)
+    m = re.search(r'< 227 .*\((\d+,\d+,\d+,\d+),\d+,\d+\)', r.stderr.decode('utf-8', 'replace'))
+    assert m, 'no 227 in curl -v output'
+    return m.group(1)
+
+
+def case_lan_public_for():
+    lan_gate()
+    r = run([IP, '-n', NS_L, 'route', 'get', GATE_IP], check=False)
+    assert r.returncode != 0, 'the LAN ns reaches 203.0.113.1: %r' % r.stdout
+    assert pasv_download(NS_L, GATE_LAN_IP, 'lan.out') == '192,0,2,1'
+
+
+def case_outside_public_address():
+    assert pasv_download(NS_C, GATE_IP, 'outside.out') == '203,0,113,1'
+
+
 def case_gate_alive():
     assert G.alive(), 'ftpgate exited with status %s' % G.proc.returncode
 
@@ -838,6 +905,10 @@ CASES = [
      curl_active_case('active', 'port')),
     ('active: ftplib set_pasv(False) RETR + STOR, backend_data_mode=active, sha256',
      ftplib_active_case('active')),
+    ('public_address_for: the LAN client is told 192.0.2.1 and downloads (curl PASV, sha256)',
+     case_lan_public_for),
+    ('public_address_for: the outside client is told public_address 203.0.113.1',
+     case_outside_public_address),
     ('ftpgate still running', case_gate_alive),
     ('README recipe 1: cloud VM behind a 1:1 NAT (nft), ftpgate on the VM: PASV, EPSV, '
      'upload', case_recipe_nat_vm),

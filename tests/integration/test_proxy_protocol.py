@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """ftpgate behind a balancer: PROXY protocol in (proxy_protocol,
 proxy_trusted) and out (backend_proxy_protocol).  The header's client
-address is the client everywhere: logs, per-IP limits, the PORT check, who
-may connect to a passive port.  Untrusted peers, malformed, slow and
-unaccepted headers are closed and counted.  Out: Debian's haproxy with
-accept-proxy in front of pyftpdlib logs the client's own address.  Real
-clients: ftplib (with the header a balancer would send), curl through
+address is the client everywhere: logs, per-IP limits, allow/deny, bans,
+the PORT check, who may connect to a passive port.  Untrusted peers,
+malformed, slow and unaccepted headers are closed and counted.  Out:
+Debian's haproxy with accept-proxy in front of pyftpdlib logs the client's
+own address, also when it is a pool's second server or a user's route.
+Real clients: ftplib (with the header a balancer would send), curl through
 haproxy.  Loopback only (127.0.0.0/8).  TAP output."""
 
 import ftplib
@@ -261,9 +262,12 @@ def c05_refused_and_counted():
         assert metric(mport, 'ftpgate_sessions_total') == 0
 
 
-def c06_backend_header_haproxy(version):
-    def fn():
-        hport = T.free_port()
+class Haproxy:
+    """Debian's haproxy on a free port with accept-proxy in front of SRV,
+    logging each connection with the client address its header named."""
+
+    def __enter__(self):
+        self.port = T.free_port()
         d = T.tmpdir('haproxy-')
         cfgp = os.path.join(d, 'haproxy.cfg')
         with open(cfgp, 'w') as f:
@@ -271,31 +275,91 @@ def c06_backend_header_haproxy(version):
                     'defaults\n  mode tcp\n  log global\n  option tcplog\n'
                     '  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n'
                     'frontend ftp\n  bind 127.0.0.1:%d accept-proxy\n  default_backend b\n'
-                    'backend b\n  server s1 %s\n' % (hport, SRV.addr()))
-        logp = os.path.join(d, 'haproxy.log')
-        with open(logp, 'wb') as lf:
-            hp = subprocess.Popen([HAPROXY, '-db', '-f', cfgp], stdin=subprocess.DEVNULL,
-                                  stdout=lf, stderr=lf)
-        T._procs.append(hp)
+                    'backend b\n  server s1 %s\n' % (self.port, SRV.addr()))
+        self.logp = os.path.join(d, 'haproxy.log')
+        with open(self.logp, 'wb') as lf:
+            self.proc = subprocess.Popen([HAPROXY, '-db', '-f', cfgp], stdin=subprocess.DEVNULL,
+                                         stdout=lf, stderr=lf)
+        T._procs.append(self.proc)
         try:
-            T.wait_listening(hp, [hport], 10, 'haproxy')
-            with gate('127.0.0.1:%d' % hport, **site(backend_proxy_protocol=version)) as g:
-                f = proxy_login(g.port, v1('127.0.0.3', '127.0.0.1', 40003, g.port),
-                                data_src='127.0.0.3')
-                assert sha_retr(f, 'four.bin') == FILE_SHA
-                f.quit()
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    with open(logp, 'rb') as lf:
-                        log = lf.read().decode('utf-8', 'replace')
-                    if re.search(r'127\.0\.0\.3:40003 .* ftp b/s1 ', log):
-                        break
-                    time.sleep(0.1)
-                assert re.search(r'127\.0\.0\.3:40003 .* ftp b/s1 ', log), \
-                    'haproxy did not log the client: %r' % log[-2000:]
-        finally:
-            T._stop_proc(hp)
+            T.wait_listening(self.proc, [self.port], 10, 'haproxy')
+        except BaseException:
+            T._stop_proc(self.proc)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        T._stop_proc(self.proc)
+
+    def addr(self):
+        return '127.0.0.1:%d' % self.port
+
+    def logged(self, client):
+        """Asserts haproxy logged a connection from client (ip:port)."""
+        want = r'%s .* ftp b/s1 ' % re.escape(client)
+        deadline = time.monotonic() + 10
+        while True:
+            with open(self.logp, 'rb') as lf:
+                log = lf.read().decode('utf-8', 'replace')
+            if re.search(want, log):
+                return
+            assert time.monotonic() < deadline, \
+                'haproxy did not log the client %s: %r' % (client, log[-2000:])
+            time.sleep(0.1)
+
+
+def download_as(port, src, sport):
+    f = proxy_login(port, v1(src, '127.0.0.1', sport, port), data_src=src)
+    assert sha_retr(f, 'four.bin') == FILE_SHA
+    f.quit()
+
+
+def c06_backend_header_haproxy(version):
+    def fn():
+        with Haproxy() as hp, gate(hp.addr(), **site(backend_proxy_protocol=version)) as g:
+            download_as(g.port, '127.0.0.3', 40003)
+            hp.logged('127.0.0.3:40003')
     return fn
+
+
+def c07_backend_header_pool_and_route():
+    """The header goes to the server the pool chose after a refused one, and
+    to the server a user's route names."""
+    with Haproxy() as hp:
+        dead = '127.0.0.1:%d' % T.free_port()
+        with gate('%s, %s' % (dead, hp.addr()), **site(backend_proxy_protocol='v2')) as g:
+            download_as(g.port, '127.0.0.4', 40004)
+            hp.logged('127.0.0.4:40004')
+            assert re.search(r'backend server %s: .*; trying the next' % re.escape(dead),
+                             g.log()), g.log()
+        cfg = T.gate_config(dead, passive_ports=GP, **site(backend_proxy_protocol='v1'))
+        cfg['route:test'] = {'u': hp.addr()}
+        with T.Ftpgate(cfg) as g:
+            download_as(g.port, '127.0.0.5', 40005)
+            hp.logged('127.0.0.5:40005')
+
+
+def c08_access_and_bans_by_header():
+    """deny and bans judge the header's client, never the balancer."""
+    with gate(**site(deny='127.0.0.5/32', max_login_failures=2, login_failure_window=60,
+                     ban_time=600)) as g:
+        mark = g.log_mark()
+        data, how = closed_without_greeting(g.port, v1('127.0.0.5', '127.0.0.1', 41005, g.port))
+        assert data == b'', data
+        assert g.wait_log(r'closed 127\.0\.0\.5:41005: refused by allow/deny', mark), \
+            g.log_since(mark)
+        for i in range(2):
+            with T.RawCtl('127.0.0.1', g.port) as c:
+                c.send(v1('127.0.0.6', '127.0.0.1', 41010 + i, g.port))
+                assert c.reply().startswith(b'220')
+                assert c.cmd('USER u').startswith(b'331')
+                assert c.cmd('PASS wrong').startswith(b'530')
+        mark = g.log_mark()
+        data, how = closed_without_greeting(g.port, v1('127.0.0.6', '127.0.0.1', 41020, g.port))
+        assert data == b'', 'a banned client got %r' % data
+        assert g.wait_log(r'closed 127\.0\.0\.6:41020: banned', mark), g.log_since(mark)
+        # Others behind the same balancer are served.
+        download_as(g.port, '127.0.0.7', 41021)
 
 
 t.case('config: proxy_protocol needs proxy_trusted; bad prefixes and values named with file:line',
@@ -308,12 +372,16 @@ t.case('v2 header with TLVs; v2 LOCAL served as the balancer; v1 on a v2 site re
        c04_v2_and_local, 60)
 t.case('untrusted peer, non-PROXY, truncated, malformed, slow header: closed, counted',
        c05_refused_and_counted, 60)
-for _v in ('v1', 'v2'):
+_hp_cases = [('backend_proxy_protocol=%s: haproxy accept-proxy logs the client' % _v,
+              c06_backend_header_haproxy(_v)) for _v in ('v1', 'v2')]
+_hp_cases.append(('backend_proxy_protocol to the pool\'s next server after a refused one '
+                  'and to a user\'s route', c07_backend_header_pool_and_route))
+for _name, _fn in _hp_cases:
     if HAPROXY:
-        t.case('backend_proxy_protocol=%s: haproxy accept-proxy logs the client' % _v,
-               c06_backend_header_haproxy(_v), 60)
+        t.case(_name, _fn, 60)
     else:
-        t.skip('backend_proxy_protocol=%s: haproxy accept-proxy logs the client' % _v,
-               'haproxy not installed')
+        t.skip(_name, 'haproxy not installed')
+t.case('deny and bans judge the header\'s client address, not the balancer\'s',
+       c08_access_and_bans_by_header, 60)
 SRV.stop()
 t.done()

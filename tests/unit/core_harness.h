@@ -159,6 +159,14 @@ static inline void op_pt_port(void *io, uint16_t port)
 {
 	rec(io, "pt_port %u\n", port);
 }
+static inline void op_route_connect(void *io, int route)
+{
+	rec(io, "route %d\n", route);
+}
+static inline void op_login_result(void *io, int ok)
+{
+	rec(io, "login %s\n", ok ? "ok" : "failed");
+}
 static inline uint64_t op_now(void *io)
 {
 	return ((struct t *)io)->now;
@@ -180,6 +188,8 @@ static const struct core_ops ops = {
     .set_timer = op_set_timer,
     .close = op_close,
     .transfer_end = op_transfer_end,
+    .route_connect = op_route_connect,
+    .login_result = op_login_result,
     .now_ms = op_now,
     .pt_data_port = op_pt_port,
 };
@@ -188,7 +198,8 @@ static inline void conf_default(struct site_conf *sc)
 {
 	memset(sc, 0, sizeof(*sc));
 	snprintf(sc->name, sizeof(sc->name), "t");
-	struct sockaddr_in *b = (struct sockaddr_in *)&sc->backend;
+	struct sockaddr_in *b = (struct sockaddr_in *)&sc->backends[0].addr;
+	sc->n_backends = 1;
 	b->sin_family = AF_INET;
 	b->sin_addr.s_addr = htonl(0x7f000002);
 	b->sin_port = htons(2121);
@@ -285,10 +296,12 @@ static inline void start(struct t *t, const struct site_conf *sc)
 	lo.sin_addr.s_addr = htonl(0x7f000001);
 	core_init(&t->core, &t->conf, &ops, t, "t/1", (struct sockaddr *)&cl,
 	          (struct sockaddr *)&lo);
+	core_set_backend(&t->core, (struct sockaddr *)&t->conf.backends[0].addr);
 	if (t->conf.tls == TLS_IMPLICIT)
 		core_client_tls_started(&t->core); /* the shell's TLS starts at accept */
 	core_start(&t->core);
-	core_backend_connected(&t->core);
+	if (!t->conf.n_routes) /* routing by user: no backend before USER */
+		core_backend_connected(&t->core);
 }
 
 /*

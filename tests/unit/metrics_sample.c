@@ -33,16 +33,24 @@ int main(void)
 	a.backend_connect_failures = 1;
 	a.tls_handshake_failures = 5;
 	a.data_refused = 2;
+	a.acl_refused = 6;
 	a.passive_ports_in_use = 4;
 	a.passive_ports_total = 100;
 	b.sessions_total = 1;
 	b.sessions_ended[END_BACKEND_CONNECT] = 1;
 	b.passive_ports_total = 50;
 
+	static const struct metrics_server pool[] = {
+	    {"192.0.2.5:21", 1, 3, 118, 0, 1},
+	    {"192.0.2.6:21", 0, 1, 2, 4, 9},
+	};
+	static const struct metrics_ban bans[] = {{"198.51.100.23", 840}};
+	a.bans = 1;
+	a.ban_refused = 17;
 	const struct metrics_site sites[] = {
-	    {"public", &a, 4},
+	    {"public", &a, 4, pool, 2, bans, 1},
 	    /* A hostile name: quote, backslash, line feed, invalid UTF-8. */
-	    {"odd \"name\" \\ with\nlf \xff", &b, 0},
+	    {"odd \"name\" \\ with\nlf \xff", &b, 0, NULL, 0, NULL, 0},
 	};
 	if (!out || metrics_render(out, sites, 2, PACKAGE_VERSION) < 0 ||
 	    evbuffer_write(out, 1) < 0)

@@ -25,6 +25,11 @@
 
 static struct site_stats st_a, st_b;
 static struct metrics_site fake[2];
+static const struct metrics_ban bans_b[2] = {{"192.0.2.66", 899}, {"2001:db8::1", 1}};
+static const struct metrics_server pool_a[2] = {
+    {"192.0.2.5:21", 1, 3, 40, 2, 0},
+    {WEIRD ":21", 0, 0, 7, 5, 11},
+};
 
 static void fake_init(void)
 {
@@ -44,14 +49,17 @@ static void fake_init(void)
 	st_a.tls_handshake_failures = 6;
 	st_a.data_refused = 8;
 	st_a.proxy_refused = 3;
+	st_a.acl_refused = 12;
+	st_a.bans = 13;
+	st_b.ban_refused = 14;
 	st_a.passive_ports_in_use = 5;
 	st_a.passive_ports_total = 100;
 	/* More in use than the range holds (a shrunk range after a reload). */
 	st_b.passive_ports_in_use = 3;
 	st_b.passive_ports_total = 2;
 	st_b.sessions_total = 1;
-	fake[0] = (struct metrics_site){"alpha", &st_a, 3};
-	fake[1] = (struct metrics_site){WEIRD, &st_b, 0};
+	fake[0] = (struct metrics_site){"alpha", &st_a, 3, pool_a, 2, NULL, 0};
+	fake[1] = (struct metrics_site){WEIRD, &st_b, 0, NULL, 0, bans_b, 2};
 }
 
 /* Render to a NUL-terminated heap string. */
@@ -112,8 +120,17 @@ static const char *const families[][2] = {
     {"ftpgate_tls_handshake_failures_total", "counter"},
     {"ftpgate_data_connections_refused_total", "counter"},
     {"ftpgate_proxy_protocol_refused_total", "counter"},
+    {"ftpgate_access_refused_total", "counter"},
+    {"ftpgate_bans_total", "counter"},
+    {"ftpgate_banned_refused_total", "counter"},
     {"ftpgate_passive_ports_in_use", "gauge"},
     {"ftpgate_passive_ports_free", "gauge"},
+    {"ftpgate_backend_up", "gauge"},
+    {"ftpgate_backend_sessions_open", "gauge"},
+    {"ftpgate_backend_sessions_total", "counter"},
+    {"ftpgate_backend_failures_total", "counter"},
+    {"ftpgate_backend_health_check_failures_total", "counter"},
+    {"ftpgate_ban_seconds_remaining", "gauge"},
 };
 #define N_FAMILIES (sizeof(families) / sizeof(families[0]))
 
@@ -207,8 +224,10 @@ static void test_render(void)
 {
 	char *t = render(fake, 2, "1.2.3");
 
-	/* 1 build_info + per site 1+1+1 + 9 reasons + 2 directions + 21 transfers + 6 */
-	is_int(check_structure(t), 1 + 2 * (3 + END_REASON_MAX + 2 + XC_MAX * XR_MAX + 6),
+	/* 1 build_info + per site 1+1+1 + 9 reasons + 2 directions + 21 transfers + 6,
+	 * + 5 per server of alpha's pool of 2 */
+	is_int(check_structure(t),
+	       1 + 2 * (3 + END_REASON_MAX + 2 + XC_MAX * XR_MAX + 9) + 5 * 2 + 2,
 	       "one group per family, HELP and TYPE once each, all samples present");
 	is_int(count_lines(t, "# HELP "), N_FAMILIES, "%zu HELP lines", N_FAMILIES);
 	is_int(count_lines(t, "# TYPE "), N_FAMILIES, "%zu TYPE lines", N_FAMILIES);
@@ -240,10 +259,25 @@ static void test_render(void)
 	    "ftpgate_tls_handshake_failures_total{site=\"alpha\"} 6",
 	    "ftpgate_data_connections_refused_total{site=\"alpha\"} 8",
 	    "ftpgate_proxy_protocol_refused_total{site=\"alpha\"} 3",
+	    "ftpgate_access_refused_total{site=\"alpha\"} 12",
+	    "ftpgate_bans_total{site=\"alpha\"} 13",
+	    "ftpgate_banned_refused_total{site=\"" WEIRD_ESC "\"} 14",
+	    "# TYPE ftpgate_ban_seconds_remaining gauge",
+	    "ftpgate_ban_seconds_remaining{site=\"" WEIRD_ESC "\",address=\"192.0.2.66\"} 899",
+	    "ftpgate_ban_seconds_remaining{site=\"" WEIRD_ESC "\",address=\"2001:db8::1\"} 1",
 	    "ftpgate_passive_ports_in_use{site=\"alpha\"} 5",
 	    "ftpgate_passive_ports_free{site=\"alpha\"} 95",
 	    "ftpgate_passive_ports_in_use{site=\"" WEIRD_ESC "\"} 3",
 	    "ftpgate_passive_ports_free{site=\"" WEIRD_ESC "\"} 0",
+	    "# TYPE ftpgate_backend_up gauge",
+	    "ftpgate_backend_up{site=\"alpha\",server=\"192.0.2.5:21\"} 1",
+	    "ftpgate_backend_up{site=\"alpha\",server=\"" WEIRD_ESC ":21\"} 0",
+	    "ftpgate_backend_sessions_open{site=\"alpha\",server=\"192.0.2.5:21\"} 3",
+	    "ftpgate_backend_sessions_total{site=\"alpha\",server=\"192.0.2.5:21\"} 40",
+	    "ftpgate_backend_failures_total{site=\"alpha\",server=\"192.0.2.5:21\"} 2",
+	    "ftpgate_backend_failures_total{site=\"alpha\",server=\"" WEIRD_ESC ":21\"} 5",
+	    "ftpgate_backend_health_check_failures_total{site=\"alpha\",server=\"" WEIRD_ESC
+	    ":21\"} 11",
 	};
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		ok(has_line(t, want[i]), "line: %s", want[i]);
@@ -264,7 +298,7 @@ static void test_render_edge(void)
 	ok(has_line(t, "ftpgate_build_info{version=\"0.1.0\"} 1"), "build_info without sites");
 	free(t);
 
-	struct metrics_site s = {"null-stats", NULL, 2};
+	struct metrics_site s = {"null-stats", NULL, 2, NULL, 0, NULL, 0};
 	t = render(&s, 1, "v\"1");
 	ok(has_line(t, "ftpgate_build_info{version=\"v\\\"1\"} 1"), "version escaped");
 	ok(has_line(t, "ftpgate_sessions_open{site=\"null-stats\"} 2"), "NULL stats: gauge set");

@@ -59,7 +59,7 @@ static void test_login_and_pipelining(void)
 	expect(&t, "C:331 pass\nB:PASS p\n", "pipelined commands go one at a time");
 	is_int(t.core.logged_in, 0, "not logged in before 230");
 	backend(&t, "230 in\r\n");
-	expect(&t, "C:230 in\nB:TYPE I\n", "the next pipelined command after the reply");
+	expect(&t, "C:230 in\nlogin ok\nB:TYPE I\n", "the next pipelined command after the reply");
 	is_int(t.core.logged_in, 1, "logged in after 230");
 	backend(&t, "200 type\r\n");
 	backend(&t, "213 42\r\n");
@@ -70,6 +70,84 @@ static void test_login_and_pipelining(void)
 	expect(&t, "C:421 going down\nclose flush: backend closed the session (421)\n",
 	       "an unsolicited 421 is relayed and ends the session");
 	finish(&t, "login");
+}
+
+/* The backend's verdict on USER/PASS goes to the shell (brute-force protection). */
+static void test_login_result(void)
+{
+	struct t t;
+	start(&t, NULL);
+	backend(&t, "220 hello\r\n");
+	client(&t, "USER u\r\n");
+	backend(&t, "331 pass\r\n");
+	client(&t, "PASS wrong\r\n");
+	t.len = 0;
+	backend(&t, "530 Authentication failed.\r\n");
+	expect(&t, "C:530 Authentication failed.\nlogin failed\n", "530 to PASS: a failed login");
+	client(&t, "USER nobody\r\n");
+	t.len = 0;
+	backend(&t, "530 No such user.\r\n");
+	expect(&t, "C:530 No such user.\nlogin failed\n", "530 to USER: a failed login");
+	client(&t, "CWD /\r\n");
+	t.len = 0;
+	backend(&t, "530 Log in first.\r\n");
+	expect(&t, "C:530 Log in first.\n", "530 to another command: not a login");
+	client(&t, "USER u\r\n");
+	backend(&t, "331 pass\r\n");
+	client(&t, "PASS p\r\n");
+	t.len = 0;
+	backend(&t, "230 in\r\n");
+	expect(&t, "C:230 in\nlogin ok\n", "230: a good login");
+	finish(&t, "login result");
+}
+
+/* Routing by user: the proxy greets and answers USER; the backend's greeting and its
+ * answer to USER are consumed; PASS goes through. */
+static void test_route(void)
+{
+	static struct site_conf sc;
+	static struct route routes[2];
+	struct t t;
+
+	conf_default(&sc);
+	memset(routes, 0, sizeof(routes));
+	snprintf(routes[0].pattern, sizeof(routes[0].pattern), "*@acme.example");
+	snprintf(routes[1].pattern, sizeof(routes[1].pattern), "ftp-*");
+	sc.routes = routes;
+	sc.n_routes = 2;
+	is_int(core_route_match(&sc, "bob@acme.example"), 0, "glob with @host");
+	is_int(core_route_match(&sc, "ftp-7"), 1, "glob");
+	is_int(core_route_match(&sc, "bob@evil.example"), -1, "no route: the site's backend");
+
+	start(&t, &sc);
+	expect(&t, "C:220 Service ready for new user.\n",
+	       "the proxy greets at once, no backend yet");
+	client(&t, "LIST\r\n");
+	expect(&t, "C:530 Please login with USER and PASS.\n", "nothing but login before USER");
+	client(&t, "USER bob@acme.example\r\nPASS secret\r\n");
+	expect(&t, "C:331 User name okay, need password.\nroute 0\n",
+	       "USER: 331 from the proxy, connect by the first matching route");
+	core_backend_connected(&t.core);
+	backend(&t, "220 backend ready\r\n");
+	expect(&t, "B:USER bob\n", "the backend's greeting consumed, USER without @host");
+	backend(&t, "331 pass\r\n");
+	expect(&t, "B:PASS secret\n", "its 331 consumed; the waiting PASS goes out");
+	backend(&t, "230 in\r\n");
+	expect(&t, "C:230 in\nlogin ok\n", "the answer to PASS is relayed");
+	finish(&t, "route");
+
+	sc.route_keep_host = 1;
+	start(&t, &sc);
+	client(&t, "USER nobody@x\r\n");
+	core_backend_connected(&t.core);
+	t.len = 0;
+	backend(&t, "220 backend ready\r\n");
+	expect(&t, "B:USER nobody@x\n", "route_keep_host: the name as the client sent it");
+	backend(&t, "530 unknown user\r\n");
+	expect(&t, "login failed\n", "a 530 to USER is a failed login, kept for PASS");
+	client(&t, "PASS x\r\n");
+	expect(&t, "C:530 unknown user\n", "PASS gets the backend's answer to USER");
+	finish(&t, "route 530");
 }
 
 static void test_download(void)
@@ -722,6 +800,8 @@ int main(void)
 {
 	log_set_level(LOG_LVL_ERROR);
 	test_login_and_pipelining();
+	test_login_result();
+	test_route();
 	test_download();
 	test_abor();
 	test_backend_gone_mid_transfer();
