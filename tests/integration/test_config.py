@@ -16,6 +16,15 @@ t = T.start_tap()
 WORK = T.tmpdir('cfgtest-')
 
 
+def listen_port():
+    """A free port outside base_lines()' passive_ports (passthrough sites bind
+    that whole range, and -t refuses a listen address inside it)."""
+    while True:
+        p = T.free_port()
+        if not 40000 <= p <= 40099:
+            return p
+
+
 def base_lines():
     """A valid config; returns a list of lines (line N is index N-1)."""
     return [
@@ -25,7 +34,7 @@ def base_lines():
         'max_sessions = 100',                      # 4
         '',                                        # 5
         '[site:test]',                             # 6
-        'listen = 127.0.0.1:%d' % T.free_port(),   # 7
+        'listen = 127.0.0.1:%d' % listen_port(),   # 7
         'backend = 127.0.0.1:21',                  # 8
         'passive_ports = 40000-40099',             # 9
         'data_timeout = 60',                       # 10
