@@ -145,6 +145,39 @@ static int parse_bool(const char *v)
 	return -1;
 }
 
+/*
+ * value must be one of names[0..n): its index in *idx, or the error
+ * "\"value\" is not one of a, b, c" (the names listed in order).
+ */
+static int choose(struct parse_ctx *p, const char *key, const char *v, const char *const *names,
+                  int n, int *idx)
+{
+	char list[256];
+	size_t o = 0;
+	for (int i = 0; i < n; i++) {
+		if (strcmp(v, names[i]) == 0) {
+			*idx = i;
+			return 1;
+		}
+		o += (size_t)snprintf(list + o, o < sizeof(list) ? sizeof(list) - o : 0, "%s%s",
+		                      i ? ", " : "", names[i]);
+	}
+	return fail(p, key, "\"%s\" is not one of %s", v, list);
+}
+
+/* In a key handler (p, key, v in scope): set dst to the index of v among the
+ * names, or fail naming them; either way return to inih. */
+#define CHOOSE_RETURN(dst, type, ...)                                                              \
+	do {                                                                                       \
+		static const char *const names_[] = {__VA_ARGS__};                                 \
+		int i_ = 0;                                                                        \
+		int r_ =                                                                           \
+		    choose(p, key, v, names_, (int)(sizeof(names_) / sizeof(names_[0])), &i_);     \
+		if (r_)                                                                            \
+			dst = (type)i_;                                                            \
+		return r_;                                                                         \
+	} while (0)
+
 static int set_seconds(struct parse_ctx *p, const char *key, const char *v, unsigned *dst)
 {
 	unsigned long x;
@@ -276,13 +309,7 @@ static int proxy_key(struct parse_ctx *p, struct site_conf *s, const char *key, 
 		return fail(p, key, "\"%s\" is not one of off, v1, v2, any", v);
 	}
 	if (strcmp(key, "backend_proxy_protocol") == 0) {
-		static const char *const names[] = {"off", "v1", "v2"};
-		for (int i = 0; i < 3; i++)
-			if (strcmp(v, names[i]) == 0) {
-				s->backend_proxy_protocol = i;
-				return 1;
-			}
-		return fail(p, key, "\"%s\" is not one of off, v1, v2", v);
+		CHOOSE_RETURN(s->backend_proxy_protocol, int, "off", "v1", "v2");
 	}
 	/* proxy_trusted: a comma-separated list of prefixes. */
 	if (set_cidr_list(p, key, v, s->proxy_trusted, CONF_MAX_TRUSTED, &s->n_proxy_trusted) == 0)
@@ -419,13 +446,7 @@ static int pool_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return 1;
 	}
 	if (strcmp(key, "balance") == 0) {
-		static const char *const names[] = {"roundrobin", "leastconn", "source"};
-		for (int i = 0; i < 3; i++)
-			if (strcmp(v, names[i]) == 0) {
-				s->balance = (enum balance)i;
-				return 1;
-			}
-		return fail(p, key, "\"%s\" is not one of roundrobin, leastconn, source", v);
+		CHOOSE_RETURN(s->balance, enum balance, "roundrobin", "leastconn", "source");
 	}
 	if (strcmp(key, "health_interval") == 0) {
 		if (parse_uint(v, 0, 86400, &x) < 0)
@@ -507,27 +528,13 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return 1;
 	}
 	if (strcmp(key, "backend_data_mode") == 0) {
-		static const char *const names[] = {"passive", "active", "client"};
-		for (int i = 0; i < 3; i++)
-			if (strcmp(v, names[i]) == 0) {
-				s->backend_data_mode = (enum backend_data_mode)i;
-				return 1;
-			}
-		return fail(p, key, "\"%s\" is not one of passive, active, client", v);
+		CHOOSE_RETURN(s->backend_data_mode, enum backend_data_mode, "passive", "active",
+		              "client");
 	}
 	if (strcmp(key, "tls") == 0) {
-		static const char *const names[] = {"off", "terminate", "implicit", "passthrough",
-		                                    "passthrough_implicit"};
 		s->tls_line = p->line;
-		for (int i = 0; i < 5; i++)
-			if (strcmp(v, names[i]) == 0) {
-				s->tls = (enum tls_mode)i;
-				return 1;
-			}
-		return fail(p, key,
-		            "\"%s\" is not one of off, terminate, implicit, passthrough, "
-		            "passthrough_implicit",
-		            v);
+		CHOOSE_RETURN(s->tls, enum tls_mode, "off", "terminate", "implicit", "passthrough",
+		              "passthrough_implicit");
 	}
 	if (strcmp(key, "tls_cert") == 0 || strcmp(key, "tls_key") == 0 ||
 	    strcmp(key, "backend_ca") == 0) {
@@ -578,22 +585,11 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return 1;
 	}
 	if (strcmp(key, "backend_tls") == 0) {
-		static const char *const names[] = {"off", "on", "implicit"};
-		for (int i = 0; i < 3; i++)
-			if (strcmp(v, names[i]) == 0) {
-				s->backend_tls = (enum backend_tls_mode)i;
-				return 1;
-			}
-		return fail(p, key, "\"%s\" is not one of off, on, implicit", v);
+		CHOOSE_RETURN(s->backend_tls, enum backend_tls_mode, "off", "on", "implicit");
 	}
 	if (strcmp(key, "backend_data_protection") == 0) {
-		static const char *const names[] = {"client", "private", "clear"};
-		for (int i = 0; i < 3; i++)
-			if (strcmp(v, names[i]) == 0) {
-				s->backend_data_protection = (enum backend_prot)i;
-				return 1;
-			}
-		return fail(p, key, "\"%s\" is not one of client, private, clear", v);
+		CHOOSE_RETURN(s->backend_data_protection, enum backend_prot, "client", "private",
+		              "clear");
 	}
 	if (strcmp(key, "allow_foreign_address") == 0) {
 		int b = parse_bool(v);
@@ -629,14 +625,7 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 {
 	unsigned long x;
 	if (strcmp(key, "log_level") == 0) {
-		static const char *const names[] = {"error", "warn", "info", "debug"};
-		for (int i = 0; i < 4; i++) {
-			if (strcmp(v, names[i]) == 0) {
-				p->conf->log_level = (enum log_level)i;
-				return 1;
-			}
-		}
-		return fail(p, key, "\"%s\" is not one of error, warn, info, debug", v);
+		CHOOSE_RETURN(p->conf->log_level, enum log_level, "error", "warn", "info", "debug");
 	}
 	if (strcmp(key, "max_sessions") == 0) {
 		if (parse_uint(v, 1, 1000000, &x) < 0)
