@@ -31,11 +31,12 @@ struct backend_server {
 	char site[CONF_NAME_MAX];    /* key: the site's name ... */
 	struct backend_conf bc;      /* ... and bc.name (HOST:PORT); the address as last loaded */
 	int listed;                  /* in the current configuration */
-	int up;                      /* 1 unless health checks marked it down */
-	unsigned open;               /* sessions using it now (connecting or connected) */
-	uint64_t sessions_total;     /* sessions whose connection to it succeeded */
-	uint64_t failures;           /* session connections to it that failed */
-	uint64_t check_failures;     /* health checks that failed */
+	/* Read and counted by every worker thread: atomic. */
+	_Atomic int up;                  /* 1 unless health checks marked it down */
+	_Atomic unsigned open;           /* sessions using it now (connecting or connected) */
+	_Atomic uint64_t sessions_total; /* sessions whose connection to it succeeded */
+	_Atomic uint64_t failures;       /* session connections to it that failed */
+	_Atomic uint64_t check_failures; /* health checks that failed */
 	unsigned fails_in_row, oks_in_row;
 
 	/* Health check settings (copied from the site's configuration). */
@@ -92,6 +93,10 @@ int backends_apply(struct backends *b, struct site *sites, size_t n_sites);
 struct backend_server *backend_pick(struct site *site, int route, const struct sockaddr *client,
                                     uint32_t *tried);
 /* The session's connection to it succeeded / failed (why, for the log). */
+/* A reload: roundrobin goes on where the site of the same name was. */
+void backend_carry_turn(struct site *to, const struct site *from);
+/* The server's address as last loaded (a reload may resolve it anew). */
+void backend_addr(const struct backend_server *s, struct sockaddr_storage *out);
 void backend_connected(struct backend_server *s);
 void backend_failed(struct backend_server *s);
 /* The session no longer uses it. */

@@ -17,6 +17,7 @@
 #define CONF_MAX_PUBLIC_FOR 16    /* networks in public_address_for */
 #define CONF_MAX_ROUTES 256       /* user patterns in one [route:SITE] */
 #define CONF_MAX_ROUTE_BACKENDS 4 /* servers of one route */
+#define CONF_MAX_WORKERS 256      /* event loops (threads) */
 
 enum backend_data_mode {
 	BDM_PASSIVE = 0, /* the proxy connects to the backend's passive port */
@@ -164,6 +165,8 @@ struct conf {
 	int has_metrics;
 	int metrics_line;
 	unsigned shutdown_timeout; /* seconds running transfers get at shutdown */
+	unsigned workers;          /* event loops; 0 = auto (one per online CPU) */
+	int workers_line;
 	struct site_conf *sites;
 	size_t n_sites;
 };

@@ -14,6 +14,8 @@
 
 #include <event2/event.h>
 
+#include "stats.h"
+
 enum dc_side { DC_CLIENT = 0, DC_BACKEND = 1 };
 
 struct datachan;
@@ -45,7 +47,7 @@ int datachan_listen(struct datachan *dc, enum dc_side side, const struct sockadd
                     uint16_t lo, uint16_t hi, const struct sockaddr *allowed, uint16_t *port);
 
 /* Count data connections refused (wrong peer) in *counter; log them at the pace of *lim. */
-void datachan_count_refused(struct datachan *dc, uint64_t *counter, struct log_limit *lim);
+void datachan_count_refused(struct datachan *dc, stat_counter *counter, struct log_limit *lim);
 
 /*
  * Connect out to addr (non-blocking), from src (its port ignored) if not

@@ -1,7 +1,13 @@
-/* ftpgate: the runtime objects shared by the modules (one event loop). */
+/*
+ * ftpgate: the runtime objects shared by the modules. The main thread
+ * (worker 0's loop) owns the listeners, configuration generations, metrics
+ * and health checks; sessions live in workers (worker.h). What worker
+ * threads change here is marked: under gw->lock, or atomic.
+ */
 #ifndef FTPGATE_FTPGATE_H
 #define FTPGATE_FTPGATE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +28,7 @@ struct pt_fwd;
 struct pt_guard;
 struct backends;
 struct bans;
+struct worker;
 
 /*
  * What belongs to a site's name rather than to one load of it: one object
@@ -40,9 +47,9 @@ struct site_state {
 struct site {
 	const struct site_conf *conf;
 	struct ftpgate *gw;
-	struct gen *gen;          /* the configuration it belongs to */
-	struct site_state *state; /* counters and limits of its name */
-	unsigned n_sessions;
+	struct gen *gen;             /* the configuration it belongs to */
+	struct site_state *state;    /* counters and limits of its name */
+	_Atomic unsigned n_sessions; /* changed under gw->lock */
 	struct evconnlistener *listeners[CONF_MAX_LISTEN];
 	size_t n_listeners;
 	struct event *resume_accept;   /* re-enables accepting after EMFILE */
@@ -76,7 +83,7 @@ struct gen {
 	struct conf *conf;
 	struct site *sites;
 	size_t n_sites;
-	unsigned refs;    /* sessions started under it */
+	unsigned refs;    /* sessions started under it (gw->lock) */
 	struct gen *next; /* older generations still in use */
 };
 
@@ -87,11 +94,15 @@ struct ftpgate {
 	const struct conf *conf; /* cur->conf */
 	struct site *sites;      /* cur->sites */
 	size_t n_sites;          /* cur->n_sites */
-	unsigned n_sessions;
+	/* Sessions (their lists: gw->workers[i].sessions), session counts of
+	 * gw and its sites, gen->refs and gw->old, bans: changed under lock. */
+	pthread_mutex_t lock;
+	struct worker *workers;
+	unsigned n_workers;
+	_Atomic unsigned n_sessions;
 	uint64_t next_session_id;
-	struct session *sessions; /* every open session */
 	struct pp_wait *pp_waits; /* connections whose PROXY header is being read */
-	int draining;             /* shutting down: no new sessions */
+	_Atomic int draining;     /* shutting down: no new sessions */
 	struct metrics *metrics;
 	struct xferlog *xferlog;
 	struct site_state *states; /* one per site name ever loaded */
@@ -101,7 +112,7 @@ struct ftpgate {
 	struct bans *bans;         /* login failures and bans, across reloads */
 };
 
-/* A session of gen ended: free gen when it is old and unused. */
+/* A session of gen ended: free gen when it is old and unused (takes gw->lock). */
 void gen_release(struct ftpgate *gw, struct gen *g);
 
 #endif

@@ -8,15 +8,26 @@
 
 #include "ftpgate.h"
 
-/*
- * Take ownership of an accepted client control socket. peer is the client
- * (from a PROXY protocol header, or the socket's peer); dst the address it
- * connected to as the header says, or NULL for the socket's own.
- */
-void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
-                 const struct sockaddr *dst);
+struct worker;
 
-/* Sessions of site whose client has the IP of ip. */
+/*
+ * Take ownership of an accepted client control socket (main thread, under
+ * gw->lock): the session is counted and linked into worker w, its protocol
+ * state made; nothing of it runs yet. peer is the client (from a PROXY
+ * protocol header, or the socket's peer); dst the address it connected to
+ * as the header says, or NULL for the socket's own. NULL: out of memory
+ * (fd closed).
+ */
+struct session *session_new(struct site *site, struct worker *w, evutil_socket_t fd,
+                            const struct sockaddr *peer, int peerlen, const struct sockaddr *dst);
+
+/* Run a new session in its worker's thread: greeting, backend connection. */
+void session_start(struct session *s);
+
+/* Free a session that never started (shutdown with it still queued). */
+void session_discard(struct session *s);
+
+/* Sessions of site whose client has the IP of ip (under gw->lock). */
 unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
 
 /*
@@ -29,13 +40,11 @@ unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip);
 int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint16_t port,
                     const char **why);
 
-/* Shutdown: end idle sessions with 421; the others end once their transfer is done. */
-void sessions_drain(struct ftpgate *gw);
+/* Shutdown: end the worker's idle sessions with 421; the others end once
+ * their transfer is done (in the worker's thread). */
+void sessions_drain(struct worker *w);
 
-/* Passive ports held (listening or connected data pairs) by sessions of sites named name. */
-unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name);
-
-/* Close every session of gw now (shutdown). */
-void sessions_close_all(struct ftpgate *gw);
+/* Close every session of w now (shutdown, its thread stopped). */
+void sessions_close_all(struct worker *w);
 
 #endif

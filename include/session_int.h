@@ -1,7 +1,8 @@
 /*
  * session_int: struct session, shared by the session's I/O shell
  * (session.c) and passthrough's blind relay and forwarded ports
- * (passthrough.c). Nothing else includes it.
+ * (passthrough.c), and worker.c's queue of sessions handed to a worker
+ * (handed_next). Nothing else includes it.
  *
  * Grouped by concern, each group owned by one file:
  *   life cycle, control I/O and timers  session.c
@@ -29,7 +30,10 @@ struct datachan;
 
 struct session {
 	/* Life cycle (session.c). */
-	struct session *next, *prev; /* in gw->sessions */
+	struct session *next, *prev; /* in w->sessions (linked under gw->lock) */
+	struct worker *w;            /* the worker (event loop) it lives in */
+	struct session *handed_next; /* in w->queue until it starts (worker.c) */
+	evutil_socket_t start_fd;    /* the client socket, until session_start() */
 	struct site *site;
 	const struct site_conf *conf;
 	uint64_t id;
@@ -92,8 +96,6 @@ void pt_free(struct session *s);
 int pt_timer(struct session *s);
 /* The core's pt_data_port action: port was announced to s before AUTH. */
 void pt_data_port(struct session *s, uint16_t port);
-/* Forwarded data connections of sites named name. */
-unsigned pt_forwards_of(const struct ftpgate *gw, const char *name);
 /* Shutdown: end every forward. */
 void pt_close_all(struct ftpgate *gw);
 

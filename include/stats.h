@@ -1,8 +1,15 @@
-/* stats: counters the proxy keeps per site, read by the metrics endpoint. */
+/*
+ * stats: counters the proxy keeps per site, read by the metrics endpoint.
+ * Every worker thread counts into the same object, so the counters are
+ * atomic (an increment is one locked add; /metrics reads the sums).
+ */
 #ifndef FTPGATE_STATS_H
 #define FTPGATE_STATS_H
 
 #include <stdint.h>
+
+/* A counter several worker threads add to. */
+typedef _Atomic uint64_t stat_counter;
 
 /* Why a session ended (label "reason" of ftpgate_sessions_ended_total). */
 enum end_reason {
@@ -34,21 +41,21 @@ extern const char *const xfer_cmd_names[XC_MAX];
 extern const char *const xfer_result_names[XR_MAX];
 
 struct site_stats {
-	uint64_t sessions_total;                 /* sessions accepted (started) */
-	uint64_t sessions_refused;               /* refused by a session limit */
-	uint64_t sessions_ended[END_REASON_MAX]; /* by reason */
-	uint64_t bytes_up;                       /* data bytes client -> backend */
-	uint64_t bytes_down;                     /* data bytes backend -> client */
-	uint64_t transfers[XC_MAX][XR_MAX];
-	uint64_t backend_connect_failures;
-	uint64_t tls_handshake_failures; /* client or backend side */
-	uint64_t data_refused;           /* data connections from strangers */
-	uint64_t proxy_refused;          /* PROXY protocol: untrusted peer or bad header */
-	uint64_t acl_refused;            /* connections refused by allow/deny */
-	uint64_t bans;                   /* client addresses banned */
-	uint64_t ban_refused;            /* connections refused from banned addresses */
-	unsigned passive_ports_in_use;   /* listening + connected passive ports */
-	unsigned passive_ports_total;    /* size of passive_ports */
+	stat_counter sessions_total;                 /* sessions accepted (started) */
+	stat_counter sessions_refused;               /* refused by a session limit */
+	stat_counter sessions_ended[END_REASON_MAX]; /* by reason */
+	stat_counter bytes_up;                       /* data bytes client -> backend */
+	stat_counter bytes_down;                     /* data bytes backend -> client */
+	stat_counter transfers[XC_MAX][XR_MAX];
+	stat_counter backend_connect_failures;
+	stat_counter tls_handshake_failures;   /* client or backend side */
+	stat_counter data_refused;             /* data connections from strangers */
+	stat_counter proxy_refused;            /* PROXY protocol: untrusted peer or bad header */
+	stat_counter acl_refused;              /* connections refused by allow/deny */
+	stat_counter bans;                     /* client addresses banned */
+	stat_counter ban_refused;              /* connections refused from banned addresses */
+	_Atomic unsigned passive_ports_in_use; /* listening + connected passive ports */
+	_Atomic unsigned passive_ports_total;  /* size of passive_ports */
 };
 
 #endif

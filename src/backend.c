@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -28,6 +29,9 @@
 #include "util.h"
 
 #define HC_LINE_MAX 8192
+
+/* A choice and its count are one step for every worker thread (site->turn, ->open). */
+static pthread_mutex_t pick_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct backends {
 	struct event_base *base;
@@ -85,19 +89,37 @@ struct backend_server *backend_pick(struct site *site, int route, const struct s
 	    route < 0 ? site->pool : &site->route_pool[(size_t)route * CONF_MAX_ROUTE_BACKENDS];
 	size_t n = route < 0 ? sc->n_backends : sc->routes[route].n_backends;
 
+	pthread_mutex_lock(&pick_lock);
 	for (size_t i = 0; i < n; i++) {
 		c[i].up = pool[i] && pool[i]->up;
 		c[i].tried = (*tried >> i) & 1u;
 		c[i].open = pool[i] ? pool[i]->open : 0;
 	}
 	int i = backend_choose(sc->balance, c, n, site->turn, backend_addr_hash(client));
-	if (i < 0)
+	if (i < 0) {
+		pthread_mutex_unlock(&pick_lock);
 		return NULL;
+	}
 	if (sc->balance != BAL_SOURCE && !*tried)
 		site->turn = (uint32_t)i + 1; /* the next session (or tie) starts after this one */
 	*tried |= 1u << i;
 	pool[i]->open++;
+	pthread_mutex_unlock(&pick_lock);
 	return pool[i];
+}
+
+void backend_carry_turn(struct site *to, const struct site *from)
+{
+	pthread_mutex_lock(&pick_lock);
+	to->turn = from->turn;
+	pthread_mutex_unlock(&pick_lock);
+}
+
+void backend_addr(const struct backend_server *s, struct sockaddr_storage *out)
+{
+	pthread_mutex_lock(&pick_lock);
+	memcpy(out, &s->bc.addr, sizeof(*out));
+	pthread_mutex_unlock(&pick_lock);
 }
 
 void backend_connected(struct backend_server *s)
@@ -112,8 +134,10 @@ void backend_failed(struct backend_server *s)
 
 void backend_release(struct backend_server *s)
 {
+	pthread_mutex_lock(&pick_lock);
 	if (s->open)
 		s->open--;
+	pthread_mutex_unlock(&pick_lock);
 }
 
 /* ---- health checks -------------------------------------------------------------------------- */
@@ -452,6 +476,8 @@ static struct backend_server *find_or_add(struct backends *b, const char *site,
 int backends_apply(struct backends *b, struct site *sites, size_t n_sites)
 {
 	int rc = 0;
+	/* Workers read a server's settings while they run (backend_addr()). */
+	pthread_mutex_lock(&pick_lock);
 	for (struct backend_server *s = b->servers; s; s = s->next)
 		s->listed = 0;
 	for (size_t i = 0; i < n_sites; i++) {
@@ -497,6 +523,7 @@ int backends_apply(struct backends *b, struct site *sites, size_t n_sites)
 			}
 		}
 	}
+	pthread_mutex_unlock(&pick_lock);
 	for (struct backend_server *s = b->servers; s; s = s->next)
 		hc_sync(s);
 	return rc;

@@ -691,6 +691,18 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 	}
 	if (strcmp(key, "shutdown_timeout") == 0)
 		return set_seconds(p, key, v, &p->conf->shutdown_timeout);
+	if (strcmp(key, "workers") == 0) {
+		p->conf->workers_line = p->line;
+		if (strcmp(v, "auto") == 0) {
+			p->conf->workers = 0;
+			return 1;
+		}
+		if (parse_uint(v, 1, CONF_MAX_WORKERS, &x) < 0)
+			return fail(p, key, "\"%s\" is not auto or a number in 1-%u", v,
+			            CONF_MAX_WORKERS);
+		p->conf->workers = (unsigned)x;
+		return 1;
+	}
 	return fail(p, key, "unknown key in [global]");
 }
 

@@ -79,7 +79,7 @@ struct datachan {
 	uint64_t progress_mark;
 	char reason[400];
 	struct event *kick;            /* TLS pump: run again from the loop */
-	uint64_t *refused;             /* counter of strangers turned away, or NULL */
+	stat_counter *refused;         /* counter of strangers turned away, or NULL */
 	struct log_limit *refused_log; /* pace of their log lines, or NULL */
 };
 
@@ -445,7 +445,7 @@ int datachan_connect(struct datachan *dc, enum dc_side side, const struct sockad
 	return 0;
 }
 
-void datachan_count_refused(struct datachan *dc, uint64_t *counter, struct log_limit *lim)
+void datachan_count_refused(struct datachan *dc, stat_counter *counter, struct log_limit *lim)
 {
 	dc->refused = counter;
 	dc->refused_log = lim;

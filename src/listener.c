@@ -19,6 +19,7 @@
 #include "proxyproto.h"
 #include "session.h"
 #include "util.h"
+#include "worker.h"
 
 static void refuse(evutil_socket_t fd, const char *why)
 {
@@ -49,8 +50,14 @@ static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *
 		close(fd);
 		return;
 	}
+	/* Checked and counted under the lock: the limits are exact whichever
+	 * worker the sessions run in (only this thread admits). */
+	pthread_mutex_lock(&gw->lock);
+	const char *limit = NULL;
+	unsigned open_now = 0;
 	if (site->conf->max_login_failures && gw->bans &&
 	    bans_check(gw->bans, site->conf->name, peer, now_ms(), NULL)) {
+		pthread_mutex_unlock(&gw->lock);
 		/* Logged once, when the ban began. */
 		log_debug("site %s: closed %s: banned", site->conf->name,
 		          addr_str(peer, a, sizeof(a), 1));
@@ -59,28 +66,33 @@ static void admit(struct site *site, evutil_socket_t fd, const struct sockaddr *
 		return;
 	}
 	if (gw->n_sessions >= gw->conf->max_sessions) {
-		log_warn("site %s: refused %s: %u sessions open (global max_sessions)",
-		         site->conf->name, addr_str(peer, a, sizeof(a), 1), gw->n_sessions);
+		limit = "global max_sessions";
+		open_now = gw->n_sessions;
+	} else if (site->conf->max_sessions && site->n_sessions >= site->conf->max_sessions) {
+		limit = "site max_sessions";
+		open_now = site->n_sessions;
+	} else if (site->conf->max_sessions_per_ip &&
+	           (open_now = sessions_count_ip(site, peer)) >= site->conf->max_sessions_per_ip) {
+		limit = "max_sessions_per_ip";
+	}
+	if (limit) {
+		pthread_mutex_unlock(&gw->lock);
+		if (strcmp(limit, "max_sessions_per_ip") == 0)
+			log_warn("site %s: refused %s: max_sessions_per_ip (%u) reached",
+			         site->conf->name, addr_str(peer, a, sizeof(a), 1),
+			         site->conf->max_sessions_per_ip);
+		else
+			log_warn("site %s: refused %s: %u sessions open (%s)", site->conf->name,
+			         addr_str(peer, a, sizeof(a), 1), open_now, limit);
 		site->state->stats.sessions_refused++;
-		refuse(fd, "global");
+		refuse(fd, limit);
 		return;
 	}
-	if (site->conf->max_sessions && site->n_sessions >= site->conf->max_sessions) {
-		log_warn("site %s: refused %s: %u sessions open (site max_sessions)",
-		         site->conf->name, addr_str(peer, a, sizeof(a), 1), site->n_sessions);
-		site->state->stats.sessions_refused++;
-		refuse(fd, "site");
-		return;
-	}
-	if (site->conf->max_sessions_per_ip &&
-	    sessions_count_ip(site, peer) >= site->conf->max_sessions_per_ip) {
-		log_warn("site %s: refused %s: max_sessions_per_ip (%u) reached", site->conf->name,
-		         addr_str(peer, a, sizeof(a), 1), site->conf->max_sessions_per_ip);
-		site->state->stats.sessions_refused++;
-		refuse(fd, "per-ip");
-		return;
-	}
-	session_new(site, fd, peer, (int)addr_len(peer), dst);
+	struct worker *w = worker_pick(gw, site);
+	struct session *s = session_new(site, w, fd, peer, (int)addr_len(peer), dst);
+	pthread_mutex_unlock(&gw->lock);
+	if (s)
+		worker_hand(w, s);
 }
 
 /* ---- PROXY protocol header ------------------------------------------------------------------ */
@@ -170,7 +182,9 @@ static void pp_read_cb(evutil_socket_t fd, short what, void *arg)
 		 * connection is the balancer's own. */
 		memcpy(&src, &w->peer, sizeof(src));
 	}
+	pthread_mutex_lock(&site->gw->lock);
 	site->gen->refs++; /* w's reference goes with w */
+	pthread_mutex_unlock(&site->gw->lock);
 	pp_wait_free(w, 0);
 	admit(site, fd, (const struct sockaddr *)&src, dstp);
 	gen_release(site->gw, site->gen);
@@ -217,7 +231,9 @@ static void pp_wait_start(struct site *site, evutil_socket_t fd, const struct so
 	if (w->next)
 		w->next->prev = w;
 	site->gw->pp_waits = w;
+	pthread_mutex_lock(&site->gw->lock);
 	site->gen->refs++;
+	pthread_mutex_unlock(&site->gw->lock);
 }
 
 void listeners_close_pending(struct ftpgate *gw)

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,9 +14,13 @@
 #include "conf.h"
 #include "log.h"
 
-static enum log_level log_level_cur = LOG_LVL_INFO;
-static int log_target = LOGT_STDERR;
-static int log_fd = -1; /* LOGT_FILE */
+/* Worker threads log while the main thread reopens or reconfigures: the
+ * settings are atomic, and the file descriptor keeps its number for the
+ * life of the process once opened (a reopen dup2()s onto it). */
+static _Atomic int log_level_cur = LOG_LVL_INFO;
+static _Atomic int log_target = LOGT_STDERR;
+static _Atomic int log_fd = -1;                                /* LOGT_FILE */
+static pthread_mutex_t limit_lock = PTHREAD_MUTEX_INITIALIZER; /* struct log_limit */
 static char log_path[CONF_PATH_MAX];
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -30,15 +35,18 @@ int log_open(enum log_level level, int target, const char *path, int facility, c
 			         strerror(errno));
 			return -1;
 		}
-		if (log_fd >= 0)
-			close(log_fd);
-		log_fd = fd;
+		if (log_fd >= 0) {
+			/* Same number, new file: a line being written by another
+			 * thread goes to the old file or the new one, never elsewhere. */
+			dup3(fd, log_fd, O_CLOEXEC);
+			close(fd);
+		} else {
+			log_fd = fd;
+		}
 		if (path != log_path)
 			snprintf(log_path, sizeof(log_path), "%s", path);
-	} else if (log_fd >= 0) {
-		close(log_fd);
-		log_fd = -1;
 	}
+	/* Another target: an open file stays open (unused) for a later reload. */
 	if (target == LOGT_SYSLOG) {
 		closelog();
 		openlog("ftpgate", LOG_PID | LOG_NDELAY, facility);
@@ -68,7 +76,7 @@ void log_set_level(enum log_level level)
 
 int log_enabled(enum log_level level)
 {
-	return level <= log_level_cur;
+	return (int)level <= log_level_cur;
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)
@@ -139,16 +147,20 @@ char *log_escape(char *dst, size_t size, const char *src, size_t len)
 
 int log_limit_pass(struct log_limit *l, uint64_t now_ms, unsigned *suppressed)
 {
+	int pass = 0;
+	pthread_mutex_lock(&limit_lock);
 	if (l->used && now_ms - l->last_ms < 1000u) {
 		if (l->suppressed < UINT_MAX)
 			l->suppressed++;
-		return 0;
+	} else {
+		*suppressed = l->suppressed;
+		l->suppressed = 0;
+		l->last_ms = now_ms;
+		l->used = 1;
+		pass = 1;
 	}
-	*suppressed = l->suppressed;
-	l->suppressed = 0;
-	l->last_ms = now_ms;
-	l->used = 1;
-	return 1;
+	pthread_mutex_unlock(&limit_lock);
+	return pass;
 }
 
 void log_warn_limited(struct log_limit *l, uint64_t now_ms, const char *fmt, ...)

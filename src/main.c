@@ -1,4 +1,4 @@
-/* main: command line, config load and reload, privileges, signals, the event loop. */
+/* main: command line, config load and reload, privileges, signals, the main event loop. */
 #include "config.h"
 
 #include <errno.h>
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <openssl/ssl.h>
 
 #include "access.h"
@@ -28,6 +29,7 @@
 #include "xferlog.h"
 #include "session.h"
 #include "tls.h"
+#include "worker.h"
 
 #define DEFAULT_CONF PKGSYSCONFDIR "/ftpgate.ini"
 
@@ -155,16 +157,22 @@ static void gen_make_current(struct ftpgate *gw, struct gen *g)
 
 void gen_release(struct ftpgate *gw, struct gen *g)
 {
-	if (--g->refs > 0 || g == gw->cur)
-		return;
-	for (struct gen **pp = &gw->old; *pp; pp = &(*pp)->next) {
-		if (*pp == g) {
-			*pp = g->next;
-			log_info("configuration of %s (previous load): last session ended",
-			         g->conf->path);
-			gen_free(g);
-			return;
+	struct gen *gone = NULL;
+	pthread_mutex_lock(&gw->lock);
+	if (--g->refs == 0 && g != gw->cur) {
+		for (struct gen **pp = &gw->old; *pp; pp = &(*pp)->next) {
+			if (*pp == g) {
+				*pp = g->next;
+				gone = g;
+				break;
+			}
 		}
+	}
+	pthread_mutex_unlock(&gw->lock);
+	if (gone) {
+		log_info("configuration of %s (previous load): last session ended",
+		         gone->conf->path);
+		gen_free(gone);
 	}
 }
 
@@ -410,6 +418,7 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 		}
 	}
 	size_t used = 0;
+	pthread_mutex_lock(&gw->lock); /* gw->old, bans */
 	for (size_t i = 0; i < n && i < max; i++) {
 		struct site *site = &gw->sites[i];
 		unsigned open = site->n_sessions;
@@ -417,8 +426,6 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 			for (size_t j = 0; j < g->n_sites; j++)
 				if (strcmp(g->sites[j].conf->name, site->conf->name) == 0)
 					open += g->sites[j].n_sessions;
-		site->state->stats.passive_ports_in_use =
-		    sessions_ports_in_use(gw, site->conf->name);
 		out[i].name = site->conf->name;
 		out[i].stats = &site->state->stats;
 		out[i].sessions_open = open;
@@ -452,6 +459,7 @@ static size_t metrics_sites(void *arg, struct metrics_site *out, size_t max)
 			out[i].n_bans = scrape_n_bans - first;
 		}
 	}
+	pthread_mutex_unlock(&gw->lock);
 	return n;
 }
 
@@ -524,10 +532,11 @@ static void reload(struct app *app)
 	for (size_t i = 0; i < g->n_sites; i++)
 		for (size_t j = 0; j < old->n_sites; j++)
 			if (strcmp(g->sites[i].conf->name, old->sites[j].conf->name) == 0)
-				g->sites[i].turn = old->sites[j].turn;
+				backend_carry_turn(&g->sites[i], &old->sites[j]);
 	/* Servers that stay keep their health state and counters. */
 	backends_apply(gw->backends, g->sites, g->n_sites);
 	listeners_move(gw, old, g);
+	pthread_mutex_lock(&gw->lock); /* gen_release() reads gw->cur and gw->old */
 	gen_make_current(gw, g);
 	if (open_logs(g->conf, app->foreground, err, sizeof(err)) < 0)
 		log_error("reload: %s; logging continues as before", err);
@@ -540,12 +549,16 @@ static void reload(struct app *app)
 	    memcmp(&old->conf->metrics_listen, &g->conf->metrics_listen,
 	           sizeof(g->conf->metrics_listen)) != 0)
 		log_warn("reload: xferlog and metrics_listen changes take a restart");
-	if (old->refs == 0) {
-		gen_free(old);
-	} else {
+	int unused = old->refs == 0;
+	if (!unused) {
 		old->next = gw->old;
 		gw->old = old;
 	}
+	pthread_mutex_unlock(&gw->lock);
+	if (unused)
+		gen_free(old);
+	if (workers_wanted(g->conf->workers) != gw->n_workers)
+		log_warn("reload: workers changed; that takes a restart");
 	log_info("reloaded %s (%zu site%s)", app->path, g->n_sites, g->n_sites == 1 ? "" : "s");
 }
 
@@ -586,7 +599,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	         gw->n_sessions, gw->conf->shutdown_timeout);
 	gw->draining = 1;
 	listeners_close(gw);
-	sessions_drain(gw);
+	workers_drain(gw);
 	if (gw->n_sessions == 0) {
 		event_base_loopbreak(gw->base);
 		return;
@@ -666,6 +679,13 @@ int main(int argc, char **argv)
 
 	int rc = 1;
 	struct event *sigs[5] = {NULL};
+	unsigned n_workers = workers_wanted(g->conf->workers);
+	pthread_mutex_init(&gw->lock, NULL);
+	/* Several loops: libevent's own locks, so that one thread may wake another's loop. */
+	if (n_workers > 1 && evthread_use_pthreads() < 0) {
+		log_error("cannot make the event loops thread-safe");
+		goto out;
+	}
 	gw->base = event_base_new();
 	if (!gw->base) {
 		log_error("cannot create the event loop");
@@ -696,6 +716,9 @@ int main(int argc, char **argv)
 	chown_logs(gw, g->conf);
 	if (drop_privileges(g->conf) < 0)
 		goto out;
+	/* Threads after the fork and the privilege drop: they inherit both. */
+	if (workers_start(gw, n_workers) < 0)
+		goto out;
 
 	static const int signums[5] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, 0};
 	for (int i = 0; signums[i]; i++) {
@@ -714,7 +737,7 @@ out:
 	if (gw->base) {
 		listeners_close(gw);
 		listeners_close_pending(gw);
-		sessions_close_all(gw);
+		workers_stop(gw);
 		extras_close(gw);
 		backends_free(gw->backends);
 	}

@@ -7,6 +7,10 @@
  * to, and the record of failed forwards and bans per address (struct
  * pt_guard).
  *
+ * Passthrough sessions all live in worker 0, the main thread's loop, with
+ * the forwarded port listeners (worker_pick()): the choice of the session
+ * a forwarded connection belongs to reads their state, so it stays in one
+ * thread. The blind relay is a plain splice, cheap per byte.
  * May not touch: the protocol state (struct core: before the relay goes
  * blind, passthrough's command policy lives in session_core.c) or the
  * session's control bufferevents other than handing their sockets over.
@@ -28,6 +32,7 @@
 #include "session.h"
 #include "session_int.h"
 #include "util.h"
+#include "worker.h"
 
 #define PT_FWD_MAX 8           /* forwards credited to one session at once */
 #define PT_WINDOW_MS 5000      /* blind: backend->client control bytes at most this old */
@@ -118,7 +123,7 @@ void pt_go_blind(struct session *s)
 	}
 	s->cbev = s->bbev = NULL;
 	s->blind_after_flush = 0;
-	s->blind = datachan_new(s->site->gw->base, 0, &cbs, s, s->tag);
+	s->blind = datachan_new(s->w->base, 0, &cbs, s, s->tag);
 	if (!s->blind) {
 		close(fds[0]);
 		close(fds[1]);
@@ -177,6 +182,7 @@ static void fwd_remove(struct pt_fwd *f)
 		f->next->prev = f->prev;
 	if (s)
 		s->n_fwds--;
+	f->state->stats.passive_ports_in_use--;
 	datachan_free(f->dc);
 	free(f);
 	if (s)
@@ -186,7 +192,7 @@ static void fwd_remove(struct pt_fwd *f)
 /* A live session of the same site name and address as s, or NULL. */
 static struct session *pt_heir(const struct session *s)
 {
-	for (struct session *o = s->site->gw->sessions; o; o = o->next)
+	for (struct session *o = s->site->gw->workers[0].sessions; o; o = o->next)
 		if (o != s && !o->dead && strcmp(o->conf->name, s->conf->name) == 0 &&
 		    ftp_addr_same_ip((const struct sockaddr *)&o->client_addr,
 		                     (const struct sockaddr *)&s->client_addr))
@@ -224,15 +230,6 @@ void pt_close_all(struct ftpgate *gw)
 		fwd_remove(gw->pt_fwds);
 	free(gw->pt_guard);
 	gw->pt_guard = NULL;
-}
-
-unsigned pt_forwards_of(const struct ftpgate *gw, const char *name)
-{
-	unsigned n = 0;
-	for (const struct pt_fwd *f = gw->pt_fwds; f; f = f->next)
-		if (strcmp(f->state->name, name) == 0)
-			n++;
-	return n;
 }
 
 void pt_data_port(struct session *s, uint16_t port)
@@ -367,7 +364,7 @@ static struct session *pt_owner(struct site *site, const struct sockaddr *ip, ui
 	int best_fresh = 0;
 
 	*exact = *known = 0;
-	for (struct session *s = site->gw->sessions; s; s = s->next) {
+	for (struct session *s = site->gw->workers[0].sessions; s; s = s->next) {
 		if (s->dead || strcmp(s->conf->name, site->conf->name) != 0 ||
 		    !ftp_addr_same_ip((struct sockaddr *)&s->client_addr, ip))
 			continue;
@@ -433,7 +430,7 @@ int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint
 	f->port = port;
 	memcpy(&f->ip, &ip, sizeof(ip));
 	snprintf(f->tag, sizeof(f->tag), "%s", s->tag);
-	f->dc = datachan_new(gw->base, s->conf->data_timeout, &cbs, f, s->tag);
+	f->dc = datachan_new(s->w->base, s->conf->data_timeout, &cbs, f, s->tag);
 	memcpy(&baddr, &s->core.backend_addr, sizeof(baddr));
 	addr_set_port((struct sockaddr *)&baddr, port);
 	if (!f->dc || datachan_connect(f->dc, DC_BACKEND, (struct sockaddr *)&baddr, NULL) < 0) {
@@ -451,6 +448,7 @@ int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint
 	if (f->next)
 		f->next->prev = f;
 	gw->pt_fwds = f;
+	f->state->stats.passive_ports_in_use++;
 	s->n_fwds++;
 	s->pt_claim_ms = now;
 	log_debug("%s: passthrough data port %u forwarded (%s)", s->tag, port,

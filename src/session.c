@@ -41,6 +41,7 @@
 #include "session_int.h"
 #include "tls.h"
 #include "util.h"
+#include "worker.h"
 #include "xferlog.h"
 
 #define REPLY_LINE_MAX 8192  /* longest backend reply line */
@@ -133,16 +134,22 @@ static void count_transfer(struct session *s, enum xfer_result r)
 
 /* ---- teardown ------------------------------------------------------------------------------- */
 
-/* Close the data pair now, counting what it moved. */
-static void dc_drop(struct session *s)
+/* The one end of a data pair (done or dropped): count what it moved, free it. */
+static void dc_release(struct session *s)
 {
-	if (!s->dc)
-		return;
 	s->xfer_up = datachan_bytes(s->dc, 0);
 	s->xfer_down = datachan_bytes(s->dc, 1);
 	session_account_data(s, s->xfer_up, s->xfer_down);
 	datachan_free(s->dc);
 	s->dc = NULL;
+	s->site->state->stats.passive_ports_in_use--;
+}
+
+/* Close the data pair now. */
+static void dc_drop(struct session *s)
+{
+	if (s->dc)
+		dc_release(s);
 }
 
 static void session_free(struct session *s)
@@ -164,20 +171,27 @@ static void session_free(struct session *s)
 		SSL_SESSION_free(s->backend_sess);
 	if (s->srv)
 		backend_release(s->srv);
+	if (s->start_fd >= 0)
+		close(s->start_fd); /* never started */
 	struct ftpgate *gw = s->site->gw;
 	struct gen *gen = s->site->gen;
+	struct worker *w = s->w;
+	pthread_mutex_lock(&gw->lock);
 	s->site->n_sessions--;
 	gw->n_sessions--;
+	w->n_sessions--;
 	if (s->prev)
 		s->prev->next = s->next;
 	else
-		s->site->gw->sessions = s->next;
+		w->sessions = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
+	unsigned left = gw->n_sessions;
+	pthread_mutex_unlock(&gw->lock);
 	free(s);
 	gen_release(gw, gen);
-	if (gw->draining && gw->n_sessions == 0)
-		event_base_loopbreak(gw->base);
+	if (gw->draining && left == 0)
+		event_base_loopbreak(gw->base); /* the main loop's; thread-safe */
 }
 
 static void reaper_cb(evutil_socket_t fd, short what, void *arg)
@@ -285,8 +299,8 @@ static struct bufferevent *bev_start_tls(struct session *s, struct bufferevent *
                                          enum bufferevent_ssl_state state)
 {
 	evutil_socket_t fd = bufferevent_getfd(old);
-	struct bufferevent *bev = bufferevent_openssl_socket_new(s->site->gw->base, fd, ssl, state,
-	                                                         BEV_OPT_CLOSE_ON_FREE);
+	struct bufferevent *bev =
+	    bufferevent_openssl_socket_new(s->w->base, fd, ssl, state, BEV_OPT_CLOSE_ON_FREE);
 	if (!bev)
 		return NULL; /* libevent freed ssl (BEV_OPT_CLOSE_ON_FREE) */
 	/* The socket now belongs to the TLS bufferevent. */
@@ -348,9 +362,10 @@ static int op_data_new(void *io, int client_tls, int backend_tls)
 	struct session *s = io;
 
 	dc_drop(s);
-	s->dc = datachan_new(s->site->gw->base, s->conf->data_timeout, &cbs, s, s->tag);
+	s->dc = datachan_new(s->w->base, s->conf->data_timeout, &cbs, s, s->tag);
 	if (!s->dc)
 		return -1;
+	s->site->state->stats.passive_ports_in_use++;
 	datachan_count_refused(s->dc, &s->site->state->stats.data_refused,
 	                       &s->site->state->refused_log);
 	if (client_tls) {
@@ -534,13 +549,18 @@ static void op_login_result(void *io, int ok)
 	if (!sc->max_login_failures || !b)
 		return;
 	uint64_t now = now_ms();
+	struct ftpgate *gw = s->site->gw;
+	pthread_mutex_lock(&gw->lock);
 	if (ok) {
 		bans_success(b, sc->name, a, now);
+		pthread_mutex_unlock(&gw->lock);
 		return;
 	}
-	if (bans_failure(b, sc->name, a, now, sc->max_login_failures,
-	                 (uint64_t)sc->login_failure_window * 1000u,
-	                 (uint64_t)sc->ban_time * 1000u)) {
+	int banned = bans_failure(b, sc->name, a, now, sc->max_login_failures,
+	                          (uint64_t)sc->login_failure_window * 1000u,
+	                          (uint64_t)sc->ban_time * 1000u);
+	pthread_mutex_unlock(&gw->lock);
+	if (banned) {
 		log_warn("site %s: banned %s for %u s: %u failed logins within %u s", sc->name,
 		         addr_str(a, ip, sizeof(ip), 0), sc->ban_time, sc->max_login_failures,
 		         sc->login_failure_window);
@@ -606,13 +626,10 @@ static void dc_done(struct datachan *dc, int ok, const char *reason, void *arg)
 	struct session *s = arg;
 	char why[160];
 
-	s->xfer_up = datachan_bytes(dc, 0);
-	s->xfer_down = datachan_bytes(dc, 1);
-	session_account_data(s, s->xfer_up, s->xfer_down);
+	(void)dc; /* s->dc */
 	/* reason lives in dc: copy it before dc goes. */
 	snprintf(why, sizeof(why), "%s", ok ? "" : reason);
-	datachan_free(dc);
-	s->dc = NULL;
+	dc_release(s);
 	if (!ok && (strstr(why, "TLS") || strstr(why, "SSL")))
 		s->site->state->stats.tls_handshake_failures++;
 	if (!ok && strcmp(why, DATACHAN_NO_REUSE) == 0)
@@ -934,9 +951,11 @@ static void connect_backend(struct session *s)
 		core_abort(&s->core, "cannot connect to backend: no server of the pool is up");
 		return;
 	}
-	const struct sockaddr *addr = (const struct sockaddr *)&s->srv->bc.addr;
+	struct sockaddr_storage srv_addr;
+	backend_addr(s->srv, &srv_addr);
+	const struct sockaddr *addr = (const struct sockaddr *)&srv_addr;
 	core_set_backend(&s->core, addr);
-	s->bbev = bufferevent_socket_new(s->site->gw->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	s->bbev = bufferevent_socket_new(s->w->base, -1, BEV_OPT_CLOSE_ON_FREE);
 	if (!s->bbev) {
 		core_abort(&s->core, "cannot connect to backend: out of memory");
 		return;
@@ -961,31 +980,32 @@ static void connect_failed(struct session *s, const char *why)
 
 /* ---- sessions ------------------------------------------------------------------------------- */
 
-void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *peer, int peerlen,
-                 const struct sockaddr *dst)
+struct session *session_new(struct site *site, struct worker *w, evutil_socket_t fd,
+                            const struct sockaddr *peer, int peerlen, const struct sockaddr *dst)
 {
 	struct ftpgate *gw = site->gw;
-	char c[ADDR_STR_MAX], l[ADDR_STR_MAX];
 	struct sockaddr_storage local;
 	socklen_t len;
-	int one = 1;
 
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s) {
 		close(fd);
-		return;
+		return NULL;
 	}
 	s->site = site;
 	s->conf = site->conf;
+	s->w = w;
+	s->start_fd = fd;
 	s->id = ++gw->next_session_id;
 	snprintf(s->tag, sizeof(s->tag), "%s/%llu", site->conf->name, (unsigned long long)s->id);
 	s->start_ms = now_ms();
 	site->n_sessions++;
 	gw->n_sessions++;
-	s->next = gw->sessions;
+	w->n_sessions++;
+	s->next = w->sessions;
 	if (s->next)
 		s->next->prev = s;
-	gw->sessions = s;
+	w->sessions = s;
 	site->gen->refs++;
 	site->state->stats.sessions_total++;
 	memcpy(&s->client_addr, peer, (size_t)peerlen);
@@ -999,13 +1019,23 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 	addr_set_port((struct sockaddr *)&local, 0);
 	core_init(&s->core, s->conf, &session_ops, s, s->tag, (struct sockaddr *)&s->client_addr,
 	          (struct sockaddr *)&local);
+	return s;
+}
+
+void session_start(struct session *s)
+{
+	char c[ADDR_STR_MAX], l[ADDR_STR_MAX];
+	int one = 1;
+	evutil_socket_t fd = s->start_fd;
+
+	s->start_fd = -1; /* the client bufferevent's from now on */
 	/* Telnet "urgent" bytes (IP/DM before ABOR) stay in the stream. */
 	setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-	s->cbev = bufferevent_socket_new(gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	s->timer = event_new(gw->base, -1, 0, timer_cb, s);
-	s->reaper = event_new(gw->base, -1, 0, reaper_cb, s);
+	s->cbev = bufferevent_socket_new(s->w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	s->timer = event_new(s->w->base, -1, 0, timer_cb, s);
+	s->reaper = event_new(s->w->base, -1, 0, reaper_cb, s);
 	s->reply = evbuffer_new();
 	if (!s->cbev || !s->timer || !s->reaper || !s->reply) {
 		log_error("out of memory for a new session");
@@ -1030,56 +1060,69 @@ void session_new(struct site *site, evutil_socket_t fd, const struct sockaddr *p
 		/* The ClientHello waits in the kernel until the backend is there. */
 		bufferevent_disable(s->cbev, EV_READ);
 
-	log_info("%s: start: client %s to %s", s->tag,
+	char wk[24] = "";
+	if (s->site->gw->n_workers > 1)
+		snprintf(wk, sizeof(wk), " (worker %u)", s->w->index);
+	log_info("%s: start: client %s to %s%s", s->tag,
 	         addr_str((struct sockaddr *)&s->client_addr, c, sizeof(c), 1),
-	         addr_str((struct sockaddr *)&local, l, sizeof(l), 0));
+	         addr_str((struct sockaddr *)&s->core.local_addr, l, sizeof(l), 0), wk);
 	s->route = -1;
 	core_start(&s->core);
 	if (s->core.route_state == RS_OFF)
 		connect_backend(s); /* else once USER names the route */
+	if (s->site->gw->draining)
+		session_drain_check(s); /* handed over just before the shutdown began */
 }
 
-void sessions_close_all(struct ftpgate *gw)
+void session_discard(struct session *s)
 {
-	while (gw->sessions) {
-		struct session *s = gw->sessions;
+	s->dead = 1;
+	session_free(s);
+}
+
+void sessions_close_all(struct worker *w)
+{
+	while (w->sessions) {
+		struct session *s = w->sessions;
+		if (s->start_fd >= 0) {
+			session_discard(s);
+			continue;
+		}
 		session_end(s, "proxy shutting down");
 		session_free(s);
 	}
-	pt_close_all(gw);
+	if (w->index == 0)
+		pt_close_all(w->gw);
 }
 
 unsigned sessions_count_ip(const struct site *site, const struct sockaddr *ip)
 {
+	const struct ftpgate *gw = site->gw;
 	struct sockaddr_storage a;
 	unsigned n = 0;
 
 	memcpy(&a, ip, addr_len(ip));
 	ftp_addr_unmap(&a);
-	for (const struct session *s = site->gw->sessions; s; s = s->next)
-		if (s->site == site && ftp_addr_same_ip((const struct sockaddr *)&s->client_addr,
-		                                        (const struct sockaddr *)&a))
-			n++;
+	for (unsigned i = 0; i < gw->n_workers; i++)
+		for (const struct session *s = gw->workers[i].sessions; s; s = s->next)
+			if (s->site == site &&
+			    ftp_addr_same_ip((const struct sockaddr *)&s->client_addr,
+			                     (const struct sockaddr *)&a))
+				n++;
 	return n;
 }
 
-void sessions_drain(struct ftpgate *gw)
+void sessions_drain(struct worker *w)
 {
 	struct session *next;
-	for (struct session *s = gw->sessions; s; s = next) {
+	/* The main thread links new sessions in at the head (under the lock);
+	 * only this worker unlinks them. */
+	pthread_mutex_lock(&w->gw->lock);
+	struct session *first = w->sessions;
+	pthread_mutex_unlock(&w->gw->lock);
+	for (struct session *s = first; s; s = next) {
 		next = s->next; /* ending does not unlink (the reaper does) */
-		session_drain_check(s);
+		if (s->start_fd < 0)
+			session_drain_check(s);
 	}
-}
-
-unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name)
-{
-	unsigned n = 0;
-	for (const struct session *s = gw->sessions; s; s = s->next) {
-		if (strcmp(s->site->conf->name, name) != 0)
-			continue;
-		if (s->dc)
-			n++;
-	}
-	return n + pt_forwards_of(gw, name);
 }

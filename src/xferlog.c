@@ -202,8 +202,14 @@ int xferlog_reopen(struct xferlog *x)
 
 	if (fd < 0)
 		return -1;
-	close(x->fd);
-	x->fd = fd;
+	/* Same number, new file: workers writing now are never cut off. */
+	if (dup3(fd, x->fd, O_CLOEXEC) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	close(fd);
 	return 0;
 }
 

@@ -591,7 +591,10 @@ def gate_config(backend, listen_port=None, listen_host='127.0.0.1',
     s = {'listen': listen, 'backend': backend,
          'passive_ports': '%d-%d' % tuple(passive_ports)}
     s.update({k: str(v) for k, v in site.items()})
-    return {'global': {'log_level': log_level}, 'site:test': s}
+    g = {'log_level': log_level}
+    if os.environ.get('FTPTEST_WORKERS'):      # a test file run again with N workers
+        g['workers'] = os.environ['FTPTEST_WORKERS']
+    return {'global': g, 'site:test': s}
 
 
 def _listen_ports(text):
