@@ -362,6 +362,13 @@ t.case('data_timeout = -1', bad_value('data_timeout', '-1'), 15)
 t.case('idle_timeout = 10x', bad_value('idle_timeout', '10x'), 15)
 t.case('log_level = loud', bad_value('log_level', 'loud'), 15)
 t.case('max_sessions = -5', bad_value('max_sessions', '-5'), 15)
+for w in ('0', '257', 'many', '-1', '2x'):
+    t.case('workers = %s' % w,
+           lambda w=w: check_bad(*insert(base_lines(), 4, 'workers = %s' % w), 'workers',
+                                 r'is not auto or a number in 1-256'), 15)
+t.case('workers = auto and workers = 3 accepted',
+       lambda: (check_ok(insert(base_lines(), 4, 'workers = auto')[0]),
+                check_ok(insert(base_lines(), 4, 'workers = 3')[0])), 15)
 t.case('public_address = not-an-ip',
        lambda: check_bad(*insert(base_lines(), 8, 'public_address = not-an-ip'),
                          'public_address'), 15)
