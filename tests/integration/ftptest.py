@@ -407,6 +407,18 @@ class Netns:
             self.created.remove(ns)
 
 
+def netns_or_skip(make, cleanup):
+    """Run make() (the test's namespaces: None, or the reason they cannot be
+    made); on a reason or an exception, cleanup() and skip the whole file."""
+    try:
+        why = make()
+    except Exception as e:   # noqa
+        why = 'namespace set-up failed: %s' % str(e).replace('\n', ' | ')[:500]
+    if why:
+        cleanup()
+        skip_all(why)
+
+
 class NetnsTopology(Netns):
     """Three network namespaces with no default route, no forwarding:
 
@@ -450,6 +462,62 @@ class NetnsTopology(Netns):
         return ((self.client, 'eth0', self.CLIENT_IP), (self.gate, 'toclient', self.GATE_IP),
                 (self.gate, 'toserver', self.GATE_BACK_IP),
                 (self.server, 'eth0', self.SERVER_IP))
+
+
+# --------------------------------------------------------------------------
+# HAProxy (Debian's haproxy package): a balancer, or accept-proxy in front of
+# a server
+
+HAPROXY = shutil.which('haproxy') or (
+    '/usr/sbin/haproxy' if os.access('/usr/sbin/haproxy', os.X_OK) else None)
+
+
+class Haproxy:
+    """haproxy -db -f <tempdir>/haproxy.cfg with the given config text, in
+    namespace ns when given; stdout and stderr (its log, with `log stdout`,
+    and its warnings such as a server going DOWN) to .log_path.  Waits until
+    it listens on ports.  .log(), .wait_log(pattern), .stop() (by PID)."""
+
+    def __init__(self, cfg_text, ports, ns=None, timeout=10.0):
+        self.dir = tmpdir('haproxy-')
+        self.conf = os.path.join(self.dir, 'haproxy.cfg')
+        with open(self.conf, 'w') as f:
+            f.write(cfg_text)
+        self.log_path = os.path.join(self.dir, 'haproxy.log')
+        with open(self.log_path, 'wb') as lf:
+            self.proc = subprocess.Popen(nsexec(ns, [HAPROXY, '-db', '-f', self.conf]),
+                                         stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        _procs.append(self.proc)
+        try:
+            wait_listening(self.proc, ports, timeout, 'haproxy', self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self):
+        return read_text(self.log_path)
+
+    def wait_log(self, pattern, timeout=10.0):
+        """The first match of regex pattern in the log, waiting up to
+        timeout; AssertionError with the log's tail if it does not come."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.log())
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError('haproxy did not log %r within %.0f s: %r'
+                                     % (pattern, timeout, self.log()[-2000:]))
+            time.sleep(0.1)
+
+    def stop(self):
+        return _stop_proc(self.proc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 # --------------------------------------------------------------------------
@@ -868,6 +936,13 @@ def start_tap(*tools):
         if not os.access(path, os.X_OK):
             t.bail('%s not found' % what)
     return t
+
+
+def skip_all(reason):
+    """The whole test file skipped (TAP "1..0 # SKIP reason"); exits 0."""
+    sys.stdout.write('1..0 # SKIP %s\n' % reason)
+    sys.stdout.flush()
+    sys.exit(0)
 
 
 class Tap:

@@ -79,10 +79,7 @@ def _cleanup():
 atexit.register(_cleanup)
 
 
-def skip_all(reason):
-    sys.stdout.write('1..0 # SKIP %s\n' % reason)
-    sys.stdout.flush()
-    sys.exit(0)
+skip_all = T.skip_all
 
 
 def run(cmd, timeout=CMD_TIMEOUT, check=True):
@@ -137,13 +134,7 @@ if subprocess.run([T.SERVER_PYTHON, '-c', 'import pyftpdlib'], capture_output=Tr
                   stdin=subprocess.DEVNULL, timeout=CMD_TIMEOUT).returncode != 0:
     skip_all('pyftpdlib not importable by %s' % T.SERVER_PYTHON)
 
-try:
-    _reason = make_topology()
-except Exception as e:   # noqa
-    _reason = 'namespace set-up failed: %s' % str(e).replace('\n', ' | ')[:500]
-if _reason:
-    _cleanup()
-    skip_all(_reason)
+T.netns_or_skip(make_topology, _cleanup)
 
 t = T.Tap()
 ROOT = T.tmpdir('netns-root-')

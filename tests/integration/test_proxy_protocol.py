@@ -14,12 +14,9 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import socket
 import struct
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ftptest as T  # noqa: E402
@@ -27,8 +24,7 @@ import ftptest as T  # noqa: E402
 t = T.Tap()
 if not os.access(T.FTPGATE, os.X_OK):
     t.bail('ftpgate binary not found: %s' % T.FTPGATE)
-HAPROXY = shutil.which('haproxy') or ('/usr/sbin/haproxy' if os.access('/usr/sbin/haproxy', os.X_OK)
-                                      else None)
+HAPROXY = T.HAPROXY
 
 ROOT = T.tmpdir('ftproot-')
 os.chmod(ROOT, 0o755)
@@ -262,50 +258,24 @@ def c05_refused_and_counted():
         assert metric(mport, 'ftpgate_sessions_total') == 0
 
 
-class Haproxy:
+class Haproxy(T.Haproxy):
     """Debian's haproxy on a free port with accept-proxy in front of SRV,
     logging each connection with the client address its header named."""
 
-    def __enter__(self):
+    def __init__(self):
         self.port = T.free_port()
-        d = T.tmpdir('haproxy-')
-        cfgp = os.path.join(d, 'haproxy.cfg')
-        with open(cfgp, 'w') as f:
-            f.write('global\n  log stdout format raw local0 info\n'
-                    'defaults\n  mode tcp\n  log global\n  option tcplog\n'
-                    '  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n'
-                    'frontend ftp\n  bind 127.0.0.1:%d accept-proxy\n  default_backend b\n'
-                    'backend b\n  server s1 %s\n' % (self.port, SRV.addr()))
-        self.logp = os.path.join(d, 'haproxy.log')
-        with open(self.logp, 'wb') as lf:
-            self.proc = subprocess.Popen([HAPROXY, '-db', '-f', cfgp], stdin=subprocess.DEVNULL,
-                                         stdout=lf, stderr=lf)
-        T._procs.append(self.proc)
-        try:
-            T.wait_listening(self.proc, [self.port], 10, 'haproxy')
-        except BaseException:
-            T._stop_proc(self.proc)
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        T._stop_proc(self.proc)
+        super().__init__('global\n  log stdout format raw local0 info\n'
+                         'defaults\n  mode tcp\n  log global\n  option tcplog\n'
+                         '  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n'
+                         'frontend ftp\n  bind 127.0.0.1:%d accept-proxy\n  default_backend b\n'
+                         'backend b\n  server s1 %s\n' % (self.port, SRV.addr()), [self.port])
 
     def addr(self):
         return '127.0.0.1:%d' % self.port
 
     def logged(self, client):
         """Asserts haproxy logged a connection from client (ip:port)."""
-        want = r'%s .* ftp b/s1 ' % re.escape(client)
-        deadline = time.monotonic() + 10
-        while True:
-            with open(self.logp, 'rb') as lf:
-                log = lf.read().decode('utf-8', 'replace')
-            if re.search(want, log):
-                return
-            assert time.monotonic() < deadline, \
-                'haproxy did not log the client %s: %r' % (client, log[-2000:])
-            time.sleep(0.1)
+        self.wait_log(r'%s .* ftp b/s1 ' % re.escape(client))
 
 
 def download_as(port, src, sport):
