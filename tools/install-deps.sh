@@ -5,7 +5,7 @@ set -eu
 pkgs=(build-essential autoconf automake pkg-config
       libevent-dev libssl-dev libinih-dev
       python3 python3-pyftpdlib python3-openssl
-      curl lftp iproute2 procps openssl vsftpd haproxy nftables
+      curl lftp iproute2 procps openssl vsftpd haproxy nftables strace
       prometheus mandoc systemd
       clang libclang-rt-14-dev
       libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2)

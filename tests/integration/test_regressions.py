@@ -25,6 +25,7 @@ MiB = T.MiB
 RSS_LIMIT_KB = 60 * 1024
 
 t = T.start_tap()
+STRACE = shutil.which('strace')
 
 
 # --------------------------------------------------------------------------
@@ -563,6 +564,56 @@ def c_pt_many_abor():
         fb.stop()
 
 
+def c_noop_syscalls():
+    """Issue 17.5: a command and its reply on plain control connections are
+    written straight to the socket when nothing is queued. Before: each went
+    into the bufferevent, which armed EV_WRITE (epoll_ctl), woke up, wrote
+    with writev and disarmed (epoll_ctl): 14 system calls per NOOP, 8 now
+    (recv with its FIONREAD, send, epoll_wait on each side)."""
+    if not STRACE:
+        raise AssertionError('strace not installed (tools/install-deps.sh installs it)')
+    n = 2000
+    fb = fake_ftp()
+    d = T.tmpdir('strace-')
+    out = os.path.join(d, 'counts')
+    cfg = T.gate_config(fb.addr(), log_level='warn')
+    cfg['global']['workers'] = '1'
+    g = T.Ftpgate(cfg, wrapper=[STRACE, '-f', '-c', '-o', out], wait=False)
+    try:
+        deadline = time.monotonic() + 20
+        while True:   # strace's child listens, not strace
+            try:
+                c = ctl(g)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and g.alive(), 'not started:\n' + g.log()
+                time.sleep(0.1)
+        raw_login(c)
+        for _ in range(n):
+            r = c.cmd('NOOP')
+            assert r.startswith(b'200'), r
+        c.close()
+        # ftpgate, not strace, gets the SIGTERM: strace then writes its counts
+        for pid in T._descendants(g.proc.pid):
+            os.kill(pid, signal.SIGTERM)
+        g.proc.wait(20)
+    finally:
+        g.stop()
+        fb.stop()
+    counts = {}
+    for ln in T.read_text(out).splitlines():
+        f = ln.split()
+        if len(f) >= 5 and f[-1].isidentifier() and f[3].isdigit():
+            counts[f[-1]] = int(f[3])
+    T.diag('per NOOP: ' + ', '.join('%s %.2f' % (k, v / n) for k, v in sorted(counts.items())
+                                    if v >= n // 2))
+    assert counts.get('epoll_wait', 0) >= n, 'no strace counts:\n' + T.read_text(out)
+    sends = counts.get('sendto', 0) + counts.get('writev', 0) + counts.get('write', 0)
+    assert sends <= 2 * n + 200, 'writes: %d for %d NOOPs (%r)' % (sends, n, counts)
+    assert counts.get('epoll_ctl', 0) <= 200, \
+        'epoll_ctl: %d for %d NOOPs: EV_WRITE armed per reply' % (counts.get('epoll_ctl', 0), n)
+
+
 t.case('client never reads replies (bare LF / PBSZ flood): RSS < 60 MB, still serves',
        c_reply_flood, 40)
 t.case('passthrough: AUTH TLS + pipelined USER/PORT: only the 234, nothing in plaintext',
@@ -574,6 +625,8 @@ t.case('backend sends the data but never 226: 421 at idle_timeout, closed', c_mi
 t.case('reload with a listen address taken, then EMFILE: proxy stays alive',
        c_reload_bind_fail_emfile, 30)
 t.case('passive data port out of descriptors: pauses, does not spin', c_pasv_emfile, 40)
+t.case('a NOOP round trip: one send(2) each way, no EV_WRITE arming (strace -c)',
+       c_noop_syscalls, 60)
 t.case('passthrough: 10 quick ABORs during a transfer: no 421, one overtakes',
        c_pt_many_abor, 20)
 t.done()
