@@ -665,8 +665,14 @@ static int control_open(struct run *u)
 	if (rp.code != 220) {
 		f = add(u->r, V_PROBLEM, "greeting",
 		        "The server greets with \"%s\" instead of 220.", rp.first);
-		hint(f, "The server turns sessions away (too many clients, or this address is not "
-		        "allowed).");
+		if (t->outside)
+			hint(f,
+			     "ftpgate turns clients away: when it cannot use the backend (see the "
+			     "backend's lines above and ftpgate's log), or a limit or allow/deny.");
+		else
+			hint(f,
+			     "The server turns sessions away (too many clients, or this address is "
+			     "not allowed).");
 		return -1;
 	}
 	add(u->r, V_OK, "greeting", "Greeting \"%s\", %.1f ms after connecting.", rp.first,

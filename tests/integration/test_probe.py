@@ -258,6 +258,7 @@ def case_pyftpd_expired():
     r.want('ok', 'cert', r'is for 127\.0\.0\.1')
     # the proxy refuses the backend: clients get 421
     outside(r).want('problem', 'greeting', '421')
+    assert 'hint: ftpgate turns clients away' in r.text, r.text
 
 
 def case_pyftpd_wrong_name():
