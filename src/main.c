@@ -25,6 +25,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "probe.h"
 #include "util.h"
 #include "xferlog.h"
 #include "session.h"
@@ -45,6 +46,7 @@ static void usage(FILE *to)
 {
 	fprintf(to,
 	        "usage: ftpgate [-f] [-t] [-c FILE]\n"
+	        "       ftpgate probe [-c FILE] [--json] [SITE...] | probe ftp://HOST[:PORT]\n"
 	        "       ftpgate -V | -h\n"
 	        "\n"
 	        "FTP and FTPS proxy for servers and clients behind NAT.\n"
@@ -618,6 +620,8 @@ int main(int argc, char **argv)
 	char err[1024];
 
 	app.path = DEFAULT_CONF;
+	if (argc > 1 && strcmp(argv[1], "probe") == 0)
+		return probe_main(argc - 1, argv + 1, DEFAULT_CONF);
 	while ((opt = getopt(argc, argv, "c:ftVh")) != -1) {
 		switch (opt) {
 		case 'c':

@@ -4,7 +4,7 @@
 set -eu
 pkgs=(build-essential autoconf automake pkg-config
       libevent-dev libssl-dev libinih-dev
-      python3 python3-pyftpdlib python3-openssl
+      python3 python3-pyftpdlib python3-openssl python3-cryptography
       curl lftp iproute2 procps openssl vsftpd haproxy nftables strace
       prometheus mandoc systemd
       clang libclang-rt-14-dev

@@ -133,6 +133,19 @@ def missing_libs(files):
         ' '.join(sorted(missing)), ' '.join(pkgs))
 
 
+def unpacked(files):
+    """(root, None) when the servers can run here, unpacked, with the shared
+    libraries of files (paths inside the packages) installed; else
+    (None, why not)."""
+    why = why_not_here()
+    root = None
+    if not why:
+        root, why = fetch_servers()
+    if not why:
+        why = missing_libs([os.path.join(root, f) for f in files])
+    return (None, why) if why else (root, None)
+
+
 def make_self_signed(d):
     """Self-signed certificate + key (one PEM file each) and their bundle."""
     T._openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'srv.key',

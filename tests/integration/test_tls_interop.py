@@ -81,13 +81,7 @@ def start_proftpd():
     """ProFTPD (TLS required, its default session reuse requirement on data
     connections) from the unpacked Debian packages: (server, None) or
     (None, why not)."""
-    why = S.why_not_here()
-    root = None
-    if not why:
-        root, why = S.fetch_servers()
-    if not why:
-        why = S.missing_libs([os.path.join(root, 'usr/sbin/proftpd'),
-                              os.path.join(root, 'usr/lib/proftpd/mod_tls.so')])
+    root, why = S.unpacked(['usr/sbin/proftpd', 'usr/lib/proftpd/mod_tls.so'])
     if why:
         return None, why
     d = T.tmpdir('proftpd-cert-')
