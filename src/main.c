@@ -21,6 +21,7 @@
 #include "backend.h"
 #include "conf.h"
 #include "ftpgate.h"
+#include "hostwarn.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -644,6 +645,7 @@ int main(int argc, char **argv)
 			gen_free(g);
 			return 1;
 		}
+		host_warnings(g, 1); /* never a failure */
 		printf("%s: configuration ok (%zu site%s)\n", app.path, g->n_sites,
 		       g->n_sites == 1 ? "" : "s");
 		gen_free(g);
@@ -665,7 +667,7 @@ int main(int argc, char **argv)
 	}
 
 	int rc = 1;
-	struct event *sigs[5] = {NULL};
+	struct event *sigs[5] = {NULL}, *cert_watch = NULL;
 	gw->base = event_base_new();
 	if (!gw->base) {
 		log_error("cannot create the event loop");
@@ -694,6 +696,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	chown_logs(gw, g->conf);
+	host_warnings(g, 0);
 	if (drop_privileges(g->conf) < 0)
 		goto out;
 
@@ -705,6 +708,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	cert_watch = cert_watch_start(gw, 86400); /* daily: a certificate about to expire */
 	log_info("ftpgate %s started (%zu site%s)", PACKAGE_VERSION, g->n_sites,
 	         g->n_sites == 1 ? "" : "s");
 	event_base_dispatch(gw->base);
@@ -727,6 +731,8 @@ out:
 			event_free(sigs[i]);
 	if (app.drain_timer)
 		event_free(app.drain_timer);
+	if (cert_watch)
+		event_free(cert_watch);
 	while (gw->old) {
 		struct gen *o = gw->old;
 		gw->old = o->next;

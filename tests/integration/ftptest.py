@@ -1247,11 +1247,12 @@ def make_tls_certs(d):
                 garbage=P('garbage.pem'))
 
 
-def make_self_signed(d):
-    """A self-signed P-256 certificate for 127.0.0.1 in d: (cert, key) paths."""
+def make_self_signed(d, days=30):
+    """A self-signed P-256 certificate for 127.0.0.1 in d, valid for days:
+    (cert, key) paths."""
     cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
     _openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
-              '-nodes', '-keyout', key, '-out', cert, '-days', '30',
+              '-nodes', '-keyout', key, '-out', cert, '-days', str(days),
               '-subj', '/CN=127.0.0.1'], d)
     return cert, key
 
