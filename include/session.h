@@ -35,6 +35,14 @@ void sessions_drain(struct ftpgate *gw);
 /* Passive ports held (listening or connected data pairs) by sessions of sites named name. */
 unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name);
 
+struct session_info;
+struct evbuffer;
+/* What GET /sessions shows of s (see sessinfo.h). */
+void session_info(const struct session *s, struct session_info *si, uint64_t now);
+/* GET /sessions: every open session of gw (a struct ftpgate *), oldest first,
+ * as JSON or (table) the table of `ftpgate sessions`; 0 or -1. */
+int sessions_report(void *gw, struct evbuffer *out, int table);
+
 /* Close every session of gw now (shutdown). */
 void sessions_close_all(struct ftpgate *gw);
 

@@ -19,6 +19,7 @@
 
 #include "access.h"
 #include "backend.h"
+#include "cli.h"
 #include "conf.h"
 #include "ftpgate.h"
 #include "hostwarn.h"
@@ -44,6 +45,7 @@ static void usage(FILE *to)
 {
 	fprintf(to,
 	        "usage: ftpgate [-f] [-t] [-c FILE]\n"
+	        "       ftpgate sessions [-c FILE]\n"
 	        "       ftpgate -V | -h\n"
 	        "\n"
 	        "FTP and FTPS proxy for servers and clients behind NAT.\n"
@@ -53,6 +55,8 @@ static void usage(FILE *to)
 	        "  -t       check the configuration (and its certificates) and exit\n"
 	        "  -V       print the version and exit\n"
 	        "  -h       print this help and exit\n"
+	        "\n"
+	        "  sessions print the open sessions (GET /sessions of metrics_listen)\n"
 	        "\n"
 	        "Signals: HUP reloads the configuration, TERM/INT stop gracefully (twice: at\n"
 	        "once), USR1 reopens log files.\n");
@@ -476,6 +480,7 @@ static int extras_open(struct ftpgate *gw)
 			log_error("%s:%d: metrics_listen: %s", c->path, c->metrics_line, err);
 			return -1;
 		}
+		metrics_set_sessions(gw->metrics, sessions_report, gw);
 		char a[ADDR_STR_MAX];
 		log_info("metrics on http://%s/metrics",
 		         addr_str((const struct sockaddr *)&c->metrics_listen, a, sizeof(a), 1));
@@ -605,6 +610,8 @@ int main(int argc, char **argv)
 	int check = 0, opt;
 	char err[1024];
 
+	if (argc > 1 && strcmp(argv[1], "sessions") == 0)
+		return cli_sessions(argc - 1, argv + 1, DEFAULT_CONF);
 	app.path = DEFAULT_CONF;
 	while ((opt = getopt(argc, argv, "c:ftVh")) != -1) {
 		switch (opt) {

@@ -38,6 +38,7 @@
 #include "log.h"
 #include "proxyproto.h"
 #include "session.h"
+#include "sessinfo.h"
 #include "session_int.h"
 #include "tls.h"
 #include "util.h"
@@ -1082,4 +1083,74 @@ unsigned sessions_ports_in_use(const struct ftpgate *gw, const char *name)
 			n++;
 	}
 	return n + pt_forwards_of(gw, name);
+}
+
+/* ---- GET /sessions -------------------------------------------------------------------------- */
+
+/* A transfer command is in hand: its data connections come up or move bytes. */
+static int in_transfer(const struct core *c)
+{
+	return c->xs == XS_CONNECTING || core_transferring(c);
+}
+
+static const char *session_state(const struct session *s)
+{
+	const struct core *c = &s->core;
+	if (s->dead || s->closing || c->closing)
+		return "closing";
+	if (s->blind)
+		return "relay";
+	if (c->route_state == RS_USER || (c->backend_up == 2 && !c->logged_in))
+		return "login";
+	if (c->backend_up < 2)
+		return "connecting";
+	return in_transfer(c) ? "transfer" : "idle";
+}
+
+/* What /sessions shows of one session, as of now (now_ms()). */
+void session_info(const struct session *s, struct session_info *si, uint64_t now)
+{
+	const struct core *c = &s->core;
+	memset(si, 0, sizeof(*si));
+	si->id = s->id;
+	snprintf(si->site, sizeof(si->site), "%s", s->conf->name);
+	addr_str((const struct sockaddr *)&s->client_addr, si->client, sizeof(si->client), 1);
+	snprintf(si->user, sizeof(si->user), "%s", c->user);
+	if (s->srv)
+		snprintf(si->backend, sizeof(si->backend), "%s", s->srv->bc.name);
+	si->state = session_state(s);
+	si->tls = c->client_tls || s->blind || s->conf->tls == TLS_PASSTHROUGH_IMPLICIT;
+	si->data_tls = c->client_prot_p;
+	si->backend_tls = c->backend_tls_up;
+	si->age_ms = now - s->start_ms;
+	uint64_t up = s->dc ? datachan_bytes(s->dc, 0) : 0;
+	uint64_t down = s->dc ? datachan_bytes(s->dc, 1) : 0;
+	si->bytes_up = s->bytes_up + up;
+	si->bytes_down = s->bytes_down + down;
+	if (in_transfer(c) && !s->blind) {
+		snprintf(si->xfer_cmd, sizeof(si->xfer_cmd), "%s", c->xfer_cmd);
+		si->xfer_bytes = up + down;
+		si->xfer_ms =
+		    c->xfer_start_ms && now > c->xfer_start_ms ? now - c->xfer_start_ms : 0;
+	}
+}
+
+int sessions_report(void *arg, struct evbuffer *out, int table)
+{
+	const struct ftpgate *gw = arg;
+	struct session_info si;
+	uint64_t now = now_ms();
+	unsigned n = 0;
+	int rc = table ? sessinfo_table_head(out) : sessinfo_json_begin(out, PACKAGE_VERSION);
+	/* Oldest first: the list is newest first. */
+	const struct session *s = gw->sessions;
+	while (s && s->next)
+		s = s->next;
+	for (; s && rc == 0; s = s->prev, n++) {
+		session_info(s, &si, now);
+		rc = table ? sessinfo_table_row(out, &si) : sessinfo_json(out, &si, n == 0);
+	}
+	if (rc == 0 && !table)
+		rc = sessinfo_json_end(out, n);
+	return rc;
 }
