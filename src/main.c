@@ -33,6 +33,9 @@
 
 #define DEFAULT_CONF PKGSYSCONFDIR "/ftpgate.ini"
 
+/* Quick mode: the configuration's text (NULL: read app.path). */
+static const char *conf_text;
+
 struct app {
 	struct ftpgate gw;
 	const char *path;
@@ -45,6 +48,8 @@ static void usage(FILE *to)
 {
 	fprintf(to,
 	        "usage: ftpgate [-f] [-t] [-c FILE]\n"
+	        "       ftpgate [-f] [-t] -b BACKEND[:PORT] -l [ADDR:]PORT [-a PUBLIC_ADDRESS]\n"
+	        "               [-p LOW-HIGH] [--tls-cert FILE --tls-key FILE]\n"
 	        "       ftpgate sessions [-c FILE]\n"
 	        "       ftpgate -V | -h\n"
 	        "\n"
@@ -53,6 +58,9 @@ static void usage(FILE *to)
 	        "  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
 	        "  -f       stay in the foreground (log to stderr unless the file says otherwise)\n"
 	        "  -t       check the configuration (and its certificates) and exit\n"
+	        "  -b, -l, -a, -p, --tls-cert, --tls-key\n"
+	        "           quick mode: one site without a file (backend, listen,\n"
+	        "           public_address, passive_ports, tls = terminate); -t prints it\n"
 	        "  -V       print the version and exit\n"
 	        "  -h       print this help and exit\n"
 	        "\n"
@@ -103,7 +111,8 @@ static struct gen *gen_load(struct ftpgate *gw, const char *path, char *err, siz
 		snprintf(err, errsize, "out of memory");
 		return NULL;
 	}
-	g->conf = conf_load(path, err, errsize);
+	g->conf = conf_text ? conf_load_text(path, conf_text, err, errsize)
+	                    : conf_load(path, err, errsize);
 	if (!g->conf) {
 		free(g);
 		return NULL;
@@ -612,8 +621,10 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "sessions") == 0)
 		return cli_sessions(argc - 1, argv + 1, DEFAULT_CONF);
-	app.path = DEFAULT_CONF;
-	while ((opt = getopt(argc, argv, "c:ftVh")) != -1) {
+	static const struct option longopts[] = {QUICK_LONGOPTS, {NULL, 0, NULL, 0}};
+	struct quick quick = {0};
+	app.path = NULL;
+	while ((opt = getopt_long(argc, argv, "c:ftVh" QUICK_SHORTOPTS, longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			app.path = optarg;
@@ -631,6 +642,8 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
+			if (quick_option(&quick, opt, optarg))
+				break;
 			usage(stderr);
 			return 2;
 		}
@@ -640,10 +653,23 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (quick_active(&quick)) {
+		conf_text = app.path ? NULL : quick_ini(&quick, err, sizeof(err));
+		if (!conf_text) {
+			fprintf(stderr, "%s\n",
+			        app.path ? "ftpgate: -c and quick mode exclude each other" : err);
+			return 2;
+		}
+		app.path = QUICK_NAME;
+	}
+	if (!app.path)
+		app.path = DEFAULT_CONF;
 
 	/* Certificates and keys are checked with the configuration (also by -t). */
 	struct gen *g = gen_load(gw, app.path, err, sizeof(err));
 	if (!g) {
+		if (conf_text)
+			quick_explain(&quick, err, sizeof(err));
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
@@ -653,8 +679,10 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		host_warnings(g, 1); /* never a failure */
-		printf("%s: configuration ok (%zu site%s)\n", app.path, g->n_sites,
-		       g->n_sites == 1 ? "" : "s");
+		if (conf_text)
+			fputs(conf_text, stdout);
+		printf("%s%s: configuration ok (%zu site%s)\n", conf_text ? "; " : "", app.path,
+		       g->n_sites, g->n_sites == 1 ? "" : "s");
 		gen_free(g);
 		return 0;
 	}
