@@ -95,6 +95,8 @@ struct backend_server *backend_pick(struct site *site, int route, const struct s
 /* The session's connection to it succeeded / failed (why, for the log). */
 /* A reload: roundrobin goes on where the site of the same name was. */
 void backend_carry_turn(struct site *to, const struct site *from);
+/* The server's HOST:PORT, for a worker (a reload rewrites the settings). */
+void backend_name(const struct backend_server *s, char *out, size_t size);
 /* The server's address as last loaded (a reload may resolve it anew). */
 void backend_addr(const struct backend_server *s, struct sockaddr_storage *out);
 void backend_connected(struct backend_server *s);

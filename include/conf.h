@@ -92,6 +92,9 @@ struct site_conf {
 	unsigned health_rise;     /* good checks in a row that mark it up again */
 	struct sockaddr_storage public_address;
 	int has_public_address;
+	int public_address_line; /* 0 = not given (also for the two below) */
+	int public_for_line;
+	int max_sessions_line;
 	struct public_for public_for[CONF_MAX_PUBLIC_FOR]; /* the most specific prefix wins */
 	size_t n_public_for;
 	uint16_t pasv_lo, pasv_hi;
@@ -153,8 +156,9 @@ struct conf {
 	char path[4096];
 	enum log_level log_level;
 	unsigned max_sessions;
-	char user[64];  /* drop to this user after binding ("" = stay) */
-	char group[64]; /* and group ("" = the user's primary group) */
+	int max_sessions_line; /* 0 = the default */
+	char user[64];         /* drop to this user after binding ("" = stay) */
+	char group[64];        /* and group ("" = the user's primary group) */
 	int user_line, group_line;
 	enum log_target log;
 	char log_file[CONF_PATH_MAX];
@@ -176,6 +180,8 @@ struct conf {
  * "file:line: key: what is wrong" (or "file: what is wrong") to err.
  */
 struct conf *conf_load(const char *path, char *err, size_t errsize);
+/* The same from ini text in memory; name stands for the file in messages. */
+struct conf *conf_load_text(const char *name, const char *text, char *err, size_t errsize);
 void conf_free(struct conf *c);
 
 #endif

@@ -80,6 +80,18 @@ struct metrics *metrics_new(struct event_base *base, const struct sockaddr *addr
 /* The bound address (with the port the kernel chose if addr had port 0). */
 int metrics_local_addr(const struct metrics *m, struct sockaddr_storage *ss);
 
+/*
+ * GET /sessions: fn(arg, out, table) appends the open sessions to out, as
+ * JSON (table 0) or as the table of `ftpgate sessions` (?format=table);
+ * returns 0 or -1 (out of memory). Without it, /sessions is 404.
+ */
+typedef int (*metrics_sessions_fn)(void *arg, struct evbuffer *out, int table);
+void metrics_set_sessions(struct metrics *m, metrics_sessions_fn fn, void *arg);
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is invalid
+ * (also used by sessinfo.c). */
+size_t utf8_len(const unsigned char *s);
+
 /* Close the listener and every open HTTP connection; NULL is a no-op. */
 void metrics_free(struct metrics *m);
 

@@ -44,6 +44,15 @@ int session_pt_data(struct site *site, int fd, const struct sockaddr *peer, uint
  * their transfer is done (in the worker's thread). */
 void sessions_drain(struct worker *w);
 
+struct session_info;
+struct evbuffer;
+/* What GET /sessions shows of s (see sessinfo.h); in s's worker thread. */
+void session_info(const struct session *s, struct session_info *si, uint64_t now);
+/* GET /sessions: every open session of gw (a struct ftpgate *), oldest first,
+ * as JSON or (table) the table of `ftpgate sessions`; 0 or -1. Main thread:
+ * each worker describes its own sessions (workers_run()). */
+int sessions_report(void *gw, struct evbuffer *out, int table);
+
 /* Close every session of w now (shutdown, its thread stopped). */
 void sessions_close_all(struct worker *w);
 

@@ -3,6 +3,7 @@
 #define FTPGATE_TLS_H
 
 #include <stddef.h>
+#include <time.h>
 
 #include <openssl/ssl.h>
 
@@ -53,6 +54,9 @@ void tls_track_session(SSL *ssl, SSL_SESSION **slot);
  */
 int tls_hold_sessions(SSL *ssl);
 void tls_keep_sessions(SSL *ssl);
+
+/* notAfter of the certificate ctx serves (its leaf), or 0 (none, NULL ctx). */
+time_t tls_cert_not_after(SSL_CTX *ctx);
 
 /* The last OpenSSL error as text (for logs), or fallback. */
 const char *tls_error_string(unsigned long err, const char *fallback, char *buf, size_t size);

@@ -37,6 +37,9 @@ struct cidr {
  */
 int cidr_parse(const char *text, struct cidr *out, char *err, size_t errsize);
 
+/* "192.0.2.0/24", "2001:db8::/32" (buf of ADDR_STR_MAX is enough). */
+const char *cidr_str(const struct cidr *c, char *buf, size_t size);
+
 /* 1 if sa's IP (IPv4-mapped IPv6 counts as IPv4) is inside c. */
 int cidr_match(const struct cidr *c, const struct sockaddr *sa);
 

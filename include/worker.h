@@ -31,6 +31,12 @@ struct worker {
 	struct session *queue, **queue_tail;
 	struct event *wake;  /* starts what is queued */
 	struct event *drain; /* gw->draining: each session finishes its transfer */
+	/* workers_run(): a function the main thread waits for (qlock, jcond). */
+	struct event *job_ev;
+	pthread_cond_t jcond;
+	void (*job)(struct worker *w, void *arg);
+	void *job_arg;
+	int job_done;
 };
 
 /* The number of workers `workers = 0 (auto) | N` means on this machine. */
@@ -48,6 +54,13 @@ struct worker *worker_pick(struct ftpgate *gw, const struct site *site);
 
 /* Start s (from session_new) in its worker: at once in worker 0, else queued. */
 void worker_hand(struct worker *w, struct session *s);
+
+/*
+ * Run fn(w, arg) in every worker's own thread, one worker after the other,
+ * and return when all are done (main thread; it waits). For what must read
+ * sessions' state, which only their worker may (the /sessions list).
+ */
+void workers_run(struct ftpgate *gw, void (*fn)(struct worker *w, void *arg), void *arg);
 
 /* Shutting down: every worker asks its sessions to finish. */
 void workers_drain(struct ftpgate *gw);

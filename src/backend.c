@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -112,6 +113,13 @@ void backend_carry_turn(struct site *to, const struct site *from)
 {
 	pthread_mutex_lock(&pick_lock);
 	to->turn = from->turn;
+	pthread_mutex_unlock(&pick_lock);
+}
+
+void backend_name(const struct backend_server *s, char *out, size_t size)
+{
+	pthread_mutex_lock(&pick_lock);
+	snprintf(out, size, "%s", s->bc.name);
 	pthread_mutex_unlock(&pick_lock);
 }
 

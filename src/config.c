@@ -507,6 +507,7 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 			return fail(p, key,
 			            "must be an IPv4 address (227 replies carry IPv4 only)");
 		s->has_public_address = 1;
+		s->public_address_line = p->line;
 		return 1;
 	}
 	if (strcmp(key, "passive_ports") == 0) {
@@ -602,6 +603,7 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		if (parse_uint(v, 0, 1000000, &x) < 0)
 			return fail(p, key, "\"%s\" is not a number in 0-1000000", v);
 		s->max_sessions = (unsigned)x;
+		s->max_sessions_line = p->line;
 		return 1;
 	}
 	if (strcmp(key, "proxy_protocol") == 0 || strcmp(key, "proxy_trusted") == 0 ||
@@ -616,8 +618,10 @@ static int site_key(struct parse_ctx *p, struct site_conf *s, const char *key, c
 		return pool_key(p, s, key, v);
 	if (key_in(key, access_keys))
 		return access_key(p, s, key, v);
-	if (strcmp(key, "public_address_for") == 0)
+	if (strcmp(key, "public_address_for") == 0) {
+		s->public_for_line = p->line;
 		return public_for_key(p, s, key, v);
+	}
 	return fail(p, key, "unknown key in [%s]", p->section);
 }
 
@@ -631,6 +635,7 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 		if (parse_uint(v, 1, 1000000, &x) < 0)
 			return fail(p, key, "\"%s\" is not a number in 1-1000000", v);
 		p->conf->max_sessions = (unsigned)x;
+		p->conf->max_sessions_line = p->line;
 		return 1;
 	}
 	if (strcmp(key, "user") == 0 || strcmp(key, "group") == 0) {
@@ -1036,16 +1041,12 @@ static int check_binds(const struct conf *c, char *err, size_t errsize)
 	return rc;
 }
 
-struct conf *conf_load(const char *path, char *err, size_t errsize)
+/* The ini text of fp (closed here), path naming it in messages. */
+static struct conf *load_stream(const char *path, FILE *fp, char *err, size_t errsize)
 {
 	struct parse_ctx p;
 	memset(&p, 0, sizeof(p));
-
-	p.fp = fopen(path, "r");
-	if (!p.fp) {
-		snprintf(err, errsize, "%s: cannot open: %s", path, strerror(errno));
-		return NULL;
-	}
+	p.fp = fp;
 	struct conf *c = calloc(1, sizeof(*c));
 	if (!c) {
 		fclose(p.fp);
@@ -1147,6 +1148,27 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
 bad:
 	conf_free(c);
 	return NULL;
+}
+
+struct conf *conf_load(const char *path, char *err, size_t errsize)
+{
+	FILE *fp = fopen(path, "r");
+	if (!fp) {
+		snprintf(err, errsize, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	return load_stream(path, fp, err, errsize);
+}
+
+struct conf *conf_load_text(const char *name, const char *text, char *err, size_t errsize)
+{
+	/* The same reader as a file's: every check and message is the same. */
+	FILE *fp = fmemopen((void *)text, strlen(text), "r");
+	if (!fp) {
+		snprintf(err, errsize, "%s: %s", name, strerror(errno));
+		return NULL;
+	}
+	return load_stream(name, fp, err, errsize);
 }
 
 void conf_free(struct conf *c)

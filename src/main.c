@@ -20,8 +20,10 @@
 
 #include "access.h"
 #include "backend.h"
+#include "cli.h"
 #include "conf.h"
 #include "ftpgate.h"
+#include "hostwarn.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
@@ -33,6 +35,9 @@
 #include "worker.h"
 
 #define DEFAULT_CONF PKGSYSCONFDIR "/ftpgate.ini"
+
+/* Quick mode: the configuration's text (NULL: read app.path). */
+static const char *conf_text;
 
 struct app {
 	struct ftpgate gw;
@@ -47,6 +52,9 @@ static void usage(FILE *to)
 	fprintf(to,
 	        "usage: ftpgate [-f] [-t] [-c FILE]\n"
 	        "       ftpgate probe [-c FILE] [--json] [SITE...] | probe ftp://HOST[:PORT]\n"
+	        "       ftpgate [-f] [-t] -b BACKEND[:PORT] -l [ADDR:]PORT [-a PUBLIC_ADDRESS]\n"
+	        "               [-p LOW-HIGH] [--tls-cert FILE --tls-key FILE]\n"
+	        "       ftpgate sessions [-c FILE]\n"
 	        "       ftpgate -V | -h\n"
 	        "\n"
 	        "FTP and FTPS proxy for servers and clients behind NAT.\n"
@@ -54,8 +62,13 @@ static void usage(FILE *to)
 	        "  -c FILE  configuration file (default " DEFAULT_CONF ")\n"
 	        "  -f       stay in the foreground (log to stderr unless the file says otherwise)\n"
 	        "  -t       check the configuration (and its certificates) and exit\n"
+	        "  -b, -l, -a, -p, --tls-cert, --tls-key\n"
+	        "           quick mode: one site without a file (backend, listen,\n"
+	        "           public_address, passive_ports, tls = terminate); -t prints it\n"
 	        "  -V       print the version and exit\n"
 	        "  -h       print this help and exit\n"
+	        "\n"
+	        "  sessions print the open sessions (GET /sessions of metrics_listen)\n"
 	        "\n"
 	        "Signals: HUP reloads the configuration, TERM/INT stop gracefully (twice: at\n"
 	        "once), USR1 reopens log files.\n");
@@ -102,7 +115,8 @@ static struct gen *gen_load(struct ftpgate *gw, const char *path, char *err, siz
 		snprintf(err, errsize, "out of memory");
 		return NULL;
 	}
-	g->conf = conf_load(path, err, errsize);
+	g->conf = conf_text ? conf_load_text(path, conf_text, err, errsize)
+	                    : conf_load(path, err, errsize);
 	if (!g->conf) {
 		free(g);
 		return NULL;
@@ -485,6 +499,7 @@ static int extras_open(struct ftpgate *gw)
 			log_error("%s:%d: metrics_listen: %s", c->path, c->metrics_line, err);
 			return -1;
 		}
+		metrics_set_sessions(gw->metrics, sessions_report, gw);
 		char a[ADDR_STR_MAX];
 		log_info("metrics on http://%s/metrics",
 		         addr_str((const struct sockaddr *)&c->metrics_listen, a, sizeof(a), 1));
@@ -619,10 +634,14 @@ int main(int argc, char **argv)
 	int check = 0, opt;
 	char err[1024];
 
-	app.path = DEFAULT_CONF;
 	if (argc > 1 && strcmp(argv[1], "probe") == 0)
 		return probe_main(argc - 1, argv + 1, DEFAULT_CONF);
-	while ((opt = getopt(argc, argv, "c:ftVh")) != -1) {
+	if (argc > 1 && strcmp(argv[1], "sessions") == 0)
+		return cli_sessions(argc - 1, argv + 1, DEFAULT_CONF);
+	static const struct option longopts[] = {QUICK_LONGOPTS, {NULL, 0, NULL, 0}};
+	struct quick quick = {0};
+	app.path = NULL;
+	while ((opt = getopt_long(argc, argv, "c:ftVh" QUICK_SHORTOPTS, longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c':
 			app.path = optarg;
@@ -640,6 +659,8 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		default:
+			if (quick_option(&quick, opt, optarg))
+				break;
 			usage(stderr);
 			return 2;
 		}
@@ -649,10 +670,23 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (quick_active(&quick)) {
+		conf_text = app.path ? NULL : quick_ini(&quick, err, sizeof(err));
+		if (!conf_text) {
+			fprintf(stderr, "%s\n",
+			        app.path ? "ftpgate: -c and quick mode exclude each other" : err);
+			return 2;
+		}
+		app.path = QUICK_NAME;
+	}
+	if (!app.path)
+		app.path = DEFAULT_CONF;
 
 	/* Certificates and keys are checked with the configuration (also by -t). */
 	struct gen *g = gen_load(gw, app.path, err, sizeof(err));
 	if (!g) {
+		if (conf_text)
+			quick_explain(&quick, err, sizeof(err));
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
@@ -661,8 +695,11 @@ int main(int argc, char **argv)
 			gen_free(g);
 			return 1;
 		}
-		printf("%s: configuration ok (%zu site%s)\n", app.path, g->n_sites,
-		       g->n_sites == 1 ? "" : "s");
+		host_warnings(g, 1); /* never a failure */
+		if (conf_text)
+			fputs(conf_text, stdout);
+		printf("%s%s: configuration ok (%zu site%s)\n", conf_text ? "; " : "", app.path,
+		       g->n_sites, g->n_sites == 1 ? "" : "s");
 		gen_free(g);
 		return 0;
 	}
@@ -682,7 +719,7 @@ int main(int argc, char **argv)
 	}
 
 	int rc = 1;
-	struct event *sigs[5] = {NULL};
+	struct event *sigs[5] = {NULL}, *cert_watch = NULL;
 	unsigned n_workers = workers_wanted(g->conf->workers);
 	pthread_mutex_init(&gw->lock, NULL);
 	/* Several loops: libevent's own locks, so that one thread may wake another's loop. */
@@ -718,6 +755,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	chown_logs(gw, g->conf);
+	host_warnings(g, 0);
 	if (drop_privileges(g->conf) < 0)
 		goto out;
 	/* Threads after the fork and the privilege drop: they inherit both. */
@@ -732,6 +770,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	cert_watch = cert_watch_start(gw, 86400); /* daily: a certificate about to expire */
 	log_info("ftpgate %s started (%zu site%s)", PACKAGE_VERSION, g->n_sites,
 	         g->n_sites == 1 ? "" : "s");
 	event_base_dispatch(gw->base);
@@ -754,6 +793,8 @@ out:
 			event_free(sigs[i]);
 	if (app.drain_timer)
 		event_free(app.drain_timer);
+	if (cert_watch)
+		event_free(cert_watch);
 	while (gw->old) {
 		struct gen *o = gw->old;
 		gw->old = o->next;

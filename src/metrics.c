@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,7 +46,7 @@ static void put_u64(struct out *o, uint64_t v)
 }
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is invalid. */
-static size_t utf8_len(const unsigned char *s)
+size_t utf8_len(const unsigned char *s)
 {
 	unsigned char c = s[0];
 	unsigned char lo = 0x80, hi = 0xbf;
@@ -352,6 +353,8 @@ struct metrics {
 	struct event *resume;       /* re-enables lev after an accept error */
 	metrics_sites_fn fn;
 	void *arg;
+	metrics_sessions_fn sessions_fn; /* GET /sessions, or NULL */
+	void *sessions_arg;
 	struct metrics_site *sites; /* scratch array for fn, grown on demand */
 	size_t cap;
 	struct sockaddr_storage local;
@@ -395,6 +398,63 @@ static int get_sites(struct metrics *m, size_t *n)
 	return 0;
 }
 
+/* Send body (GET), or only its length (HEAD: evhttp would send a HEAD reply's body). */
+static void send_body(struct evhttp_request *req, struct evbuffer *body)
+{
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		char clen[24];
+		snprintf(clen, sizeof(clen), "%zu", evbuffer_get_length(body));
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", clen);
+		evbuffer_drain(body, evbuffer_get_length(body));
+	}
+	evhttp_send_reply(req, HTTP_OK, "OK", body);
+}
+
+/* GET /sessions[?format=json|table]. */
+static void sessions_request(struct metrics *m, struct evhttp_request *req,
+                             const struct evhttp_uri *uri)
+{
+	struct evkeyvalq *hdrs = evhttp_request_get_output_headers(req);
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const char *query = evhttp_uri_get_query(uri);
+	int table = 0;
+
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		evhttp_add_header(hdrs, "Allow", "GET, HEAD");
+		reply_text(req, 405, "Method Not Allowed", "Method not allowed\n");
+		return;
+	}
+	if (query && *query) {
+		struct evkeyvalq q;
+		TAILQ_INIT(&q);
+		const char *f = evhttp_parse_query_str(query, &q) == 0
+		                    ? evhttp_find_header(&q, "format")
+		                    : NULL;
+		if (f && strcmp(f, "table") == 0)
+			table = 1;
+		else if (!f || strcmp(f, "json") != 0)
+			table = -1;
+		evhttp_clear_headers(&q);
+		if (table < 0) {
+			reply_text(req, HTTP_BADREQUEST, "Bad Request",
+			           "Bad request; want /sessions or /sessions?format=table\n");
+			return;
+		}
+	}
+	struct evbuffer *body = evbuffer_new();
+	if (!body || m->sessions_fn(m->sessions_arg, body, table) < 0) {
+		if (body)
+			evbuffer_free(body);
+		reply_text(req, HTTP_INTERNAL, "Internal Server Error", "Out of memory\n");
+		return;
+	}
+	evhttp_add_header(hdrs, "Content-Type",
+	                  table ? "text/plain; charset=utf-8" : "application/json");
+	evhttp_add_header(hdrs, "Cache-Control", "no-store");
+	send_body(req, body);
+	evbuffer_free(body);
+}
+
 static void request_cb(struct evhttp_request *req, void *arg)
 {
 	struct metrics *m = arg;
@@ -404,6 +464,10 @@ static void request_cb(struct evhttp_request *req, void *arg)
 	struct evkeyvalq *hdrs = evhttp_request_get_output_headers(req);
 	size_t n;
 
+	if (path && strcmp(path, "/sessions") == 0 && m->sessions_fn) {
+		sessions_request(m, req, uri);
+		return;
+	}
 	if (!path || strcmp(path, "/metrics") != 0) {
 		reply_text(req, HTTP_NOTFOUND, "Not Found",
 		           "Not found; the metrics are at /metrics\n");
@@ -424,14 +488,7 @@ static void request_cb(struct evhttp_request *req, void *arg)
 	}
 	evhttp_add_header(hdrs, "Content-Type", METRICS_CONTENT_TYPE);
 	evhttp_add_header(hdrs, "Cache-Control", "no-store");
-	if (cmd == EVHTTP_REQ_HEAD) {
-		/* evhttp would send a HEAD reply's body: send its length only. */
-		char clen[24];
-		snprintf(clen, sizeof(clen), "%zu", evbuffer_get_length(body));
-		evhttp_add_header(hdrs, "Content-Length", clen);
-		evbuffer_drain(body, evbuffer_get_length(body));
-	}
-	evhttp_send_reply(req, HTTP_OK, "OK", body);
+	send_body(req, body);
 	evbuffer_free(body);
 }
 
@@ -545,6 +602,12 @@ fail:
 		close(fd);
 	metrics_free(m);
 	return NULL;
+}
+
+void metrics_set_sessions(struct metrics *m, metrics_sessions_fn fn, void *arg)
+{
+	m->sessions_fn = fn;
+	m->sessions_arg = arg;
 }
 
 int metrics_local_addr(const struct metrics *m, struct sockaddr_storage *ss)

@@ -38,6 +38,7 @@
 #include "log.h"
 #include "proxyproto.h"
 #include "session.h"
+#include "sessinfo.h"
 #include "session_int.h"
 #include "tls.h"
 #include "util.h"
@@ -1158,4 +1159,107 @@ void sessions_drain(struct worker *w)
 		if (s->start_fd < 0)
 			session_drain_check(s);
 	}
+}
+
+/* ---- GET /sessions -------------------------------------------------------------------------- */
+
+/* A transfer command is in hand: its data connections come up or move bytes. */
+static int in_transfer(const struct core *c)
+{
+	return c->xs == XS_CONNECTING || core_transferring(c);
+}
+
+static const char *session_state(const struct session *s)
+{
+	const struct core *c = &s->core;
+	if (s->dead || s->closing || c->closing)
+		return "closing";
+	if (s->blind)
+		return "relay";
+	if (c->route_state == RS_USER || (c->backend_up == 2 && !c->logged_in))
+		return "login";
+	if (c->backend_up < 2)
+		return "connecting";
+	return in_transfer(c) ? "transfer" : "idle";
+}
+
+/* What /sessions shows of one session, as of now (now_ms()). */
+void session_info(const struct session *s, struct session_info *si, uint64_t now)
+{
+	const struct core *c = &s->core;
+	memset(si, 0, sizeof(*si));
+	si->id = s->id;
+	snprintf(si->site, sizeof(si->site), "%s", s->conf->name);
+	addr_str((const struct sockaddr *)&s->client_addr, si->client, sizeof(si->client), 1);
+	snprintf(si->user, sizeof(si->user), "%s", c->user);
+	if (s->srv)
+		backend_name(s->srv, si->backend, sizeof(si->backend));
+	si->state = session_state(s);
+	si->tls = c->client_tls || s->blind || s->conf->tls == TLS_PASSTHROUGH_IMPLICIT;
+	si->data_tls = c->client_prot_p;
+	si->backend_tls = c->backend_tls_up;
+	si->age_ms = now - s->start_ms;
+	uint64_t up = s->dc ? datachan_bytes(s->dc, 0) : 0;
+	uint64_t down = s->dc ? datachan_bytes(s->dc, 1) : 0;
+	si->bytes_up = s->bytes_up + up;
+	si->bytes_down = s->bytes_down + down;
+	if (in_transfer(c) && !s->blind) {
+		snprintf(si->xfer_cmd, sizeof(si->xfer_cmd), "%s", c->xfer_cmd);
+		si->xfer_bytes = up + down;
+		si->xfer_ms =
+		    c->xfer_start_ms && now > c->xfer_start_ms ? now - c->xfer_start_ms : 0;
+	}
+}
+
+/* The sessions of every worker, described each in its own thread. */
+struct report {
+	struct session_info *v;
+	size_t n, cap;
+	uint64_t now;
+	int oom;
+};
+
+static void report_worker(struct worker *w, void *arg)
+{
+	struct report *r = arg;
+	for (const struct session *s = w->sessions; s && !r->oom; s = s->next) {
+		if (s->start_fd >= 0)
+			continue; /* not started yet */
+		if (r->n == r->cap) {
+			size_t cap = r->cap ? 2 * r->cap : 64;
+			struct session_info *v = realloc(r->v, cap * sizeof(*v));
+			if (!v) {
+				r->oom = 1;
+				return;
+			}
+			r->v = v;
+			r->cap = cap;
+		}
+		session_info(s, &r->v[r->n++], r->now);
+	}
+}
+
+static int by_id(const void *a, const void *b)
+{
+	uint64_t x = ((const struct session_info *)a)->id, y = ((const struct session_info *)b)->id;
+	return x < y ? -1 : x > y;
+}
+
+int sessions_report(void *arg, struct evbuffer *out, int table)
+{
+	struct ftpgate *gw = arg;
+	struct report r = {.now = now_ms()};
+	workers_run(gw, report_worker, &r);
+	if (r.oom) {
+		free(r.v);
+		return -1;
+	}
+	qsort(r.v, r.n, sizeof(*r.v), by_id); /* oldest first */
+	int rc = table ? sessinfo_table_head(out) : sessinfo_json_begin(out, PACKAGE_VERSION);
+	for (size_t i = 0; i < r.n && rc == 0; i++)
+		rc = table ? sessinfo_table_row(out, &r.v[i]) : sessinfo_json(out, &r.v[i], i == 0);
+	if (rc == 0 && !table)
+		rc = sessinfo_json_end(out, (unsigned)r.n);
+	free(r.v);
+	return rc;
 }

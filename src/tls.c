@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
@@ -36,6 +37,16 @@ static void held_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long
 	if (h->sess)
 		SSL_SESSION_free(h->sess);
 	free(h);
+}
+
+time_t tls_cert_not_after(SSL_CTX *ctx)
+{
+	X509 *x = ctx ? SSL_CTX_get0_certificate(ctx) : NULL;
+	const ASN1_TIME *t = x ? X509_get0_notAfter(x) : NULL;
+	struct tm tm;
+	if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+		return 0;
+	return timegm(&tm);
 }
 
 const char *tls_error_string(unsigned long err, const char *fallback, char *buf, size_t size)

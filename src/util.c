@@ -173,6 +173,14 @@ uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+const char *cidr_str(const struct cidr *c, char *buf, size_t size)
+{
+	char ip[INET6_ADDRSTRLEN];
+	inet_ntop(c->family, c->addr, ip, sizeof(ip));
+	snprintf(buf, size, "%s/%u", ip, c->prefix);
+	return buf;
+}
+
 int cidr_parse(const char *text, struct cidr *out, char *err, size_t errsize)
 {
 	char buf[64];

@@ -60,6 +60,40 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	sessions_drain(w);
 }
 
+static void job_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	(void)fd;
+	(void)what;
+	w->job(w, w->job_arg);
+	pthread_mutex_lock(&w->qlock);
+	w->job_done = 1;
+	pthread_cond_signal(&w->jcond);
+	pthread_mutex_unlock(&w->qlock);
+}
+
+void workers_run(struct ftpgate *gw, void (*fn)(struct worker *w, void *arg), void *arg)
+{
+	if (!gw->n_workers)
+		return;
+	fn(&gw->workers[0], arg);
+	for (unsigned i = 1; i < gw->n_workers; i++) {
+		struct worker *w = &gw->workers[i];
+		if (!w->running)
+			continue;
+		pthread_mutex_lock(&w->qlock);
+		w->job = fn;
+		w->job_arg = arg;
+		w->job_done = 0;
+		pthread_mutex_unlock(&w->qlock);
+		event_active(w->job_ev, EV_READ, 0);
+		pthread_mutex_lock(&w->qlock);
+		while (!w->job_done)
+			pthread_cond_wait(&w->jcond, &w->qlock);
+		pthread_mutex_unlock(&w->qlock);
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -83,6 +117,7 @@ int workers_start(struct ftpgate *gw, unsigned n)
 		w->index = i;
 		w->queue_tail = &w->queue;
 		pthread_mutex_init(&w->qlock, NULL);
+		pthread_cond_init(&w->jcond, NULL);
 		w->base = i == 0 ? gw->base : event_base_new();
 		if (!w->base) {
 			log_error("cannot create the event loop of worker %u", i);
@@ -90,7 +125,8 @@ int workers_start(struct ftpgate *gw, unsigned n)
 		}
 		w->wake = event_new(w->base, -1, 0, wake_cb, w);
 		w->drain = event_new(w->base, -1, 0, drain_cb, w);
-		if (!w->wake || !w->drain) {
+		w->job_ev = event_new(w->base, -1, 0, job_cb, w);
+		if (!w->wake || !w->drain || !w->job_ev) {
 			log_error("out of memory for worker %u", i);
 			return -1;
 		}
@@ -171,9 +207,12 @@ void workers_stop(struct ftpgate *gw)
 			event_free(w->wake);
 		if (w->drain)
 			event_free(w->drain);
+		if (w->job_ev)
+			event_free(w->job_ev);
 		if (i > 0 && w->base)
 			event_base_free(w->base);
 		pthread_mutex_destroy(&w->qlock);
+		pthread_cond_destroy(&w->jcond);
 	}
 	free(gw->workers);
 	gw->workers = NULL;

@@ -685,10 +685,12 @@ class Ftpgate:
     .alive(), .stop() (SIGTERM, SIGKILL after 5 s; returns exit status)."""
 
     def __init__(self, config, wait=True, timeout=10.0, args=(), ns=None, wait_ports=(),
-                 wrapper=()):
+                 wrapper=(), quick=None):
         """ns: run in that network namespace; wait_ports: more ports to
         wait for than the listen ones (passthrough's forwarded range);
-        wrapper: a command prefix (setpriv with the unit's capabilities)."""
+        wrapper: a command prefix (setpriv with the unit's capabilities);
+        quick: quick-mode options run instead of -c FILE (config is then the
+        text `ftpgate -t` printed for them: its listen ports are waited for)."""
         self.text = render_config(config)
         self.dir = tmpdir('ftpgate-')
         self.conf = os.path.join(self.dir, 'ftpgate.ini')
@@ -700,7 +702,8 @@ class Ftpgate:
         self._logf = open(self.log_path, 'wb')
         if not os.access(FTPGATE, os.X_OK):
             raise AssertionError('ftpgate binary not found: %s' % FTPGATE)
-        self.proc = subprocess.Popen(list(wrapper) + nsexec(ns, [FTPGATE, '-f', '-c', self.conf] +
+        conf = ['-c', self.conf] if quick is None else list(quick)
+        self.proc = subprocess.Popen(list(wrapper) + nsexec(ns, [FTPGATE, '-f'] + conf +
                                                            list(args)),
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=self._logf)
@@ -1325,11 +1328,12 @@ def make_tls_certs(d):
                 garbage=P('garbage.pem'))
 
 
-def make_self_signed(d):
-    """A self-signed P-256 certificate for 127.0.0.1 in d: (cert, key) paths."""
+def make_self_signed(d, days=30):
+    """A self-signed P-256 certificate for 127.0.0.1 in d, valid for days:
+    (cert, key) paths."""
     cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
     _openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
-              '-nodes', '-keyout', key, '-out', cert, '-days', '30',
+              '-nodes', '-keyout', key, '-out', cert, '-days', str(days),
               '-subj', '/CN=127.0.0.1'], d)
     return cert, key
 

@@ -13,7 +13,9 @@ TAP output."""
 import concurrent.futures as cf
 import ftplib
 import hashlib
+import http.client
 import io
+import json
 import os
 import pwd
 import re
@@ -397,6 +399,34 @@ def c09_passthrough():
         psrv.stop()
 
 
+def c11_sessions():
+    """GET /sessions lists the sessions of every worker, oldest first."""
+    mport = T.free_port()
+    c = config(max_sessions_per_ip=0)
+    c['global']['metrics_listen'] = '127.0.0.1:%d' % mport
+    g = T.Ftpgate(c)
+    fs = []
+    try:
+        fs = [T.ftp_login(g.port) for _ in range(2 * N)]
+        for f in fs[N:]:
+            f.sendcmd('CWD up')
+        conn = http.client.HTTPConnection('127.0.0.1', mport, timeout=10)
+        conn.request('GET', '/sessions')
+        r = conn.getresponse()
+        doc = json.loads(r.read())
+        conn.close()
+        ss = doc['sessions']
+        assert len(ss) == 2 * N and doc['count'] == 2 * N, doc
+        ids = [x['id'] for x in ss]
+        assert ids == sorted(ids), 'not oldest first: %r' % ids
+        assert all(x['user'] == 'u' for x in ss), ss
+        assert set(workers_of_log(g.log())) == set(range(N)), g.log()
+    finally:
+        for f in fs:
+            f.close()
+        g.stop()
+
+
 def c10_clean():
     """Every ftpgate of this file exited 0 with no sanitizer or race report."""
     bad = []
@@ -426,6 +456,7 @@ else:
     t.skip('user = nobody: every thread dropped', 'not root')
 t.case('passthrough with 4 workers: forwarded port for a live session, not a stranger',
        c09_passthrough)
+t.case('GET /sessions: the sessions of all four workers, oldest first', c11_sessions)
 t.case('every ftpgate exited 0, no sanitizer (or ThreadSanitizer) report', c10_clean)
 SRV.stop()
 t.done()
