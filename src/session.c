@@ -1254,7 +1254,8 @@ int sessions_report(void *arg, struct evbuffer *out, int table)
 		free(r.v);
 		return -1;
 	}
-	qsort(r.v, r.n, sizeof(*r.v), by_id); /* oldest first */
+	if (r.n)
+		qsort(r.v, r.n, sizeof(*r.v), by_id); /* oldest first */
 	int rc = table ? sessinfo_table_head(out) : sessinfo_json_begin(out, PACKAGE_VERSION);
 	for (size_t i = 0; i < r.n && rc == 0; i++)
 		rc = table ? sessinfo_table_row(out, &r.v[i]) : sessinfo_json(out, &r.v[i], i == 0);
