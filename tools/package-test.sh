@@ -31,10 +31,18 @@ fail() {
 	say "package: FAILED: $*"
 	exit 1
 }
+leftovers=0
 cleanup() {
 	if [ "$installed" = 1 ]; then
 		dpkg --purge ftpgate >"$work/cleanup-purge.log" 2>&1 ||
 			{ say "cleanup: dpkg --purge ftpgate failed:"; cat "$work/cleanup-purge.log"; }
+	fi
+	# What a broken purge left (none of it was there before): gone, so that
+	# the next run starts clean. The check above has already reported it.
+	if [ "$leftovers" = 1 ]; then
+		rm -rf /etc/ftpgate /var/log/ftpgate
+		if getent passwd ftpgate >/dev/null; then deluser --system --quiet ftpgate >/dev/null 2>&1; fi
+		if getent group ftpgate >/dev/null; then delgroup --system --quiet ftpgate; fi
 	fi
 	[ -n "$work" ] && rm -rf "$work"
 }
@@ -57,10 +65,16 @@ done
 command -v git >/dev/null && git rev-parse --git-dir >/dev/null 2>&1 ||
 	fail "not a git checkout: the clean copy is made from git ls-files"
 if dpkg-query -W -f='${Status}' ftpgate 2>/dev/null | grep -qv 'not-installed'; then
-	fail "the package ftpgate is on this machine already ($(dpkg-query -W -f='${Status}' ftpgate)): this test installs and purges it"
+	fail "the package ftpgate is on this machine already ($(dpkg-query -W -f='${Status}' ftpgate)): this test installs and purges it (dpkg -P ftpgate)"
 fi
 getent passwd ftpgate >/dev/null &&
 	fail "a user ftpgate exists already: the test could not tell whether purge removes the package's"
+getent group ftpgate >/dev/null &&
+	fail "a group ftpgate exists already: the test could not tell whether purge removes the package's"
+for d in /etc/ftpgate /var/log/ftpgate; do
+	[ ! -e "$d" ] || fail "$d exists already: the test could not tell whether purge removes it"
+done
+leftovers=1
 
 version=$(dpkg-parsechangelog -l debian/changelog -S Version) || fail "debian/changelog unreadable"
 arch=$(dpkg --print-architecture)

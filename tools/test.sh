@@ -89,7 +89,7 @@ fi
 echo "=== Debian package"
 pkg_start=$SECONDS
 if tools/package-test.sh >build-plain/package.out 2>&1; then
-	grep -E '^(lintian|package): ' package.out; pass=$((pass + 1))
+	grep -E '^(lintian|package): ' build-plain/package.out; pass=$((pass + 1))
 else
 	tail -80 build-plain/package.out; fail=$((fail + 1)); status=1
 fi
