@@ -47,6 +47,7 @@ cleanup() {
 	[ -n "$work" ] && rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT HUP
 
 # Processes running /usr/sbin/ftpgate (by executable, not by name: other
 # ftpgate processes on the machine are not ours).
