@@ -8,6 +8,7 @@ pkgs=(build-essential autoconf automake pkg-config
       curl lftp iproute2 procps openssl vsftpd haproxy nftables strace
       prometheus mandoc systemd
       clang libclang-rt-14-dev
+      debhelper dpkg-dev lintian
       libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2)
 missing=()
 for p in "${pkgs[@]}"; do

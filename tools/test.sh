@@ -2,7 +2,8 @@
 # The whole test suite (README Quick start; CI runs it through .ci/run):
 # install what the build and tests need, build with -Werror,
 # run the whole test suite (plain build, then ASan/UBSan build), each fuzz
-# target for FUZZ_SECONDS (default 60) in a clang build, distcheck, and end
+# target for FUZZ_SECONDS (default 60) in a clang build, the soak, the Debian
+# package's build/install/purge cycle, distcheck, and end
 # with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -81,6 +82,18 @@ else
 	tail -60 build-sanitize/soak.err 2>/dev/null; cat build-sanitize/soak.out 2>/dev/null
 	echo "soak: FAILED"; fail=$((fail + 1)); status=1
 fi
+
+# The Debian package (tools/package-test.sh): build it from a clean copy of
+# the tree, lintian, install, ftpgate -t and transfers through the installed
+# example config, remove and purge, nothing left behind. One pass or one fail.
+echo "=== Debian package"
+pkg_start=$SECONDS
+if tools/package-test.sh >build-plain/package.out 2>&1; then
+	grep -E '^(lintian|package): ' build-plain/package.out; pass=$((pass + 1))
+else
+	tail -80 build-plain/package.out; fail=$((fail + 1)); status=1
+fi
+echo "Debian package cycle took $((SECONDS - pkg_start)) s"
 
 echo "=== make distcheck"
 if make -C build-plain distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >build-plain/distcheck.out 2>&1; then
