@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -81,6 +83,10 @@ struct datachan {
 	struct event *kick;            /* TLS pump: run again from the loop */
 	uint64_t *refused;             /* counter of strangers turned away, or NULL */
 	struct log_limit *refused_log; /* pace of their log lines, or NULL */
+	int finish_dir;                /* delivering this direction ends the pair, or -1 */
+	struct event *drain;           /* polls the sink's send queue of finish_dir */
+	unsigned drain_ms;             /* the next poll's delay */
+	int drain_outq;                /* unacknowledged bytes at the last poll, -1 none */
 };
 
 static const char *const side_name[] = {"client", "backend"};
@@ -138,6 +144,10 @@ static void dc_release(struct datachan *dc)
 		event_free(dc->kick);
 		dc->kick = NULL;
 	}
+	if (dc->drain) {
+		event_free(dc->drain);
+		dc->drain = NULL;
+	}
 }
 
 /* Finish the pair; the callback is the last thing that touches dc. */
@@ -186,6 +196,74 @@ static void set_wr(struct dc_end *s, int on)
 	s->wr_on = on;
 }
 
+static void drain_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Direction finish_dir has passed its EOF on. The pair ends once its sink
+ * has acknowledged every byte and the FIN (its send queue, SIOCOUTQ, is
+ * empty), without waiting for the other direction's EOF: a client may wait
+ * for the 226 before it closes its data connection. Polled, from 1 ms up
+ * to 64 ms apart. Returns -1 if the pair finished (dc may be gone).
+ */
+static int drain_check(struct datachan *dc)
+{
+	struct dc_end *dst = &dc->side[1 - dc->finish_dir];
+	int outq = 0, err = 0;
+	socklen_t len = sizeof(err);
+
+	if (ioctl(dst->fd, SIOCOUTQ, &outq) < 0 || outq <= 0) {
+		/* The other direction ends here too: a TLS sink gets its
+		 * close_notify (best effort), or OpenSSL takes the session for
+		 * a broken one and the backend's next data connection cannot
+		 * resume it. */
+		struct dc_end *o = &dc->side[dc->finish_dir];
+		if (!dc->dir[1 - dc->finish_dir].done && o->ssl && o->hs_done) {
+			SSL_shutdown(o->ssl);
+			ERR_clear_error();
+		}
+		dc_finish(dc, 1);
+		return -1;
+	}
+	/* A reset peer never acknowledges the rest. */
+	if (getsockopt(dst->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
+		dc_fail(dc, "write to %s: %s", side_name[dst->idx], strerror(err));
+		return -1;
+	}
+	if (!dc->drain) {
+		dc->drain = evtimer_new(dc->base, drain_cb, dc);
+		if (!dc->drain) {
+			dc_fail(dc, "out of memory");
+			return -1;
+		}
+		dc->drain_ms = 1;
+	} else if (dc->drain_ms < 64) {
+		dc->drain_ms *= 2;
+	}
+	dc->drain_outq = outq;
+	struct timeval tv = {0, (suseconds_t)dc->drain_ms * 1000};
+	evtimer_add(dc->drain, &tv);
+	return 0;
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	drain_check(arg);
+}
+
+/* Direction d is done: finish the pair if that was all it waited for. Returns -1 if it did. */
+static int dir_done(struct datachan *dc, int d)
+{
+	if (dc->dir[0].done && dc->dir[1].done) {
+		dc_finish(dc, 1);
+		return -1;
+	}
+	if (d == dc->finish_dir && !dc->drain)
+		return drain_check(dc);
+	return 0;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct datachan *dc = arg;
@@ -202,7 +280,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 			}
 		return;
 	}
-	uint64_t total = dc->dir[0].bytes + dc->dir[1].bytes;
+	/* Waiting for the send queue to drain: bytes acknowledged count as progress. */
+	uint64_t total = dc->dir[0].bytes + dc->dir[1].bytes +
+	                 (dc->drain_outq >= 0 ? (uint64_t)INT_MAX - (uint64_t)dc->drain_outq : 0);
 	if (total == dc->progress_mark) {
 		dc_fail(dc, "data connection idle for %u s", dc->timeout_s);
 		return;
@@ -221,6 +301,8 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
 	dc->cbs = *cbs;
 	dc->arg = arg;
 	snprintf(dc->tag, sizeof(dc->tag), "%s", tag);
+	dc->finish_dir = -1;
+	dc->drain_outq = -1;
 	for (int i = 0; i < 2; i++) {
 		dc->side[i].dc = dc;
 		dc->side[i].idx = (enum dc_side)i;
@@ -466,6 +548,11 @@ int datachan_side_connected(const struct datachan *dc, enum dc_side side)
 	return dc->side[side].state == SIDE_UP;
 }
 
+void datachan_finish_on(struct datachan *dc, int dir)
+{
+	dc->finish_dir = dir;
+}
+
 void datachan_start(struct datachan *dc)
 {
 	dc->started = 1;
@@ -536,8 +623,7 @@ static void pump(struct datachan *dc, int d)
 			set_rd(src, 0);
 			set_wr(dst, 0);
 			dir_close(dr);
-			if (dc->dir[0].done && dc->dir[1].done)
-				dc_finish(dc, 1);
+			dir_done(dc, d);
 			return;
 		}
 		if (dr->pipe[0] < 0) {
@@ -802,7 +888,7 @@ static int tls_dir_step(struct datachan *dc, int d)
 		dr->done = 1;
 		free(dr->buf);
 		dr->buf = NULL;
-		return 1;
+		return dir_done(dc, d) < 0 ? -1 : 1;
 	}
 	if (!src->hs_done)
 		return moved;
