@@ -701,6 +701,10 @@ static void side_wr_cb(evutil_socket_t fd, short what, void *arg)
  */
 #define DC_TLS_BUF (256 * 1024)
 #define DC_TLS_ROUNDS 16
+/* OpenSSL's socket I/O: one read(2) takes this much (many records, with
+ * read-ahead), and records are gathered into writes of up to this much
+ * (a buffering BIO): fewer system calls and larger TCP segments. */
+#define DC_TLS_IO (128 * 1024)
 
 void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int server,
                       int require_reuse)
@@ -845,6 +849,25 @@ static int truncation_harmless(const struct datachan *dc, int d)
 	return dr->bytes == 0 && dr->buf_len == 0 && other->done && other->bytes > 0;
 }
 
+/*
+ * Push the records gathered in a TLS side's write buffer to its socket.
+ * Returns IO_OK when none is left, IO_WANT_WRITE, or IO_ERROR (reason set).
+ */
+static enum io_result tls_flush(struct datachan *dc, struct dc_end *s)
+{
+	BIO *w = s->ssl ? SSL_get_wbio(s->ssl) : NULL;
+	if (!w || BIO_wpending(w) == 0)
+		return IO_OK;
+	if (BIO_flush(w) > 0 && BIO_wpending(w) == 0)
+		return IO_OK;
+	if (BIO_should_retry(w))
+		return IO_WANT_WRITE;
+	snprintf(dc->reason, sizeof(dc->reason), "write to %s: %s", side_name[s->idx],
+	         errno ? strerror(errno) : "failed");
+	ERR_clear_error();
+	return IO_ERROR;
+}
+
 /* Returns 1 if it moved something, 0 if it must wait, -1 if the pair failed (reported). */
 static int tls_dir_step(struct datachan *dc, int d)
 {
@@ -879,6 +902,15 @@ static int tls_dir_step(struct datachan *dc, int d)
 	if (dr->buf_len > dr->buf_off)
 		return moved; /* the sink's handshake is not through yet */
 	dr->buf_off = dr->buf_len = 0;
+	/* Nothing more to write for now: what is gathered goes out. */
+	if (dst->hs_done && (r = tls_flush(dc, dst)) != IO_OK) {
+		if (r == IO_ERROR) {
+			dc_finish(dc, 0);
+			return -1;
+		}
+		want(dst, r);
+		return moved;
+	}
 	if (dr->src_eof) {
 		if (!dst->hs_done)
 			return moved; /* never close_notify before the handshake is through */
@@ -1037,6 +1069,26 @@ static void tls_event_cb(evutil_socket_t fd, short what, void *arg)
 	tls_service(s->dc);
 }
 
+/*
+ * Records are written into a buffering BIO in front of the socket and
+ * leave in writes of up to DC_TLS_IO bytes: OpenSSL would write each 16 KiB
+ * record with a write(2) of its own. The pump flushes it (tls_flush)
+ * whenever it has nothing more to write; OpenSSL flushes it after its
+ * handshake messages and alerts (close_notify).
+ */
+static int tls_gather_writes(SSL *ssl)
+{
+	BIO *sock = SSL_get_wbio(ssl);
+	BIO *buf = BIO_new(BIO_f_buffer());
+	if (!sock || !buf || BIO_set_write_buffer_size(buf, DC_TLS_IO) <= 0 || !BIO_up_ref(sock)) {
+		BIO_free(buf);
+		return -1;
+	}
+	BIO_push(buf, sock);
+	SSL_set0_wbio(ssl, buf); /* drops the old reference to sock; buf holds one */
+	return 0;
+}
+
 static int tls_pump_begin(struct datachan *dc)
 {
 	dc->pumping = 1;
@@ -1066,7 +1118,8 @@ static int tls_pump_begin(struct datachan *dc)
 		 * (IO_TRUNC). */
 		SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
 		SSL_set_read_ahead(s->ssl, 1);
-		if (!SSL_set_fd(s->ssl, s->fd)) {
+		SSL_set_default_read_buffer_len(s->ssl, DC_TLS_IO);
+		if (!SSL_set_fd(s->ssl, s->fd) || tls_gather_writes(s->ssl) < 0) {
 			snprintf(dc->reason, sizeof(dc->reason), "TLS setup failed");
 			dc_finish(dc, 0);
 			return -1;
