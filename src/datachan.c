@@ -29,8 +29,7 @@
 #endif
 
 #define DC_PIPE_SIZE (1024 * 1024)
-#define DC_ROUNDS 8          /* pipe loads per callback, so one transfer cannot starve the loop */
-#define DC_SMALL (16 * 1024) /* up to this much waiting: copy it, no pipe (see pump()) */
+#define DC_ROUNDS 8 /* pipe loads per callback, so one transfer cannot starve the loop */
 
 enum side_state { SIDE_NONE = 0, SIDE_LISTEN, SIDE_CONNECTING, SIDE_UP, SIDE_FAILED };
 
@@ -628,13 +627,10 @@ static void pump(struct datachan *dc, int d)
 			return;
 		}
 		if (dr->pipe[0] < 0) {
-			/* No pipe yet: most pairs carry one direction only, and
-			 * many transfers are small (a listing, a small file).
-			 * While the source holds at most DC_SMALL bytes they are
-			 * copied: peeked, sent, and what the sink took is then
-			 * consumed. A pipe is made once more is waiting. */
-			char small[DC_SMALL + 1];
-			n = recv(src->fd, small, sizeof(small), MSG_PEEK | MSG_DONTWAIT);
+			/* No pipe yet: most pairs carry one direction only, so a
+			 * pipe is made only once the first byte arrives. */
+			char c;
+			n = recv(src->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
 			if (n == 0) {
 				dr->src_eof = 1;
 				continue;
@@ -645,30 +641,6 @@ static void pump(struct datachan *dc, int d)
 				dc_fail(dc, "read from %s: %s", side_name[src->idx],
 				        strerror(errno));
 				return;
-			}
-			if ((size_t)n <= DC_SMALL) {
-				ssize_t k =
-				    send(dst->fd, small, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-				if (k < 0 && errno == EINTR)
-					continue;
-				if (k < 0 && errno == EAGAIN) {
-					set_rd(src, 0);
-					set_wr(dst, 1);
-					return;
-				}
-				if (k <= 0) {
-					dc_fail(dc, "write to %s: %s", side_name[dst->idx],
-					        k < 0 ? strerror(errno) : "no progress");
-					return;
-				}
-				if (recv(src->fd, small, (size_t)k, MSG_DONTWAIT) != k) {
-					dc_fail(dc, "read from %s: %s", side_name[src->idx],
-					        strerror(errno));
-					return;
-				}
-				dr->bytes += (uint64_t)k;
-				dr->last_ms = now_ms();
-				continue;
 			}
 			if (make_pipe(dr) < 0) {
 				dc_fail(dc, "pipe: %s", strerror(errno));
