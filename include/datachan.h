@@ -2,8 +2,7 @@
  * datachan: one data connection pair (client side, backend side). Each side
  * is established by accepting on a listener (only from an allowed peer IP)
  * or by connecting out. Once both sides are up and the owner has started
- * the transfer, bytes are moved with splice(2) through a pipe per direction
- * (while at most 16 KiB wait at the source, with recv/send and no pipe).
+ * the transfer, bytes are moved with splice(2) through a pipe per direction.
  * The pair is finished when both directions have seen EOF and delivered
  * every byte, or when the transfer's direction (datachan_finish_on) has;
  * then both sockets are closed and the owner is told.
