@@ -405,15 +405,34 @@ static void ctl_quit(struct ctl *c, int check)
 	c->fd = -1;
 }
 
-/* EPSV, then connect the data socket; returns the fd or -1. */
+/*
+ * EPSV (PASV with FTPLOAD_PASV=1 in the environment, for relays without
+ * EPSV such as SuSE's ftp-proxy; only the port of the 227 is used), then
+ * connect the data socket; returns the fd or -1.
+ */
 static int open_data(struct ctl *c)
 {
-	if (cmd(c, "EPSV", NULL, 229, "EPSV") < 0)
-		return -1;
-	char *p = strstr(c->line, "(|||");
-	int port = p ? atoi(p + 4) : 0;
+	static int pasv = -1;
+	int port = 0;
+	if (pasv < 0)
+		pasv = getenv("FTPLOAD_PASV") && strcmp(getenv("FTPLOAD_PASV"), "1") == 0;
+	if (pasv) {
+		unsigned h[6];
+		if (cmd(c, "PASV", NULL, 227, "PASV") < 0)
+			return -1;
+		char *p = strchr(c->line, '(');
+		if (p && sscanf(p, "(%u,%u,%u,%u,%u,%u)", &h[0], &h[1], &h[2], &h[3], &h[4],
+		                &h[5]) == 6 && h[4] < 256 && h[5] < 256)
+			port = (int)(h[4] * 256 + h[5]);
+	} else {
+		if (cmd(c, "EPSV", NULL, 229, "EPSV") < 0)
+			return -1;
+		char *p = strstr(c->line, "(|||");
+		port = p ? atoi(p + 4) : 0;
+	}
 	if (port <= 0 || port > 65535) {
-		record_error("EPSV: unparsable reply", "\"%s\"", c->line);
+		record_error(pasv ? "PASV: unparsable reply" : "EPSV: unparsable reply", "\"%s\"",
+		             c->line);
 		return -1;
 	}
 	struct sockaddr_storage sa = g_addr;

@@ -4,7 +4,8 @@
  * or by connecting out. Once both sides are up and the owner has started
  * the transfer, bytes are moved with splice(2) through a pipe per direction.
  * The pair is finished when both directions have seen EOF and delivered
- * every byte; then both sockets are closed and the owner is told.
+ * every byte, or when the transfer's direction (datachan_finish_on) has;
+ * then both sockets are closed and the owner is told.
  */
 #ifndef FTPGATE_DATACHAN_H
 #define FTPGATE_DATACHAN_H
@@ -86,6 +87,15 @@ void datachan_set_tls(struct datachan *dc, enum dc_side side, struct ssl_st *ssl
  * ClientHello comes before they expect it.
  */
 void datachan_tls_go(struct datachan *dc);
+
+/*
+ * The transfer flows in direction dir (1: backend -> client, a download).
+ * The pair is finished once dir has seen its EOF, passed it on and its
+ * sink has acknowledged every byte (an empty send queue, SIOCOUTQ), without
+ * waiting for the other direction's EOF: a client may wait for the final
+ * reply before it closes its data connection. Without it, both EOFs.
+ */
+void datachan_finish_on(struct datachan *dc, int dir);
 
 /* Allow the pump to run once both sides are connected. */
 void datachan_start(struct datachan *dc);

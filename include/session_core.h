@@ -117,7 +117,9 @@ struct core_ops {
 	/* The client's protection changed since the pair was opened: TLS on
 	 * its client side or not, before any byte moves. */
 	int (*data_client_tls)(void *io, int on);
-	void (*data_start)(void *io);  /* let the pair move bytes once both sides are up */
+	/* Let the pair move bytes once both sides are up; download: the
+	 * transfer flows toward the client (RETR, LIST, NLST, MLSD). */
+	void (*data_start)(void *io, int download);
 	void (*data_tls_go)(void *io); /* the backend answered 1xx: its data handshake may start */
 	void (*data_drop)(void *io);   /* close the pair now (no event follows) */
 	/* Once everything sent to the client is on the wire, switch its control
@@ -190,6 +192,7 @@ struct core {
 	char data_reason[160]; /* ... or why not */
 	char xfer_cmd[96];     /* for the transfer log line (escaped) */
 	char xfer_path[512];   /* argument of the transfer command, for xferlog */
+	int xfer_download;     /* the transfer flows toward the client */
 	uint64_t xfer_start_ms;
 
 	/* TLS. */

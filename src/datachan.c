@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -81,6 +83,10 @@ struct datachan {
 	struct event *kick;            /* TLS pump: run again from the loop */
 	stat_counter *refused;         /* counter of strangers turned away, or NULL */
 	struct log_limit *refused_log; /* pace of their log lines, or NULL */
+	int finish_dir;                /* delivering this direction ends the pair, or -1 */
+	struct event *drain;           /* polls the sink's send queue of finish_dir */
+	unsigned drain_ms;             /* the next poll's delay */
+	int drain_outq;                /* unacknowledged bytes at the last poll, -1 none */
 };
 
 static const char *const side_name[] = {"client", "backend"};
@@ -138,6 +144,10 @@ static void dc_release(struct datachan *dc)
 		event_free(dc->kick);
 		dc->kick = NULL;
 	}
+	if (dc->drain) {
+		event_free(dc->drain);
+		dc->drain = NULL;
+	}
 }
 
 /* Finish the pair; the callback is the last thing that touches dc. */
@@ -186,6 +196,74 @@ static void set_wr(struct dc_end *s, int on)
 	s->wr_on = on;
 }
 
+static void drain_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Direction finish_dir has passed its EOF on. The pair ends once its sink
+ * has acknowledged every byte and the FIN (its send queue, SIOCOUTQ, is
+ * empty), without waiting for the other direction's EOF: a client may wait
+ * for the 226 before it closes its data connection. Polled, from 1 ms up
+ * to 64 ms apart. Returns -1 if the pair finished (dc may be gone).
+ */
+static int drain_check(struct datachan *dc)
+{
+	struct dc_end *dst = &dc->side[1 - dc->finish_dir];
+	int outq = 0, err = 0;
+	socklen_t len = sizeof(err);
+
+	if (ioctl(dst->fd, SIOCOUTQ, &outq) < 0 || outq <= 0) {
+		/* The other direction ends here too: a TLS sink gets its
+		 * close_notify (best effort), or OpenSSL takes the session for
+		 * a broken one and the backend's next data connection cannot
+		 * resume it. */
+		struct dc_end *o = &dc->side[dc->finish_dir];
+		if (!dc->dir[1 - dc->finish_dir].done && o->ssl && o->hs_done) {
+			SSL_shutdown(o->ssl);
+			ERR_clear_error();
+		}
+		dc_finish(dc, 1);
+		return -1;
+	}
+	/* A reset peer never acknowledges the rest. */
+	if (getsockopt(dst->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
+		dc_fail(dc, "write to %s: %s", side_name[dst->idx], strerror(err));
+		return -1;
+	}
+	if (!dc->drain) {
+		dc->drain = evtimer_new(dc->base, drain_cb, dc);
+		if (!dc->drain) {
+			dc_fail(dc, "out of memory");
+			return -1;
+		}
+		dc->drain_ms = 1;
+	} else if (dc->drain_ms < 64) {
+		dc->drain_ms *= 2;
+	}
+	dc->drain_outq = outq;
+	struct timeval tv = {0, (suseconds_t)dc->drain_ms * 1000};
+	evtimer_add(dc->drain, &tv);
+	return 0;
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	drain_check(arg);
+}
+
+/* Direction d is done: finish the pair if that was all it waited for. Returns -1 if it did. */
+static int dir_done(struct datachan *dc, int d)
+{
+	if (dc->dir[0].done && dc->dir[1].done) {
+		dc_finish(dc, 1);
+		return -1;
+	}
+	if (d == dc->finish_dir && !dc->drain)
+		return drain_check(dc);
+	return 0;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct datachan *dc = arg;
@@ -202,7 +280,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 			}
 		return;
 	}
-	uint64_t total = dc->dir[0].bytes + dc->dir[1].bytes;
+	/* Waiting for the send queue to drain: bytes acknowledged count as progress. */
+	uint64_t total = dc->dir[0].bytes + dc->dir[1].bytes +
+	                 (dc->drain_outq >= 0 ? (uint64_t)INT_MAX - (uint64_t)dc->drain_outq : 0);
 	if (total == dc->progress_mark) {
 		dc_fail(dc, "data connection idle for %u s", dc->timeout_s);
 		return;
@@ -221,6 +301,8 @@ struct datachan *datachan_new(struct event_base *base, unsigned timeout_s,
 	dc->cbs = *cbs;
 	dc->arg = arg;
 	snprintf(dc->tag, sizeof(dc->tag), "%s", tag);
+	dc->finish_dir = -1;
+	dc->drain_outq = -1;
 	for (int i = 0; i < 2; i++) {
 		dc->side[i].dc = dc;
 		dc->side[i].idx = (enum dc_side)i;
@@ -466,6 +548,11 @@ int datachan_side_connected(const struct datachan *dc, enum dc_side side)
 	return dc->side[side].state == SIDE_UP;
 }
 
+void datachan_finish_on(struct datachan *dc, int dir)
+{
+	dc->finish_dir = dir;
+}
+
 void datachan_start(struct datachan *dc)
 {
 	dc->started = 1;
@@ -536,8 +623,7 @@ static void pump(struct datachan *dc, int d)
 			set_rd(src, 0);
 			set_wr(dst, 0);
 			dir_close(dr);
-			if (dc->dir[0].done && dc->dir[1].done)
-				dc_finish(dc, 1);
+			dir_done(dc, d);
 			return;
 		}
 		if (dr->pipe[0] < 0) {
@@ -615,6 +701,10 @@ static void side_wr_cb(evutil_socket_t fd, short what, void *arg)
  */
 #define DC_TLS_BUF (256 * 1024)
 #define DC_TLS_ROUNDS 16
+/* OpenSSL's socket I/O: one read(2) takes this much (many records, with
+ * read-ahead), and records are gathered into writes of up to this much
+ * (a buffering BIO): fewer system calls and larger TCP segments. */
+#define DC_TLS_IO (128 * 1024)
 
 void datachan_set_tls(struct datachan *dc, enum dc_side side, SSL *ssl, int server,
                       int require_reuse)
@@ -759,6 +849,25 @@ static int truncation_harmless(const struct datachan *dc, int d)
 	return dr->bytes == 0 && dr->buf_len == 0 && other->done && other->bytes > 0;
 }
 
+/*
+ * Push the records gathered in a TLS side's write buffer to its socket.
+ * Returns IO_OK when none is left, IO_WANT_WRITE, or IO_ERROR (reason set).
+ */
+static enum io_result tls_flush(struct datachan *dc, struct dc_end *s)
+{
+	BIO *w = s->ssl ? SSL_get_wbio(s->ssl) : NULL;
+	if (!w || BIO_wpending(w) == 0)
+		return IO_OK;
+	if (BIO_flush(w) > 0 && BIO_wpending(w) == 0)
+		return IO_OK;
+	if (BIO_should_retry(w))
+		return IO_WANT_WRITE;
+	snprintf(dc->reason, sizeof(dc->reason), "write to %s: %s", side_name[s->idx],
+	         errno ? strerror(errno) : "failed");
+	ERR_clear_error();
+	return IO_ERROR;
+}
+
 /* Returns 1 if it moved something, 0 if it must wait, -1 if the pair failed (reported). */
 static int tls_dir_step(struct datachan *dc, int d)
 {
@@ -793,6 +902,15 @@ static int tls_dir_step(struct datachan *dc, int d)
 	if (dr->buf_len > dr->buf_off)
 		return moved; /* the sink's handshake is not through yet */
 	dr->buf_off = dr->buf_len = 0;
+	/* Nothing more to write for now: what is gathered goes out. */
+	if (dst->hs_done && (r = tls_flush(dc, dst)) != IO_OK) {
+		if (r == IO_ERROR) {
+			dc_finish(dc, 0);
+			return -1;
+		}
+		want(dst, r);
+		return moved;
+	}
 	if (dr->src_eof) {
 		if (!dst->hs_done)
 			return moved; /* never close_notify before the handshake is through */
@@ -802,7 +920,7 @@ static int tls_dir_step(struct datachan *dc, int d)
 		dr->done = 1;
 		free(dr->buf);
 		dr->buf = NULL;
-		return 1;
+		return dir_done(dc, d) < 0 ? -1 : 1;
 	}
 	if (!src->hs_done)
 		return moved;
@@ -951,6 +1069,26 @@ static void tls_event_cb(evutil_socket_t fd, short what, void *arg)
 	tls_service(s->dc);
 }
 
+/*
+ * Records are written into a buffering BIO in front of the socket and
+ * leave in writes of up to DC_TLS_IO bytes: OpenSSL would write each 16 KiB
+ * record with a write(2) of its own. The pump flushes it (tls_flush)
+ * whenever it has nothing more to write; OpenSSL flushes it after its
+ * handshake messages and alerts (close_notify).
+ */
+static int tls_gather_writes(SSL *ssl)
+{
+	BIO *sock = SSL_get_wbio(ssl);
+	BIO *buf = BIO_new(BIO_f_buffer());
+	if (!sock || !buf || BIO_set_write_buffer_size(buf, DC_TLS_IO) <= 0 || !BIO_up_ref(sock)) {
+		BIO_free(buf);
+		return -1;
+	}
+	BIO_push(buf, sock);
+	SSL_set0_wbio(ssl, buf); /* drops the old reference to sock; buf holds one */
+	return 0;
+}
+
 static int tls_pump_begin(struct datachan *dc)
 {
 	dc->pumping = 1;
@@ -980,7 +1118,8 @@ static int tls_pump_begin(struct datachan *dc)
 		 * (IO_TRUNC). */
 		SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
 		SSL_set_read_ahead(s->ssl, 1);
-		if (!SSL_set_fd(s->ssl, s->fd)) {
+		SSL_set_default_read_buffer_len(s->ssl, DC_TLS_IO);
+		if (!SSL_set_fd(s->ssl, s->fd) || tls_gather_writes(s->ssl) < 0) {
 			snprintf(dc->reason, sizeof(dc->reason), "TLS setup failed");
 			dc_finish(dc, 0);
 			return -1;

@@ -468,10 +468,12 @@ static int op_data_client_tls(void *io, int on)
 	return 0;
 }
 
-static void op_data_start(void *io)
+static void op_data_start(void *io, int download)
 {
 	struct session *s = io;
 	s->xfer_up = s->xfer_down = 0;
+	if (s->dc && download)
+		datachan_finish_on(s->dc, 1);
 	if (s->dc)
 		datachan_start(s->dc);
 }

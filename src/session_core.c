@@ -360,7 +360,7 @@ static void transfer_forward(struct core *c, const char *cmd)
 	         cmd);
 	c->xfer_start_ms = c->ops->now_ms(c->io);
 	xfer_set(c, XS_RUNNING);
-	c->ops->data_start(c->io);
+	c->ops->data_start(c->io, c->xfer_download);
 }
 
 void core_data_side(struct core *c, enum core_side side, int ok, const char *reason)
@@ -1181,6 +1181,8 @@ static void cmd_transfer(struct core *c, const struct ftp_cmd *cmd)
 	size_t n = cmd_line(cmd, raw, sizeof(raw));
 	log_escape(c->xfer_cmd, sizeof(c->xfer_cmd), raw, n);
 	snprintf(c->xfer_path, sizeof(c->xfer_path), "%.*s", (int)cmd->arg_len, cmd->arg);
+	c->xfer_download =
+	    cmd->verb != FTP_V_STOR && cmd->verb != FTP_V_APPE && cmd->verb != FTP_V_STOU;
 	if (c->client_active &&
 	    c->ops->data_connect(c->io, CORE_CLIENT, (struct sockaddr *)&c->client_data_addr) < 0) {
 		char a[ADDR_STR_MAX];

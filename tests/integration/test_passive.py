@@ -645,6 +645,39 @@ def c22_stranger_log_limit():
     f.quit()
 
 
+def c23_226_before_close():
+    """Issue 17.6: a client that reads the whole download and waits for
+    226 before it closes its data socket gets its 226 (the proxy no longer
+    waits for the client's close: "delivered" is every byte written, the
+    EOF passed on and the socket's send queue drained).  RETR of 1 MiB and
+    of an empty file, and a LIST, on one session, each checked."""
+    c = T.raw_greeted(G.port, timeout=20)
+    T.raw_login(c)
+    assert c.cmd('TYPE I').startswith(b'200')
+    for what, want in (('RETR mid.bin', MID_SHA), ('RETR list/empty', T.sha256_bytes(b'')),
+                       ('LIST', None)):
+        r = c.cmd('EPSV')
+        m = re.search(rb'\(\|\|\|(\d+)\|\)', r)
+        assert m, 'EPSV: %r' % r
+        d = socket.create_connection(('127.0.0.1', int(m.group(1))), timeout=10)
+        try:
+            r = c.cmd(what)
+            assert r[:1] == b'1', '%s: %r' % (what, r)
+            data, how = T.recv_until_closed(d, 20)
+            assert how == 'eof', '%s: data ended by %s after %d bytes' % (what, how, len(data))
+            # The data socket stays open until the final reply is in.
+            r = c.reply(timeout=10)
+            assert r.startswith(b'226'), '%s: %r (after %d bytes)' % (what, r, len(data))
+        finally:
+            d.close()
+        if want:
+            assert T.sha256_bytes(data) == want, '%s: data differs (%d bytes)' % (what, len(data))
+        else:
+            assert b'mid.bin' in data, 'LIST: %r' % data[:300]
+    assert c.cmd('NOOP').startswith(b'200')
+    c.close()
+
+
 t.case('login, backend greeting relayed', c01_login, 30)
 t.case('LIST/MLSD (ftplib) and LIST (curl) match the directory', c02_list, 30)
 t.case('curl PASV download 64 MiB, sha256', c03_curl_pasv, 60)
@@ -671,5 +704,7 @@ t.case('NLST, STOU, APPE; 550 keeps replies in step', c17_misc, 30)
 t.case('public_address announced in 227', c19_public_address, 30)
 t.case('idle_timeout: slow transfer survives, idle session gets 421', c20_idle_timeout, 40)
 t.case('site max_sessions: extra session gets 421', c21_max_sessions, 30)
+t.case('client waits for 226 before closing its data socket (RETR, empty RETR, LIST)',
+       c23_226_before_close, 60)
 t.case('ftpgate alive, no sanitizer reports', c18_healthy, 15)
 t.done()

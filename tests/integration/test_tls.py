@@ -699,6 +699,34 @@ def c14_bad_handshake():
         curl_get(['--cacert', C['ca'], url(g, 'mid.bin', scheme='ftps')], L('c14.bin'), MID_SHA)
 
 
+def c15_226_before_close():
+    """Issue 17.6 with TLS: a client that reads the whole download (up to
+    the proxy's close_notify) and waits for 226 before it closes its data
+    connection gets the 226; offload and (with vsftpd) both legs."""
+    sites = [('offload', SRV, 'u', 'p', tls_site())]
+    if VS:
+        sites.append(('both legs', VS, 'anonymous', 'a@b', tls_site(**btls_site())))
+    for name, srv, user, passwd, site in sites:
+        with gate(srv, **site) as g:
+            f = tls_login(g.port, user=user, passwd=passwd)
+            assert f.sendcmd('TYPE I').startswith('200')
+            for _ in range(2):
+                conn = f.transfercmd('RETR mid.bin')
+                try:
+                    data, how = T.recv_until_closed(conn, 20)
+                    assert how == 'eof', '%s: data ended by %s after %d bytes' % (
+                        name, how, len(data))
+                    f.sock.settimeout(10)
+                    r = f.voidresp()   # the data connection is still open
+                    assert r.startswith('226'), '%s: %r' % (name, r)
+                finally:
+                    conn.close()
+                assert T.sha256_bytes(data) == MID_SHA, '%s: data differs (%d bytes)' % (
+                    name, len(data))
+            assert f.sendcmd('NOOP').startswith('200')
+            f.quit()
+
+
 # --------------------------------------------------------------------------
 
 def maybe(name, fn, timeout, *req):
@@ -743,6 +771,8 @@ maybe('bad tls_cert/tls_key: ftpgate -t exits 1 with FILE:LINE: key: reason', c1
 maybe('tls_min_version=1.3 both legs: curl 64 MiB upload sha256; TLS 1.2 client refused',
       c13_tls13, 60)
 maybe('failed handshake on the implicit port ends only that session, logged', c14_bad_handshake, 30)
+maybe('client waits for 226 before closing its TLS data connection (offload, both legs)',
+      c15_226_before_close, 60)
 T.diag('total %.1f s' % (time.monotonic() - T0))
 for _s in (VS, TSRV, SRV):
     if _s:

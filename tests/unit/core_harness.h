@@ -115,8 +115,9 @@ static inline int op_data_client_tls(void *io, int on)
 	rec(io, "data_client_tls %d\n", on);
 	return 0;
 }
-static inline void op_data_start(void *io)
+static inline void op_data_start(void *io, int download)
 {
+	(void)download;
 	rec(io, "start\n");
 }
 static inline void op_data_tls_go(void *io)
