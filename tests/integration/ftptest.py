@@ -647,8 +647,9 @@ def render_config(config):
 
 
 def gate_config(backend, listen_port=None, listen_host='127.0.0.1',
-                passive_ports=None, log_level='debug', **site):
-    """Typical one-site config dict.  backend: 'host:port' or a PyftpdServer."""
+                passive_ports=None, log_level='debug', global_keys=None, **site):
+    """Typical one-site config dict.  backend: 'host:port' or a PyftpdServer;
+    global_keys: more [global] keys (after FTPTEST_WORKERS, so they win)."""
     if isinstance(backend, PyftpdServer):
         backend = backend.addr()
     if listen_port is None:
@@ -662,6 +663,7 @@ def gate_config(backend, listen_port=None, listen_host='127.0.0.1',
     g = {'log_level': log_level}
     if os.environ.get('FTPTEST_WORKERS'):      # a test file run again with N workers
         g['workers'] = os.environ['FTPTEST_WORKERS']
+    g.update({k: str(v) for k, v in (global_keys or {}).items()})
     return {'global': g, 'site:test': s}
 
 

@@ -55,9 +55,7 @@ except Exception as e:  # noqa
 
 def config(extra_global=None, **site):
     """gate_config for SRV, with more [global] keys."""
-    c = T.gate_config(SRV, **site)
-    c['global'].update({k: str(v) for k, v in (extra_global or {}).items()})
-    return c
+    return T.gate_config(SRV, global_keys=extra_global, **site)
 
 
 def write_config(path, text):

@@ -49,10 +49,7 @@ except Exception as e:  # noqa
 
 
 def config(extra_global=None, **site):
-    c = T.gate_config(SRV, **site)
-    c['global']['workers'] = str(N)
-    c['global'].update({k: str(v) for k, v in (extra_global or {}).items()})
-    return c
+    return T.gate_config(SRV, global_keys=dict({'workers': N}, **(extra_global or {})), **site)
 
 
 def workers_of_log(text):
