@@ -1219,41 +1219,72 @@ static SSL_CTX *probe_ctx(const struct site_conf *sc, const char *path, struct r
 	return client;
 }
 
+/* One server of a site, the way the proxy reaches it: a pool server, or
+ * (route non-NULL) a server of a [route:SITE] line. */
+static void probe_backend(const struct site_conf *sc, const struct backend_conf *bc,
+                          const struct route *route, const char *path, const struct opts *o,
+                          int from_url, struct reports *all)
+{
+	struct target t;
+	int pass = tls_is_passthrough(sc->tls);
+	struct report *r;
+	if (from_url)
+		r = report_new(all, "%s", bc->name);
+	else if (route)
+		r = report_new(all, "site %s: backend %s (route %s, line %d)", sc->name, bc->name,
+		               route->pattern, route->line);
+	else
+		r = report_new(all, "site %s: backend %s", sc->name, bc->name);
+	memset(&t, 0, sizeof(t));
+	t.sc = sc;
+	t.conf_path = path;
+	t.from_url = from_url;
+	t.addr = bc->addr;
+	snprintf(t.host, sizeof(t.host), "%s", bc->host);
+	snprintf(t.name, sizeof(t.name), "%s", bc->name);
+	t.passthrough = pass;
+	t.tls = pass ? (sc->tls == TLS_PASSTHROUGH ? BTLS_ON : BTLS_IMPLICIT) : sc->backend_tls;
+	t.tls_wanted = t.tls != BTLS_OFF;
+	t.verify = !pass && sc->backend_tls != BTLS_OFF && sc->backend_tls_verify;
+	t.user = o->user ? o->user : "anonymous";
+	t.pass = o->pass ? o->pass : (o->user ? "" : "probe@ftpgate");
+	t.anonymous = !o->user;
+	t.timeout_ms = (int)(o->timeout ? (unsigned)o->timeout : sc->connect_timeout) * 1000;
+	t.ctx = probe_ctx(sc, path, r);
+	if (!t.ctx) {
+		add(r, V_PROBLEM, "tls", "Cannot make a TLS context.");
+		return;
+	}
+	probe_one(&t, r);
+	SSL_CTX_free(t.ctx);
+}
+
+/* Whether name is among the site's pool or an earlier route's servers. */
+static int probed_before(const struct site_conf *sc, size_t route, size_t idx, const char *name)
+{
+	for (size_t i = 0; i < sc->n_backends; i++)
+		if (!strcmp(sc->backends[i].name, name))
+			return 1;
+	for (size_t k = 0; k <= route && k < sc->n_routes; k++)
+		for (size_t i = 0; i < (k == route ? idx : sc->routes[k].n_backends); i++)
+			if (!strcmp(sc->routes[k].backends[i].name, name))
+				return 1;
+	return 0;
+}
+
 static void probe_site(const struct site_conf *sc, const char *path, const struct opts *o,
                        int from_url, struct reports *all)
 {
 	struct target t;
 	int pass = tls_is_passthrough(sc->tls);
-	for (size_t i = 0; i < sc->n_backends; i++) {
-		const struct backend_conf *bc = &sc->backends[i];
-		struct report *r = from_url
-		                       ? report_new(all, "%s", bc->name)
-		                       : report_new(all, "site %s: backend %s", sc->name, bc->name);
-		memset(&t, 0, sizeof(t));
-		t.sc = sc;
-		t.conf_path = path;
-		t.from_url = from_url;
-		t.addr = bc->addr;
-		snprintf(t.host, sizeof(t.host), "%s", bc->host);
-		snprintf(t.name, sizeof(t.name), "%s", bc->name);
-		t.passthrough = pass;
-		t.tls =
-		    pass ? (sc->tls == TLS_PASSTHROUGH ? BTLS_ON : BTLS_IMPLICIT) : sc->backend_tls;
-		t.tls_wanted = t.tls != BTLS_OFF;
-		t.verify = !pass && sc->backend_tls != BTLS_OFF && sc->backend_tls_verify;
-		t.user = o->user ? o->user : "anonymous";
-		t.pass = o->pass ? o->pass : (o->user ? "" : "probe@ftpgate");
-		t.anonymous = !o->user;
-		t.timeout_ms =
-		    (int)(o->timeout ? (unsigned)o->timeout : sc->connect_timeout) * 1000;
-		t.ctx = probe_ctx(sc, path, r);
-		if (!t.ctx) {
-			add(r, V_PROBLEM, "tls", "Cannot make a TLS context.");
-			continue;
-		}
-		probe_one(&t, r);
-		SSL_CTX_free(t.ctx);
-	}
+	for (size_t i = 0; i < sc->n_backends; i++)
+		probe_backend(sc, &sc->backends[i], NULL, path, o, from_url, all);
+	/* The servers routes send users to, each once. */
+	for (size_t k = 0; !from_url && k < sc->n_routes; k++)
+		for (size_t i = 0; i < sc->routes[k].n_backends; i++)
+			if (!probed_before(sc, k, i, sc->routes[k].backends[i].name))
+				probe_backend(sc, &sc->routes[k].backends[i], &sc->routes[k], path,
+				              o, from_url, all);
 	if (from_url || sc->n_listen == 0)
 		return;
 	/* The outside view: the site's own listener, as a client. */

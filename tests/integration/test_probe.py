@@ -298,6 +298,30 @@ def case_down():
     outside(r).want('problem', 'greeting', '421')
 
 
+def case_routes():
+    """The servers [route:SITE] sends users to are probed too, each once,
+    with the route's pattern in the report's title."""
+    port = T.closed_port()
+    with T.PyftpdServer(ROOT) as a, T.PyftpdServer(ROOT, masquerade_address='10.0.0.1') as b:
+        cfg = T.gate_config(a)
+        cfg['route:test'] = {'u': a.addr(), 'w*': '127.0.0.1:%d' % port,
+                             '*@acme.example': '%s, %s' % (b.addr(), a.addr()),
+                             'x': b.addr()}
+        r = site_probe(a, gate=False, cfg=cfg)
+    r.rc_is(1)
+    text = T.render_config(cfg).splitlines()
+    line = {p_: text.index('%s = %s' % (p_, v)) + 1 for p_, v in cfg['route:test'].items()}
+    titles = [x for x in dict.fromkeys(f[3] for f in r.findings) if 'outside view' not in x]
+    assert titles == ['site test: backend %s' % a.addr(),
+                      'site test: backend 127.0.0.1:%d (route w*, line %d)' % (port, line['w*']),
+                      'site test: backend %s (route *@acme.example, line %d)'
+                      % (b.addr(), line['*@acme.example'])], r.text
+    by = {t_: Result(r.rc, r.text, [f for f in r.findings if f[3] == t_]) for t_ in titles}
+    by[titles[0]].none('problem')
+    by[titles[1]].want('problem', 'connect', 'Connection refused')
+    by[titles[2]].want('warning', 'pasv', r'announces 10\.0\.0\.1, a private address')
+
+
 def case_login():
     with T.PyftpdServer(ROOT) as s:
         r = probe(['--user', 'u', '--pass', 'wrong', 'ftp://' + s.addr()])
@@ -443,6 +467,7 @@ CASES = [
     ('certificate of an unknown CA (URL form, system store): problem',
      case_pyftpd_untrusted_ca, 'tls'),
     ('server down: connection refused, problem, exit 1', case_down, None),
+    ('route servers probed too, each once, the route in the title', case_routes, None),
     ('login: wrong password is a problem, user:pass in the URL', case_login, None),
     ('bad usage: exit 2 with a message', case_bad_usage, None),
     ('vsftpd require_ssl_reuse: reuse needed, ok (ftpgate resumes)', case_vsftpd_reuse,
