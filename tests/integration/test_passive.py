@@ -584,7 +584,11 @@ def c21_max_sessions():
         deadline = time.monotonic() + 5
         while True:
             c = T.RecordingFTP()
-            w = c.connect('127.0.0.1', g.port, timeout=10)
+            try:
+                w = c.connect('127.0.0.1', g.port, timeout=10)
+            except ftplib.error_temp as e:   # the 421 (ftplib raises on it)
+                w = str(e)
+                c.close()
             if w.startswith('220') or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
