@@ -2,7 +2,10 @@
  * datachan: one data connection pair (client side, backend side). Each side
  * is established by accepting on a listener (only from an allowed peer IP)
  * or by connecting out. Once both sides are up and the owner has started
- * the transfer, bytes are moved with splice(2) through a pipe per direction.
+ * the transfer, bytes are moved with splice(2) through a pipe per direction,
+ * except small transfers: each direction first copies through a 16 KiB
+ * buffer (recv/send) and makes its pipe only when a read fills it (and goes
+ * on copying if no pipe can be had).
  * The pair is finished when both directions have seen EOF and delivered
  * every byte, or when the transfer's direction (datachan_finish_on) has;
  * then both sockets are closed and the owner is told.

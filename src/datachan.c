@@ -29,7 +29,8 @@
 #endif
 
 #define DC_PIPE_SIZE (1024 * 1024)
-#define DC_ROUNDS 8 /* pipe loads per callback, so one transfer cannot starve the loop */
+#define DC_ROUNDS 8          /* pipe loads per callback, so one transfer cannot starve the loop */
+#define DC_SMALL (16 * 1024) /* plain pairs copy through a buffer this big until it fills */
 
 enum side_state { SIDE_NONE = 0, SIDE_LISTEN, SIDE_CONNECTING, SIDE_UP, SIDE_FAILED };
 
@@ -63,6 +64,9 @@ struct dc_dir {
 	int done;
 	char *buf; /* TLS pump: bytes read from the source, not yet written */
 	size_t buf_off, buf_len;
+	char *small; /* plain pump, before the pipe: DC_SMALL bytes read, not yet written */
+	size_t small_off, small_len;
+	int big; /* a read filled small: what follows goes through a pipe if one can be had */
 	uint64_t bytes;
 	uint64_t last_ms; /* when bytes last moved (now_ms), 0 never */
 };
@@ -122,6 +126,9 @@ static void dir_close(struct dc_dir *d)
 	free(d->buf);
 	d->buf = NULL;
 	d->buf_off = d->buf_len = 0;
+	free(d->small);
+	d->small = NULL;
+	d->small_off = d->small_len = 0;
 	if (d->pipe[0] >= 0)
 		close(d->pipe[0]);
 	if (d->pipe[1] >= 0)
@@ -596,6 +603,28 @@ static void pump(struct datachan *dc, int d)
 	if (dr->done)
 		return;
 	for (int round = 0; round < DC_ROUNDS; round++) {
+		/* What was copied into small goes out before anything else. */
+		while (dr->small_len > dr->small_off) {
+			n = send(dst->fd, dr->small + dr->small_off, dr->small_len - dr->small_off,
+			         MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (n > 0) {
+				dr->small_off += (size_t)n;
+				dr->bytes += (uint64_t)n;
+				dr->last_ms = now_ms();
+				continue;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && errno == EAGAIN) {
+				set_rd(src, 0);
+				set_wr(dst, 1);
+				return;
+			}
+			dc_fail(dc, "write to %s: %s", side_name[dst->idx],
+			        n < 0 ? strerror(errno) : "no progress");
+			return;
+		}
+		dr->small_off = dr->small_len = 0;
 		while (dr->in_pipe > 0) {
 			n = splice(dr->pipe[0], NULL, dst->fd, NULL, dr->in_pipe,
 			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -626,11 +655,26 @@ static void pump(struct datachan *dc, int d)
 			dir_done(dc, d);
 			return;
 		}
+		if (dr->pipe[0] < 0 && dr->big && make_pipe(dr) == 0) {
+			free(dr->small);
+			dr->small = NULL;
+		}
 		if (dr->pipe[0] < 0) {
-			/* No pipe yet: most pairs carry one direction only, so a
-			 * pipe is made only once the first byte arrives. */
-			char c;
-			n = recv(src->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+			/* No pipe (yet). Most pairs carry one direction only, and
+			 * many transfers are small (a listing, a small file): they
+			 * are copied through small (recv, then send), with no
+			 * pipe. A read that fills small means more is coming: from
+			 * then on the direction splices through a pipe. The bytes
+			 * are taken off the source at once, as splice does, so a
+			 * pair torn down never leaves them unread in a socket.
+			 * Without a pipe (out of descriptors: EMFILE) the copy
+			 * goes on: a transfer already running is never cut for
+			 * want of one (the soak's emfile fault found that). */
+			if (!dr->small && !(dr->small = malloc(DC_SMALL))) {
+				dc_fail(dc, "out of memory");
+				return;
+			}
+			n = recv(src->fd, dr->small, DC_SMALL, MSG_DONTWAIT);
 			if (n == 0) {
 				dr->src_eof = 1;
 				continue;
@@ -642,10 +686,10 @@ static void pump(struct datachan *dc, int d)
 				        strerror(errno));
 				return;
 			}
-			if (make_pipe(dr) < 0) {
-				dc_fail(dc, "pipe: %s", strerror(errno));
-				return;
-			}
+			dr->small_len = (size_t)n;
+			/* Tried once per full read: a pipe may be had again later. */
+			dr->big = (size_t)n == DC_SMALL;
+			continue;
 		}
 		n = splice(src->fd, NULL, dr->pipe[1], NULL, dr->pipe_size,
 		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -663,7 +707,7 @@ static void pump(struct datachan *dc, int d)
 		return;
 	}
 	/* Budget used up: come back from the loop (both events are level-triggered). */
-	if (dr->in_pipe > 0) {
+	if (dr->in_pipe > 0 || dr->small_len > dr->small_off) {
 		set_rd(src, 0);
 		set_wr(dst, 1);
 		return;

@@ -11,11 +11,13 @@ loopback, raw-socket clients.  TAP."""
 
 import os
 import re
+import resource
 import select
 import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -564,16 +566,12 @@ def c_pt_many_abor():
         fb.stop()
 
 
-def c_noop_syscalls():
-    """Issue 17.5: a command and its reply on plain control connections are
-    written straight to the socket when nothing is queued. Before: each went
-    into the bufferevent, which armed EV_WRITE (epoll_ctl), woke up, wrote
-    with writev and disarmed (epoll_ctl): 14 system calls per NOOP, 8 now
-    (recv with its FIONREAD, send, epoll_wait on each side)."""
+def strace_counts(fb, session):
+    """Run session(c), c a logged-in control connection, through an ftpgate
+    (one worker) in front of fb under strace -f -c; its system call counts
+    ({name: calls})."""
     if not STRACE:
         raise AssertionError('strace not installed (tools/install-deps.sh installs it)')
-    n = 2000
-    fb = fake_ftp()
     d = T.tmpdir('strace-')
     out = os.path.join(d, 'counts')
     cfg = T.gate_config(fb.addr(), log_level='warn')
@@ -589,9 +587,7 @@ def c_noop_syscalls():
                 assert time.monotonic() < deadline and g.alive(), 'not started:\n' + g.log()
                 time.sleep(0.1)
         raw_login(c)
-        for _ in range(n):
-            r = c.cmd('NOOP')
-            assert r.startswith(b'200'), r
+        session(c)
         c.close()
         # ftpgate, not strace, gets the SIGTERM: strace then writes its counts
         for pid in T._descendants(g.proc.pid):
@@ -599,19 +595,137 @@ def c_noop_syscalls():
         g.proc.wait(20)
     finally:
         g.stop()
-        fb.stop()
     counts = {}
     for ln in T.read_text(out).splitlines():
         f = ln.split()
         if len(f) >= 5 and f[-1].isidentifier() and f[3].isdigit():
             counts[f[-1]] = int(f[3])
+    assert counts.get('epoll_wait', 0) > 0, 'no strace counts:\n' + T.read_text(out)
+    return counts
+
+
+def c_noop_syscalls():
+    """Issue 17.5: a command and its reply on plain control connections are
+    written straight to the socket when nothing is queued. Before: each went
+    into the bufferevent, which armed EV_WRITE (epoll_ctl), woke up, wrote
+    with writev and disarmed (epoll_ctl): 14 system calls per NOOP, 8 now
+    (recv with its FIONREAD, send, epoll_wait on each side)."""
+    n = 2000
+
+    def noops(c):
+        for _ in range(n):
+            r = c.cmd('NOOP')
+            assert r.startswith(b'200'), r
+
+    fb = fake_ftp()
+    try:
+        counts = strace_counts(fb, noops)
+    finally:
+        fb.stop()
     T.diag('per NOOP: ' + ', '.join('%s %.2f' % (k, v / n) for k, v in sorted(counts.items())
                                     if v >= n // 2))
-    assert counts.get('epoll_wait', 0) >= n, 'no strace counts:\n' + T.read_text(out)
+    assert counts.get('epoll_wait', 0) >= n, counts
     sends = counts.get('sendto', 0) + counts.get('writev', 0) + counts.get('write', 0)
     assert sends <= 2 * n + 200, 'writes: %d for %d NOOPs (%r)' % (sends, n, counts)
     assert counts.get('epoll_ctl', 0) <= 200, \
         'epoll_ctl: %d for %d NOOPs: EV_WRITE armed per reply' % (counts.get('epoll_ctl', 0), n)
+
+
+def c_small_no_pipe():
+    """Issue 17.5: a small transfer (a listing, a 1 KiB file) is copied with
+    recv/send and makes no pipe; before, every transfer made a 1 MiB pipe
+    (pipe2 and two fcntl) at its first byte. A 100 KiB file still does."""
+    sizes = [1024] * 40 + [100 * 1024] * 5
+    payloads = [os.urandom(n) for n in sizes]
+
+    def retr(c, st, fb):
+        c.send(b'150 here\r\n')
+        d = accept_data(st)
+        d.sendall(payloads[st['n'] - 1])
+        d.close()
+        c.send(b'226 done\r\n')
+
+    def transfers(c):
+        assert c.cmd('TYPE I').startswith(b'200')
+        for p in payloads:
+            dport = epsv_port(c)
+            ds = socket.create_connection(('127.0.0.1', dport), timeout=10)
+            c.send(b'RETR f\r\n')
+            r = c.reply(10)
+            assert r.startswith(b'150'), r
+            data, how = T.recv_until_closed(ds, 10)
+            ds.close()
+            assert data == p and how == 'eof', (len(data), len(p), how)
+            r = c.reply(10)
+            assert r == b'226 done\r\n', r
+
+    fb = fake_ftp(retr=retr)
+    try:
+        base = strace_counts(fb, lambda c: None).get('pipe2', 0)   # start-up's own
+        counts = strace_counts(fb, transfers)
+    finally:
+        fb.stop()
+    pipes = counts.get('pipe2', 0) - base
+    T.diag('pipe2 %d for %d transfers of 1 KiB and %d of 100 KiB (%d at start-up)'
+           % (pipes, sizes.count(1024), sizes.count(100 * 1024), base))
+    assert pipes == sizes.count(100 * 1024), (base, counts)
+
+
+def c_pipe_emfile():
+    """A running download whose pipe cannot be made (no descriptor left:
+    EMFILE when its first 16 KiB are through) goes on by copying and is
+    complete. Found by the soak: a pipe made mid-transfer failed, the pair
+    was cut after its first bytes and the backend's 226 reached the client.
+    Before the copy path the pipe was made at the first byte, and a
+    transfer failed all the same (426)."""
+    payload = os.urandom(3 * 1024 * 1024 + 123)
+    accepted, go = threading.Event(), threading.Event()
+
+    def retr(c, st, fb):
+        c.send(b'150 here\r\n')
+        d = accept_data(st)
+        accepted.set()
+        go.wait(20)
+        d.sendall(payload)
+        d.close()
+        c.send(b'226 done\r\n')
+
+    fb = fake_ftp(retr=retr)
+    cfg = T.gate_config(fb.addr(), log_level='debug')
+    cfg['global']['workers'] = '1'
+    g = T.Ftpgate(cfg)
+    c = ds = None
+    try:
+        c = ctl(g)
+        raw_login(c)
+        assert c.cmd('TYPE I').startswith(b'200')
+        dport = epsv_port(c)
+        ds = socket.create_connection(('127.0.0.1', dport), timeout=10)
+        c.send(b'RETR f\r\n')
+        r = c.reply(10)
+        assert r.startswith(b'150'), r
+        assert accepted.wait(10), 'the backend got no data connection:\n' + g.log()
+        time.sleep(0.3)   # ftpgate sees its connect through
+        pid = g.proc.pid
+        fds = {int(x) for x in os.listdir('/proc/%d/fd' % pid)}
+        low = min(set(range(len(fds) + 1)) - fds)
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (low, hard))   # no new descriptor
+        mark = g.log_mark()
+        go.set()
+        data, how = T.recv_until_closed(ds, 30)
+        r = c.reply(10)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert len(data) == len(payload) and data == payload and how == 'eof', \
+            '%d of %d bytes (%s):\n%s' % (len(data), len(payload), how, g.log_since(mark)[-3000:])
+        assert r == b'226 done\r\n', r
+        assert 'Too many open files' not in g.log_since(mark), g.log_since(mark)[-3000:]
+    finally:
+        for s_ in (c, ds):
+            if s_ is not None:
+                s_.close()
+        g.stop()
+        fb.stop()
 
 
 t.case('client never reads replies (bare LF / PBSZ flood): RSS < 60 MB, still serves',
@@ -627,6 +741,9 @@ t.case('reload with a listen address taken, then EMFILE: proxy stays alive',
 t.case('passive data port out of descriptors: pauses, does not spin', c_pasv_emfile, 40)
 t.case('a NOOP round trip: one send(2) each way, no EV_WRITE arming (strace -c)',
        c_noop_syscalls, 60)
+t.case('small transfers make no pipe, a 100 KiB one does (strace -c)', c_small_no_pipe, 60)
+t.case('a download whose pipe cannot be made (EMFILE mid-transfer) completes by copying',
+       c_pipe_emfile, 60)
 t.case('passthrough: 10 quick ABORs during a transfer: no 421, one overtakes',
        c_pt_many_abor, 20)
 t.done()
