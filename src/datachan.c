@@ -593,6 +593,32 @@ static int make_pipe(struct dc_dir *d)
 	return 0;
 }
 
+/*
+ * The result n of one write (send or splice) into the sink of direction d:
+ * 1 go on (bytes counted, or EINTR), 0 the sink is full (wait until it is
+ * writable), -1 failed (reported, dc may be gone).
+ */
+static int sink_took(struct datachan *dc, int d, ssize_t n)
+{
+	struct dc_dir *dr = &dc->dir[d];
+	struct dc_end *src = &dc->side[d], *dst = &dc->side[1 - d];
+	if (n > 0) {
+		dr->bytes += (uint64_t)n;
+		dr->last_ms = now_ms();
+		return 1;
+	}
+	if (n < 0 && errno == EINTR)
+		return 1;
+	if (n < 0 && errno == EAGAIN) {
+		set_rd(src, 0);
+		set_wr(dst, 1);
+		return 0;
+	}
+	dc_fail(dc, "write to %s: %s", side_name[dst->idx],
+	        n < 0 ? strerror(errno) : "no progress");
+	return -1;
+}
+
 /* Move bytes of direction d until the source is empty or the sink is full. */
 static void pump(struct datachan *dc, int d)
 {
@@ -607,43 +633,19 @@ static void pump(struct datachan *dc, int d)
 		while (dr->small_len > dr->small_off) {
 			n = send(dst->fd, dr->small + dr->small_off, dr->small_len - dr->small_off,
 			         MSG_NOSIGNAL | MSG_DONTWAIT);
-			if (n > 0) {
+			if (n > 0)
 				dr->small_off += (size_t)n;
-				dr->bytes += (uint64_t)n;
-				dr->last_ms = now_ms();
-				continue;
-			}
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0 && errno == EAGAIN) {
-				set_rd(src, 0);
-				set_wr(dst, 1);
+			if (sink_took(dc, d, n) <= 0)
 				return;
-			}
-			dc_fail(dc, "write to %s: %s", side_name[dst->idx],
-			        n < 0 ? strerror(errno) : "no progress");
-			return;
 		}
 		dr->small_off = dr->small_len = 0;
 		while (dr->in_pipe > 0) {
 			n = splice(dr->pipe[0], NULL, dst->fd, NULL, dr->in_pipe,
 			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-			if (n > 0) {
+			if (n > 0)
 				dr->in_pipe -= (size_t)n;
-				dr->bytes += (uint64_t)n;
-				dr->last_ms = now_ms();
-				continue;
-			}
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0 && errno == EAGAIN) {
-				set_rd(src, 0);
-				set_wr(dst, 1);
+			if (sink_took(dc, d, n) <= 0)
 				return;
-			}
-			dc_fail(dc, "write to %s: %s", side_name[dst->idx],
-			        n < 0 ? strerror(errno) : "no progress");
-			return;
 		}
 		if (dr->src_eof) {
 			/* Every byte delivered: pass the EOF on. */
