@@ -20,6 +20,10 @@
  *       fewer or more than SIZE bytes arrive.
  *   ftpload put HOST PORT LOCALFILE REMOTEPATH
  *       One STOR of LOCALFILE (sendfile) as REMOTEPATH; same output.
+ *   ftpload noop HOST PORT COUNT
+ *       One session (login), COUNT/10 NOOPs to warm up, then COUNT NOOPs
+ *       one after the other, each timed from send to its 200 read; prints
+ *       "noops=N mean_us=.. p50_us=.. p90_us=.. p99_us=.. min_us=..".
  *   ftpload tlsget HOST PORT PATH SIZE
  *       Like get, over explicit FTPS: AUTH TLS, PBSZ 0, PROT P, login,
  *       TYPE I, EPSV, RETR; the data connection's TLS handshake (after the
@@ -421,8 +425,10 @@ static int open_data(struct ctl *c)
 		if (cmd(c, "PASV", NULL, 227, "PASV") < 0)
 			return -1;
 		char *p = strchr(c->line, '(');
-		if (p && sscanf(p, "(%u,%u,%u,%u,%u,%u)", &h[0], &h[1], &h[2], &h[3], &h[4],
-		                &h[5]) == 6 && h[4] < 256 && h[5] < 256)
+		if (p &&
+		    sscanf(p, "(%u,%u,%u,%u,%u,%u)", &h[0], &h[1], &h[2], &h[3], &h[4], &h[5]) ==
+		        6 &&
+		    h[4] < 256 && h[5] < 256)
 			port = (int)(h[4] * 256 + h[5]);
 	} else {
 		if (cmd(c, "EPSV", NULL, 229, "EPSV") < 0)
@@ -625,6 +631,49 @@ static int mode_idle(int count)
 		print_errors();
 	free(cs);
 	return n_errors ? 1 : 0;
+}
+
+static int mode_noop(long count)
+{
+	struct ctl c;
+	if (count < 1 || count > 100000000) {
+		fprintf(stderr, "ftpload: noop: COUNT must be 1..100000000\n");
+		return 2;
+	}
+	if (ctl_open(&c) < 0)
+		goto fail;
+	if (ctl_login(&c) < 0) {
+		close(c.fd);
+		goto fail;
+	}
+	double *lat = malloc((size_t)count * sizeof(double));
+	if (!lat) {
+		perror("malloc");
+		return 1;
+	}
+	double sum = 0;
+	for (long i = -(count / 10); i < count; i++) {
+		double t0 = now();
+		if (cmd(&c, "NOOP", NULL, 200, "NOOP") < 0)
+			break;
+		if (i >= 0) {
+			lat[i] = (now() - t0) * 1e6;
+			sum += lat[i];
+		}
+	}
+	if (!n_errors) {
+		qsort(lat, (size_t)count, sizeof(double), cmp_double);
+		printf("noops=%ld mean_us=%.2f p50_us=%.2f p90_us=%.2f p99_us=%.2f min_us=%.2f\n",
+		       count, sum / count, lat[count / 2], lat[(count * 9) / 10],
+		       lat[(count * 99) / 100], lat[0]);
+	}
+	free(lat);
+	ctl_quit(&c, 1);
+	if (!n_errors)
+		return 0;
+fail:
+	print_errors();
+	return 1;
 }
 
 static int login_binary(struct ctl *c)
@@ -865,6 +914,7 @@ static void usage(void)
 	        "       ftpload idle HOST PORT COUNT\n"
 	        "       ftpload get HOST PORT PATH SIZE\n"
 	        "       ftpload put HOST PORT LOCALFILE REMOTEPATH\n"
+	        "       ftpload noop HOST PORT COUNT\n"
 	        "       ftpload tlsget HOST PORT PATH SIZE%s\n",
 #ifdef FTPLOAD_TLS
 	        "");
@@ -905,6 +955,8 @@ int main(int argc, char **argv)
 		return mode_get(argv[4], atoll(argv[5]));
 	if (strcmp(mode, "put") == 0 && argc == 6)
 		return mode_put(argv[4], argv[5]);
+	if (strcmp(mode, "noop") == 0 && argc == 5)
+		return mode_noop(atol(argv[4]));
 #ifdef FTPLOAD_TLS
 	if (strcmp(mode, "tlsget") == 0 && argc == 6)
 		return mode_tlsget(argv[4], atoll(argv[5]));
