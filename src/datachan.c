@@ -29,8 +29,8 @@
 #endif
 
 #define DC_PIPE_SIZE (1024 * 1024)
-#define DC_ROUNDS 8          /* pipe loads per callback, so one transfer cannot starve the loop */
-#define DC_SMALL (16 * 1024) /* plain pairs copy through a buffer this big until it fills */
+#define DC_ROUNDS 8          /* pipe loads or copies per callback: no transfer starves the loop */
+#define DC_SMALL (16 * 1024) /* plain pairs copy reads of up to this much until one fills it */
 
 enum side_state { SIDE_NONE = 0, SIDE_LISTEN, SIDE_CONNECTING, SIDE_UP, SIDE_FAILED };
 
@@ -64,9 +64,9 @@ struct dc_dir {
 	int done;
 	char *buf; /* TLS pump: bytes read from the source, not yet written */
 	size_t buf_off, buf_len;
-	char *small; /* plain pump, before the pipe: DC_SMALL bytes read, not yet written */
+	char *small; /* plain pump, copying: the part of a read the sink did not take yet */
 	size_t small_off, small_len;
-	int big; /* a read filled small: what follows goes through a pipe if one can be had */
+	int big; /* a read was DC_SMALL: what follows goes through a pipe if one can be had */
 	uint64_t bytes;
 	uint64_t last_ms; /* when bytes last moved (now_ms), 0 never */
 };
@@ -629,7 +629,7 @@ static void pump(struct datachan *dc, int d)
 	if (dr->done)
 		return;
 	for (int round = 0; round < DC_ROUNDS; round++) {
-		/* What was copied into small goes out before anything else. */
+		/* What the sink did not take of a copy goes out before anything else. */
 		while (dr->small_len > dr->small_off) {
 			n = send(dst->fd, dr->small + dr->small_off, dr->small_len - dr->small_off,
 			         MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -638,6 +638,8 @@ static void pump(struct datachan *dc, int d)
 			if (sink_took(dc, d, n) <= 0)
 				return;
 		}
+		free(dr->small); /* nothing is held between reads */
+		dr->small = NULL;
 		dr->small_off = dr->small_len = 0;
 		while (dr->in_pipe > 0) {
 			n = splice(dr->pipe[0], NULL, dst->fd, NULL, dr->in_pipe,
@@ -657,26 +659,21 @@ static void pump(struct datachan *dc, int d)
 			dir_done(dc, d);
 			return;
 		}
-		if (dr->pipe[0] < 0 && dr->big && make_pipe(dr) == 0) {
-			free(dr->small);
-			dr->small = NULL;
-		}
+		if (dr->pipe[0] < 0 && dr->big)
+			(void)make_pipe(dr); /* tried after each full read; without one, copy on */
 		if (dr->pipe[0] < 0) {
 			/* No pipe (yet). Most pairs carry one direction only, and
 			 * many transfers are small (a listing, a small file): they
-			 * are copied through small (recv, then send), with no
-			 * pipe. A read that fills small means more is coming: from
-			 * then on the direction splices through a pipe. The bytes
-			 * are taken off the source at once, as splice does, so a
-			 * pair torn down never leaves them unread in a socket.
-			 * Without a pipe (out of descriptors: EMFILE) the copy
-			 * goes on: a transfer already running is never cut for
-			 * want of one (the soak's emfile fault found that). */
-			if (!dr->small && !(dr->small = malloc(DC_SMALL))) {
-				dc_fail(dc, "out of memory");
-				return;
-			}
-			n = recv(src->fd, dr->small, DC_SMALL, MSG_DONTWAIT);
+			 * are copied (recv, then send), with no pipe. A read that
+			 * fills the buffer means more is coming: from then on the
+			 * direction splices through a pipe. The bytes are taken
+			 * off the source at once, as splice does, so a pair torn
+			 * down never leaves them unread in a socket. Without a
+			 * pipe (out of descriptors: EMFILE) the copy goes on: a
+			 * transfer already running is never cut for want of one
+			 * (the soak's emfile fault found that). */
+			char buf[DC_SMALL];
+			n = recv(src->fd, buf, sizeof(buf), MSG_DONTWAIT);
 			if (n == 0) {
 				dr->src_eof = 1;
 				continue;
@@ -688,9 +685,25 @@ static void pump(struct datachan *dc, int d)
 				        strerror(errno));
 				return;
 			}
-			dr->small_len = (size_t)n;
-			/* Tried once per full read: a pipe may be had again later. */
-			dr->big = (size_t)n == DC_SMALL;
+			dr->big = (size_t)n == sizeof(buf);
+			ssize_t k = send(dst->fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (k < 0 && errno != EAGAIN && errno != EINTR) {
+				sink_took(dc, d, k); /* fails the pair */
+				return;
+			}
+			size_t put = k > 0 ? (size_t)k : 0;
+			if (put)
+				sink_took(dc, d, k);
+			if (put < (size_t)n) {
+				/* The sink is full: keep the rest for the loop's first step. */
+				dr->small = malloc((size_t)n - put);
+				if (!dr->small) {
+					dc_fail(dc, "out of memory");
+					return;
+				}
+				memcpy(dr->small, buf + put, (size_t)n - put);
+				dr->small_len = (size_t)n - put;
+			}
 			continue;
 		}
 		n = splice(src->fd, NULL, dr->pipe[1], NULL, dr->pipe_size,
