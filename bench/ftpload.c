@@ -649,6 +649,7 @@ static int mode_noop(long count)
 	double *lat = malloc((size_t)count * sizeof(double));
 	if (!lat) {
 		perror("malloc");
+		ctl_quit(&c, 0);
 		return 1;
 	}
 	double sum = 0;

@@ -695,7 +695,8 @@ static void pump(struct datachan *dc, int d)
 			if (put)
 				sink_took(dc, d, k);
 			if (put < (size_t)n) {
-				/* The sink is full: keep the rest for the loop's first step. */
+				/* The sink is full: keep the rest and wait until it is
+				 * writable (the loop's first step then sends it). */
 				dr->small = malloc((size_t)n - put);
 				if (!dr->small) {
 					dc_fail(dc, "out of memory");
@@ -703,6 +704,9 @@ static void pump(struct datachan *dc, int d)
 				}
 				memcpy(dr->small, buf + put, (size_t)n - put);
 				dr->small_len = (size_t)n - put;
+				set_rd(src, 0);
+				set_wr(dst, 1);
+				return;
 			}
 			continue;
 		}
