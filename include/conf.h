@@ -171,6 +171,7 @@ struct conf {
 	unsigned shutdown_timeout; /* seconds running transfers get at shutdown */
 	unsigned workers;          /* event loops; 0 = auto (one per online CPU) */
 	int workers_line;
+	int ktls; /* offer kernel TLS to OpenSSL on data connections */
 	struct site_conf *sites;
 	size_t n_sites;
 };

@@ -75,7 +75,8 @@ int datachan_side_connected(const struct datachan *dc, enum dc_side side);
  * fails the pair (the data may be cut), and then no close_notify goes to
  * the other side. Sessions the backend issues on a TLS-client side count
  * (tls_keep_sessions) only if the pair ends cleanly. A pair with a TLS
- * side moves bytes through OpenSSL instead of splice(2).
+ * side moves bytes through OpenSSL instead of splice(2), except a plain
+ * source into a side whose sending the kernel does (kTLS): that splices.
  */
 #define DATACHAN_NO_REUSE                                                                          \
 	"the client data connection did not resume the control connection's TLS session"
@@ -90,6 +91,23 @@ void datachan_set_tls(struct datachan *dc, enum dc_side side, struct ssl_st *ssl
  * ClientHello comes before they expect it.
  */
 void datachan_tls_go(struct datachan *dc);
+
+/*
+ * Offer kernel TLS (kTLS) to OpenSSL on the TLS sides of data connections
+ * from now on (process-wide, [global] ktls; on by default). Where the
+ * kernel has the tls module, it encrypts what the pair sends there (not what
+ * it receives: OpenSSL 3.0's kTLS receiving breaks on Linux 6.x)
+ * and the pump writes plaintext to the socket; elsewhere OpenSSL's own
+ * record layer does it, as without.
+ */
+void datachan_set_ktls(int on);
+
+/*
+ * Whether this kernel offers kernel TLS: 1 yes, 0 no (the tls module is
+ * not loaded and cannot be, errno-like reason in why), -1 unknown. Asking
+ * loads the module when the process may (CAP_NET_ADMIN).
+ */
+int datachan_ktls_available(char *why, size_t whylen);
 
 /*
  * The transfer flows in direction dir (1: backend -> client, a download).

@@ -696,6 +696,13 @@ static int global_key(struct parse_ctx *p, const char *key, const char *v)
 	}
 	if (strcmp(key, "shutdown_timeout") == 0)
 		return set_seconds(p, key, v, &p->conf->shutdown_timeout);
+	if (strcmp(key, "ktls") == 0) {
+		int b = parse_bool(v);
+		if (b < 0)
+			return fail(p, key, "\"%s\" is not yes or no", v);
+		p->conf->ktls = b;
+		return 1;
+	}
 	if (strcmp(key, "workers") == 0) {
 		p->conf->workers_line = p->line;
 		if (strcmp(v, "auto") == 0) {
@@ -1059,6 +1066,7 @@ static struct conf *load_stream(const char *path, FILE *fp, char *err, size_t er
 	c->log = LOGT_DEFAULT;
 	c->log_facility = LOG_DAEMON;
 	c->shutdown_timeout = 30;
+	c->ktls = 1;
 	p.conf = c;
 	p.route_site = -1;
 	strcpy(p.section, "");

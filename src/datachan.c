@@ -1,15 +1,19 @@
-/* datachan: one data connection pair: accept / connect, the splice pump, EOF order. */
+/* datachan: one data connection pair: accept / connect, the splice pump, the TLS pump (with
+ * kernel TLS for sending where the kernel has it), EOF order. */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -53,6 +57,7 @@ struct dc_end {
 	int want_rd, want_wr; /* TLS pump: what the last attempts waited for */
 	int hs_hold;          /* TLS client: do not start the handshake yet */
 	int rd_starved;       /* TLS: the last read wanted bytes from the socket */
+	int ktls_tx;          /* the kernel encrypts: plaintext goes straight to the socket */
 };
 
 /* dir[0]: client -> backend, dir[1]: backend -> client. Source side of dir d is d. */
@@ -94,6 +99,32 @@ struct datachan {
 };
 
 static const char *const side_name[] = {"client", "backend"};
+
+/* [global] ktls: offer kernel TLS to OpenSSL on data connections. */
+static _Atomic int use_ktls = 1;
+
+void datachan_set_ktls(int on)
+{
+	use_ktls = on;
+}
+
+int datachan_ktls_available(char *why, size_t whylen)
+{
+	/* The tls ULP on a socket that is not connected: ENOTCONN means the
+	 * kernel has it (and loaded the module, when it may), ENOENT not. */
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(why, whylen, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int r = setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls"));
+	int e = errno;
+	close(fd);
+	if (r == 0 || e == ENOTCONN)
+		return 1;
+	snprintf(why, whylen, "%s", strerror(e));
+	return e == ENOENT ? 0 : -1;
+}
 
 static void side_rd_cb(evutil_socket_t fd, short what, void *arg);
 static void side_wr_cb(evutil_socket_t fd, short what, void *arg);
@@ -872,7 +903,10 @@ static enum io_result end_read(struct datachan *dc, struct dc_end *s, char *buf,
 static enum io_result end_write(struct datachan *dc, struct dc_end *s, const char *buf, size_t len,
                                 size_t *put)
 {
-	if (s->ssl) {
+	/* With kernel TLS sending, application data is written as plaintext
+	 * and the kernel cuts and encrypts the records (OpenSSL would write
+	 * one 16 KiB record per write(2)); alerts still go through OpenSSL. */
+	if (s->ssl && !s->ktls_tx) {
 		int r = SSL_write(s->ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
 		if (r > 0) {
 			*put = (size_t)r;
@@ -931,6 +965,81 @@ static enum io_result tls_flush(struct datachan *dc, struct dc_end *s)
 	return IO_ERROR;
 }
 
+/*
+ * A plain source and a sink whose sending the kernel does (kTLS): the
+ * bytes need not pass through user space, they are spliced through a
+ * pipe into the TLS socket and the kernel encrypts them from the pages
+ * (an offload download: plain backend, TLS client). Decided when the
+ * pump first fills the direction; without a pipe (EMFILE) the direction
+ * copies through its buffer as any TLS direction.
+ */
+static int ktls_splices(struct datachan *dc, int d)
+{
+	struct dc_dir *dr = &dc->dir[d];
+	struct dc_end *src = &dc->side[d], *dst = &dc->side[1 - d];
+	if (src->ssl || !dst->ktls_tx || dr->buf)
+		return 0;
+	return dr->pipe[0] >= 0 || make_pipe(dr) == 0;
+}
+
+/* One splice from the source into the pipe. IO_OK: go on; IO_WANT_READ: wait; IO_EOF: the
+ * source ended (src_eof set); IO_ERROR: the pair failed (reported, dc is gone). */
+static enum io_result ktls_splice_in(struct datachan *dc, int d, int *moved)
+{
+	struct dc_dir *dr = &dc->dir[d];
+	struct dc_end *src = &dc->side[d];
+	ssize_t n = splice(src->fd, NULL, dr->pipe[1], NULL, dr->pipe_size,
+	                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	if (n > 0) {
+		dr->in_pipe = (size_t)n;
+		*moved = 1;
+		return IO_OK;
+	}
+	if (n == 0) {
+		dr->src_eof = 1;
+		*moved = 1;
+		return IO_EOF;
+	}
+	if (errno == EAGAIN || errno == EINTR) {
+		src->want_rd = 1;
+		return IO_WANT_READ;
+	}
+	snprintf(dc->reason, sizeof(dc->reason), "read from %s: %s", side_name[src->idx],
+	         strerror(errno));
+	dc_finish(dc, 0);
+	return IO_ERROR;
+}
+
+/* Empty the pipe into the kTLS sink. IO_OK: empty; IO_WANT_WRITE: the sink is full; IO_ERROR:
+ * the pair failed (reported, dc is gone). */
+static enum io_result ktls_splice_out(struct datachan *dc, int d, int *moved)
+{
+	struct dc_dir *dr = &dc->dir[d];
+	struct dc_end *dst = &dc->side[1 - d];
+	while (dr->in_pipe > 0) {
+		ssize_t n = splice(dr->pipe[0], NULL, dst->fd, NULL, dr->in_pipe,
+		                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n > 0) {
+			dr->in_pipe -= (size_t)n;
+			dr->bytes += (uint64_t)n;
+			dr->last_ms = now_ms();
+			*moved = 1;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			dst->want_wr = 1;
+			return IO_WANT_WRITE;
+		}
+		snprintf(dc->reason, sizeof(dc->reason), "write to %s: %s", side_name[dst->idx],
+		         n < 0 ? strerror(errno) : "no progress");
+		dc_finish(dc, 0);
+		return IO_ERROR;
+	}
+	return IO_OK;
+}
+
 /* Returns 1 if it moved something, 0 if it must wait, -1 if the pair failed (reported). */
 static int tls_dir_step(struct datachan *dc, int d)
 {
@@ -965,6 +1074,9 @@ static int tls_dir_step(struct datachan *dc, int d)
 	if (dr->buf_len > dr->buf_off)
 		return moved; /* the sink's handshake is not through yet */
 	dr->buf_off = dr->buf_len = 0;
+	/* What a spliced direction has in its pipe goes next. */
+	if ((r = ktls_splice_out(dc, d, &moved)) != IO_OK)
+		return r == IO_ERROR ? -1 : moved;
 	/* Nothing more to write for now: what is gathered goes out. */
 	if (dst->hs_done && (r = tls_flush(dc, dst)) != IO_OK) {
 		if (r == IO_ERROR) {
@@ -981,12 +1093,22 @@ static int tls_dir_step(struct datachan *dc, int d)
 			SSL_shutdown(dst->ssl); /* close_notify; best effort */
 		shutdown(dst->fd, SHUT_WR);
 		dr->done = 1;
-		free(dr->buf);
-		dr->buf = NULL;
+		dir_close(dr); /* its buffer or pipe */
 		return dir_done(dc, d) < 0 ? -1 : 1;
 	}
 	if (!src->hs_done)
 		return moved;
+	/* A plain source waits for its TLS sink's handshake: whether the
+	 * kernel took the sink's sending decides how the bytes move. */
+	if (!src->ssl && dst->ssl && !dst->hs_done)
+		return moved;
+	if (ktls_splices(dc, d)) {
+		/* Fill the pipe, then empty it into the kernel's TLS. */
+		while ((r = ktls_splice_in(dc, d, &moved)) == IO_OK &&
+		       (r = ktls_splice_out(dc, d, &moved)) == IO_OK)
+			;
+		return r == IO_ERROR ? -1 : moved;
+	}
 	if (!dr->buf) {
 		dr->buf = malloc(DC_TLS_BUF);
 		if (!dr->buf) {
@@ -1030,6 +1152,34 @@ static int tls_dir_step(struct datachan *dc, int d)
 	return moved;
 }
 
+/*
+ * After the handshake: did OpenSSL hand the sending keys to the kernel
+ * (kTLS)? Then the buffering BIO goes (the kernel takes plaintext, there
+ * is nothing to gather) and the pump writes to the socket itself.
+ */
+static void ktls_check(struct datachan *dc, struct dc_end *s)
+{
+#ifdef SSL_OP_ENABLE_KTLS
+	BIO *w = SSL_get_wbio(s->ssl);
+	if (!w || !BIO_get_ktls_send(w))
+		return;
+	/* Only with nothing gathered: what is there must leave first, and
+	 * OpenSSL's own writes keep the order then. */
+	if (BIO_method_type(w) == BIO_TYPE_BUFFER && BIO_wpending(w) == 0 && BIO_next(w)) {
+		BIO *sock = BIO_pop(w);      /* the chain's reference is ours now */
+		SSL_set0_wbio(s->ssl, sock); /* frees the buffering BIO alone */
+		w = sock;
+	}
+	s->ktls_tx = BIO_method_type(w) == BIO_TYPE_SOCKET;
+	if (s->ktls_tx)
+		log_debug("%s: data connection: kTLS on the %s side (the kernel encrypts)", dc->tag,
+		          side_name[s->idx]);
+#else
+	(void)dc;
+	(void)s;
+#endif
+}
+
 /* Returns 1 if the handshake moved, 0 if it waits, -1 if the pair failed (reported). */
 static int tls_handshake_step(struct datachan *dc, struct dc_end *s)
 {
@@ -1038,6 +1188,7 @@ static int tls_handshake_step(struct datachan *dc, struct dc_end *s)
 	int r = SSL_do_handshake(s->ssl);
 	if (r == 1) {
 		s->hs_done = 1;
+		ktls_check(dc, s);
 		if (s->tls_server && s->require_reuse && !SSL_session_reused(s->ssl)) {
 			snprintf(dc->reason, sizeof(dc->reason), "%s", DATACHAN_NO_REUSE);
 			dc_finish(dc, 0);
@@ -1092,7 +1243,8 @@ static int tls_service(struct datachan *dc)
 		 * level-triggered, so whatever is ready fires at once. */
 		for (int i = 0; i < 2; i++) {
 			dc->side[i].want_rd = 1;
-			dc->side[i].want_wr = dc->dir[1 - i].buf_len > dc->dir[1 - i].buf_off;
+			dc->side[i].want_wr = dc->dir[1 - i].buf_len > dc->dir[1 - i].buf_off ||
+			                      dc->dir[1 - i].in_pipe > 0;
 		}
 	}
 	int again = round == DC_TLS_ROUNDS;
@@ -1130,6 +1282,73 @@ static void tls_event_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	tls_service(s->dc);
+}
+
+/*
+ * Where kTLS is offered, OpenSSL reads through this BIO instead of a
+ * socket BIO: it refuses the kernel's receiving (BIO_CTRL_SET_KTLS), so
+ * only sending is offloaded. OpenSSL 3.0's kTLS receiving does not work
+ * with Linux 6.x: the kernel marks only records that are not data with
+ * their type, and OpenSSL then takes plaintext for a record header (TLS
+ * 1.2 uploads failed with "wrong version number"; tests/integration/
+ * test_ktls.sh). Reads like a socket BIO: recv(2), retry on EAGAIN,
+ * EOF remembered for BIO_eof (OpenSSL's "unexpected EOF").
+ */
+static BIO_METHOD *recv_method;
+static pthread_once_t recv_method_once = PTHREAD_ONCE_INIT;
+
+static int recv_bio_read(BIO *b, char *out, int len)
+{
+	int fd = (int)(intptr_t)BIO_get_data(b);
+	BIO_clear_retry_flags(b);
+	ssize_t n = recv(fd, out, len > 0 ? (size_t)len : 0, 0);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		BIO_set_retry_read(b);
+	else if (n == 0)
+		BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+	return (int)n;
+}
+
+static long recv_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+	(void)num;
+	switch (cmd) {
+	case BIO_C_GET_FD:
+		if (ptr)
+			*(int *)ptr = (int)(intptr_t)BIO_get_data(b);
+		return (int)(intptr_t)BIO_get_data(b);
+	case BIO_CTRL_EOF:
+		return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+	case BIO_CTRL_FLUSH:
+		return 1;
+	default:
+		return 0; /* BIO_CTRL_SET_KTLS among them: no kernel receiving */
+	}
+}
+
+static void recv_method_make(void)
+{
+	int idx = BIO_get_new_index();
+	BIO_METHOD *m = idx > 0 ? BIO_meth_new(idx | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+	                                       "ftpgate socket reader")
+	                        : NULL;
+	if (m && (!BIO_meth_set_read(m, recv_bio_read) || !BIO_meth_set_ctrl(m, recv_bio_ctrl))) {
+		BIO_meth_free(m);
+		m = NULL;
+	}
+	recv_method = m; /* lives as long as the process */
+}
+
+static int tls_recv_bio(SSL *ssl, int fd)
+{
+	pthread_once(&recv_method_once, recv_method_make);
+	BIO *b = recv_method ? BIO_new(recv_method) : NULL;
+	if (!b)
+		return -1;
+	BIO_set_data(b, (void *)(intptr_t)fd);
+	BIO_set_init(b, 1);
+	SSL_set0_rbio(ssl, b); /* drops the old rbio's reference; the wbio keeps the socket BIO */
+	return 0;
 }
 
 /*
@@ -1182,7 +1401,15 @@ static int tls_pump_begin(struct datachan *dc)
 		SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
 		SSL_set_read_ahead(s->ssl, 1);
 		SSL_set_default_read_buffer_len(s->ssl, DC_TLS_IO);
-		if (!SSL_set_fd(s->ssl, s->fd) || tls_gather_writes(s->ssl) < 0) {
+#ifdef SSL_OP_ENABLE_KTLS
+		/* Kernel TLS where the kernel has it (the tls module), for
+		 * sending: OpenSSL falls back to its own record layer by itself
+		 * where it has not. */
+		if (use_ktls)
+			SSL_set_options(s->ssl, SSL_OP_ENABLE_KTLS);
+#endif
+		if (!SSL_set_fd(s->ssl, s->fd) || (use_ktls && tls_recv_bio(s->ssl, s->fd) < 0) ||
+		    tls_gather_writes(s->ssl) < 0) {
 			snprintf(dc->reason, sizeof(dc->reason), "TLS setup failed");
 			dc_finish(dc, 0);
 			return -1;

@@ -20,6 +20,7 @@
 
 #include "access.h"
 #include "backend.h"
+#include "datachan.h"
 #include "cli.h"
 #include "conf.h"
 #include "ftpgate.h"
@@ -238,6 +239,33 @@ static int become(const struct conf *c, uid_t uid, gid_t gid, char *err, size_t 
 }
 
 /* Drop root to [global] user/group, once the listeners are bound. */
+/*
+ * [global] ktls: tell the data connections, and say once whether the
+ * kernel takes the encryption (asked before the privilege drop, so that
+ * the tls module loads then).
+ */
+static void ktls_apply(const struct conf *c)
+{
+	char why[128];
+	int tls = 0;
+	datachan_set_ktls(c->ktls);
+	for (size_t i = 0; i < c->n_sites; i++) {
+		const struct site_conf *s = &c->sites[i];
+		tls |=
+		    s->tls == TLS_TERMINATE || s->tls == TLS_IMPLICIT || s->backend_tls != BTLS_OFF;
+	}
+	if (!c->ktls || !tls)
+		return;
+	int k = datachan_ktls_available(why, sizeof(why));
+	if (k > 0)
+		log_info("ktls: TLS data connections encrypt in the kernel where OpenSSL can "
+		         "hand it the cipher");
+	else
+		log_info("ktls: the kernel offers no TLS (%s): data connections encrypt in user "
+		         "space; load the tls module (modprobe tls) to offload them",
+		         why);
+}
+
 static int drop_privileges(const struct conf *c)
 {
 	char err[256];
@@ -545,6 +573,7 @@ static void reload(struct app *app)
 		return;
 	}
 	struct gen *old = gw->cur;
+	int old_ktls = old->conf->ktls;
 	/* Counters follow the site's name: gen_load gave the sites their state. */
 	for (size_t i = 0; i < g->n_sites; i++)
 		for (size_t j = 0; j < old->n_sites; j++)
@@ -576,6 +605,8 @@ static void reload(struct app *app)
 		gen_free(old);
 	if (workers_wanted(g->conf->workers) != gw->n_workers)
 		log_warn("reload: workers changed; that takes a restart");
+	if (g->conf->ktls != old_ktls)
+		ktls_apply(g->conf);
 	log_info("reloaded %s (%zu site%s)", app->path, g->n_sites, g->n_sites == 1 ? "" : "s");
 }
 
@@ -756,6 +787,7 @@ int main(int argc, char **argv)
 	}
 	chown_logs(gw, g->conf);
 	host_warnings(g, 0);
+	ktls_apply(g->conf);
 	if (drop_privileges(g->conf) < 0)
 		goto out;
 	/* Threads after the fork and the privilege drop: they inherit both. */

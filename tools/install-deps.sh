@@ -9,6 +9,7 @@ pkgs=(build-essential autoconf automake pkg-config
       prometheus mandoc systemd
       clang libclang-rt-14-dev
       debhelper dpkg-dev lintian
+      qemu-system-x86
       libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3 libsodium23 libcap2)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -369,6 +369,12 @@ for w in ('0', '257', 'many', '-1', '2x'):
 t.case('workers = auto and workers = 3 accepted',
        lambda: (check_ok(insert(base_lines(), 4, 'workers = auto')[0]),
                 check_ok(insert(base_lines(), 4, 'workers = 3')[0])), 15)
+t.case('ktls = maybe',
+       lambda: check_bad(*insert(base_lines(), 4, 'ktls = maybe'), 'ktls',
+                         r'"maybe" is not yes or no'), 15)
+t.case('ktls = no and ktls = yes accepted',
+       lambda: (check_ok(insert(base_lines(), 4, 'ktls = no')[0]),
+                check_ok(insert(base_lines(), 4, 'ktls = yes')[0])), 15)
 t.case('public_address = not-an-ip',
        lambda: check_bad(*insert(base_lines(), 8, 'public_address = not-an-ip'),
                          'public_address'), 15)
