@@ -73,7 +73,9 @@ struct dc_dir {
 	size_t small_off, small_len;
 	int big; /* a read was DC_SMALL: what follows goes through a pipe if one can be had */
 	uint64_t bytes;
-	uint64_t last_ms; /* when bytes last moved (now_ms), 0 never */
+	uint64_t last_ms;   /* when bytes last moved (now_ms), 0 never */
+	int notified;       /* TLS: close_notify sent, the EOF not passed on yet (kTLS sink) */
+	unsigned settle_ms; /* kTLS sink: the next look at its send queue, 0 none yet */
 };
 
 struct datachan {
@@ -1040,6 +1042,46 @@ static enum io_result ktls_splice_out(struct datachan *dc, int d, int *moved)
 	return IO_OK;
 }
 
+/*
+ * Before the EOF goes to a kTLS sink: the kernel's TLS layer keeps records
+ * it encrypted but could not hand to a full TCP send queue, and pushes them
+ * from a work item once there is room; send(2) and splice(2) counted them
+ * as written, SIOCOUTQ does not count them. A FIN before them makes their
+ * push fail (EPIPE): the end of the transfer is lost (a review reproduced it
+ * with a slow client). So the EOF waits until the send queue is empty at
+ * two looks at least 1 ms apart (the work item runs as soon as an ACK makes
+ * room). IO_OK: settled; IO_WANT_WRITE: look again (the kick timer is set).
+ */
+static enum io_result ktls_settled(struct datachan *dc, int d)
+{
+	struct dc_dir *dr = &dc->dir[d];
+	struct dc_end *dst = &dc->side[1 - d];
+	int outq = 0;
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	/* Only an open connection can still send: a peer that reset or closed
+	 * it (an upload's client hangs up) leaves a queue that never empties;
+	 * whether the bytes got there is for the drain to tell, as without. */
+	if (getsockopt(dst->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    (ti.tcpi_state != TCP_ESTABLISHED && ti.tcpi_state != TCP_CLOSE_WAIT))
+		return IO_OK;
+	if (ioctl(dst->fd, SIOCOUTQ, &outq) < 0)
+		return IO_OK; /* cannot tell: as before */
+	if (outq > 0)
+		dc->drain_outq = outq; /* acknowledged bytes are progress (tick_cb) */
+	if (outq == 0 && dr->settle_ms == 1)
+		return IO_OK; /* empty now and at the last look, a millisecond ago */
+	if (outq > 0)
+		dr->settle_ms = dr->settle_ms == 0   ? 2
+		                : dr->settle_ms < 64 ? dr->settle_ms * 2
+		                                     : 64;
+	else
+		dr->settle_ms = 1; /* empty: look once more */
+	struct timeval tv = {0, (suseconds_t)dr->settle_ms * 1000};
+	evtimer_add(dc->kick, &tv);
+	return IO_WANT_WRITE;
+}
+
 /* Returns 1 if it moved something, 0 if it must wait, -1 if the pair failed (reported). */
 static int tls_dir_step(struct datachan *dc, int d)
 {
@@ -1089,8 +1131,11 @@ static int tls_dir_step(struct datachan *dc, int d)
 	if (dr->src_eof) {
 		if (!dst->hs_done)
 			return moved; /* never close_notify before the handshake is through */
-		if (dst->ssl)
+		if (dst->ssl && !dr->notified)
 			SSL_shutdown(dst->ssl); /* close_notify; best effort */
+		dr->notified = 1;
+		if (dst->ktls_tx && (r = ktls_settled(dc, d)) != IO_OK)
+			return r == IO_ERROR ? -1 : moved;
 		shutdown(dst->fd, SHUT_WR);
 		dr->done = 1;
 		dir_close(dr); /* its buffer or pipe */
@@ -1103,10 +1148,10 @@ static int tls_dir_step(struct datachan *dc, int d)
 	if (!src->ssl && dst->ssl && !dst->hs_done)
 		return moved;
 	if (ktls_splices(dc, d)) {
-		/* Fill the pipe, then empty it into the kernel's TLS. */
-		while ((r = ktls_splice_in(dc, d, &moved)) == IO_OK &&
-		       (r = ktls_splice_out(dc, d, &moved)) == IO_OK)
-			;
+		/* Fill the pipe, then empty it into the kernel's TLS: one pipe
+		 * load per step, tls_service's rounds are the budget. */
+		if ((r = ktls_splice_in(dc, d, &moved)) == IO_OK)
+			r = ktls_splice_out(dc, d, &moved);
 		return r == IO_ERROR ? -1 : moved;
 	}
 	if (!dr->buf) {
@@ -1381,6 +1426,8 @@ static int tls_pump_begin(struct datachan *dc)
 		dc_finish(dc, 0);
 		return -1;
 	}
+	int ktls = use_ktls; /* once: a reload may change it meanwhile */
+	(void)ktls;
 	for (int i = 0; i < 2; i++) {
 		struct dc_end *s = &dc->side[i];
 		s->ev_rd = event_new(dc->base, s->fd, EV_READ | EV_PERSIST, tls_event_cb, s);
@@ -1401,19 +1448,19 @@ static int tls_pump_begin(struct datachan *dc)
 		SSL_clear_mode(s->ssl, SSL_MODE_RELEASE_BUFFERS);
 		SSL_set_read_ahead(s->ssl, 1);
 		SSL_set_default_read_buffer_len(s->ssl, DC_TLS_IO);
-#ifdef SSL_OP_ENABLE_KTLS
-		/* Kernel TLS where the kernel has it (the tls module), for
-		 * sending: OpenSSL falls back to its own record layer by itself
-		 * where it has not. */
-		if (use_ktls)
-			SSL_set_options(s->ssl, SSL_OP_ENABLE_KTLS);
-#endif
-		if (!SSL_set_fd(s->ssl, s->fd) || (use_ktls && tls_recv_bio(s->ssl, s->fd) < 0) ||
-		    tls_gather_writes(s->ssl) < 0) {
+		if (!SSL_set_fd(s->ssl, s->fd) || tls_gather_writes(s->ssl) < 0) {
 			snprintf(dc->reason, sizeof(dc->reason), "TLS setup failed");
 			dc_finish(dc, 0);
 			return -1;
 		}
+#ifdef SSL_OP_ENABLE_KTLS
+		/* Kernel TLS where the kernel has it (the tls module), for
+		 * sending: OpenSSL falls back to its own record layer by itself
+		 * where it has not. Only with the reader that refuses kernel
+		 * receiving in place (without it, no kTLS: never a failure). */
+		if (ktls && tls_recv_bio(s->ssl, s->fd) == 0)
+			SSL_set_options(s->ssl, SSL_OP_ENABLE_KTLS);
+#endif
 		if (s->tls_server)
 			SSL_set_accept_state(s->ssl);
 		else

@@ -7,8 +7,13 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
-out=$("$top/tests/vm/vm-run.sh" --timeout 1200 -- "${PYTHON3:-/usr/bin/python3}" \
-	"$here/ktls_guest.py" 2>&1)
+# The tree and the binary may be where the guest has its own tmpfs (a clone
+# under /tmp): share them explicitly.
+shares=(--share "$top")
+bin=${FTPGATE:-$top/src/ftpgate}
+[ -d "$(dirname "$bin")" ] && shares+=(--share "$(dirname "$bin")")
+out=$("$top/tests/vm/vm-run.sh" --timeout 1200 "${shares[@]}" -- \
+	"${PYTHON3:-/usr/bin/python3}" "$here/ktls_guest.py" 2>&1)
 rc=$?
 if [ $rc -eq 125 ]; then
 	printf '%s\n' "$out" | sed 's/^/# /'

@@ -12,14 +12,14 @@
 # COMMAND in the caller's working directory; /tmp, /run, /var/tmp, /root and
 # /dev/shm are fresh tmpfs in the guest. See tests/vm/README.md.
 #
-# usage: tests/vm/vm-run.sh [--timeout SECONDS] [--mem MiB] -- COMMAND [ARGS...]
+# usage: tests/vm/vm-run.sh [--timeout SECONDS] [--mem MiB] [--share DIR]... -- COMMAND [ARGS...]
 #        tests/vm/vm-run.sh [--timeout SECONDS] [--mem MiB] --check
 # Exit status: COMMAND's, or 125 when the VM gave none (boot failure, kernel
 # panic, timeout); 2 on a usage error.
 set -eu
 
 usage() {
-	echo "usage: $0 [--timeout SECONDS] [--mem MiB] -- COMMAND [ARGS...]" >&2
+	echo "usage: $0 [--timeout SECONDS] [--mem MiB] [--share DIR]... -- COMMAND [ARGS...]" >&2
 	echo "       $0 [--timeout SECONDS] [--mem MiB] --check" >&2
 	exit 2
 }
@@ -27,6 +27,7 @@ usage() {
 timeout_s=600
 mem=1024
 check=0
+shares=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--timeout) [ $# -ge 2 ] || usage; timeout_s=$2; shift 2 ;;
@@ -34,6 +35,8 @@ while [ $# -gt 0 ]; do
 	--mem) [ $# -ge 2 ] || usage; mem=$2; shift 2 ;;
 	--mem=*) mem=${1#*=}; shift ;;
 	--check) check=1; shift ;;
+	--share) [ $# -ge 2 ] || usage; [ -d "$2" ] || { echo "vm-run: --share: no directory $2" >&2; exit 2; }
+		shares+=("$(cd "$2" && pwd -P)"); shift 2 ;;
 	--) shift; break ;;
 	-h|--help) usage ;;
 	*) echo "vm-run: unknown option: $1" >&2; usage ;;
@@ -142,9 +145,11 @@ mount -t tmpfs -o mode=755 tmpfs $r/run
 mount -t tmpfs -o mode=700 tmpfs $r/root
 mkdir -p $r/run/lock $r/run/ftpgate-vm
 mount --bind /results $r/run/ftpgate-vm
-if [ -s /results/cwd-share ]; then
-	d=$(cat /results/cwd-share)
-	mkdir -p "$r$d" && mount -t 9p -o "$opts,cache=loose,ro" cwd "$r$d" || fail "cannot mount the cwd share at $d"
+if [ -s /results/shares ]; then
+	while read -r tag d; do
+		mkdir -p "$r$d" && mount -t 9p -o "$opts,cache=loose,ro" "$tag" "$r$d" ||
+			fail "cannot mount the share of $d"
+	done < /results/shares
 fi
 ip link set lo up || ifconfig lo 127.0.0.1 up
 echo "vm-init: running the command"
@@ -305,17 +310,28 @@ trap 'exit 143' TERM
 mkdir "$tmp/share"
 
 cwd=$(pwd -P)
-# The guest mounts fresh file systems over these, hiding the host's; a working
-# directory under one of them gets a 9p share of its own, mounted over the top.
+# The guest mounts fresh file systems over these, hiding the host's; the
+# working directory and each --share DIR under one of them get a 9p share of
+# their own (read-only), mounted over the top at the same path.
 extra=()
-case $cwd/ in
-/tmp/*|/var/tmp/*|/run/*|/root/*|/dev/*|/proc/*|/sys/*)
-	printf '%s\n' "$cwd" > "$tmp/share/cwd-share"
+: > "$tmp/share/shares"
+nshare=0
+for d in "$cwd" "${shares[@]}"; do
+	case $d/ in
+	/tmp/*|/var/tmp/*|/run/*|/root/*|/dev/*|/proc/*|/sys/*) ;;
+	*) continue ;;
+	esac
+	covered=0 # a directory inside one already shared needs nothing
+	while read -r _ p; do
+		case $d/ in "$p"/*) covered=1 ;; esac
+	done < "$tmp/share/shares"
+	[ $covered = 1 ] && continue
+	printf 'share%d %s\n' "$nshare" "$d" >> "$tmp/share/shares"
 	# shellcheck disable=SC2054 # commas belong to qemu options
-	extra=(-fsdev "local,id=cwd,path=${cwd//,/,,},security_model=none,readonly=on,multidevs=remap"
-	       -device virtio-9p-pci,fsdev=cwd,mount_tag=cwd)
-	;;
-esac
+	extra+=(-fsdev "local,id=share$nshare,path=${d//,/,,},security_model=none,readonly=on,multidevs=remap"
+	        -device "virtio-9p-pci,fsdev=share$nshare,mount_tag=share$nshare")
+	nshare=$((nshare + 1))
+done
 # Other mount points on the host (a tmpfs, a bind mount) need nothing: qemu's
 # 9p server walks the host's paths, so it crosses into them (multidevs=remap
 # keeps their inode numbers apart).
